@@ -1,0 +1,18 @@
+"""bayeslmm: Bayesian linear mixed-effects models with lme4 formulas.
+
+>>> import bayeslmm as blm
+>>> model = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy"))
+>>> print(model.fit(method="reml").summary())
+"""
+
+from . import datasets
+from .errors import BayesLMMError, DataError, FitError, FormulaError, PriorError
+from .model import LMM
+from .reml import make_deviance
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
+    "datasets", "make_deviance", "__version__",
+]

@@ -1,0 +1,63 @@
+"""Bundled example data sets (copies of the classic lme4 / mlmRev / MixedModels data)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+from ..errors import DataError
+
+#: name -> one-line description of each bundled data set
+DATASETS: dict[str, str] = {
+    "sleepstudy": "Reaction times (ms) of 18 subjects over 10 days of sleep deprivation (lme4).",
+    "dyestuff": "Yield of dyestuff from 6 batches of an intermediate product, 5 preparations each (lme4).",
+    "dyestuff2": "Simulated Dyestuff data whose between-batch variance is estimated as zero (lme4).",
+    "penicillin": "Diameter of growth-inhibition zones: 24 plates crossed with 6 penicillin samples (lme4).",
+    "pastes": "Paste strength: 3 casks nested within each of 10 batches, 2 assays each (lme4).",
+    "exam": "Normalized exam scores of 4,059 students in 65 London schools (mlmRev).",
+    "minneapolis": "Reading scores of 22 Minneapolis students, grades 5 to 8 (Long, 2012).",
+    "insteval": "73,421 lecture ratings: 2,972 students crossed with 1,128 lecturers in 14 departments (lme4).",
+}
+
+# Columns that are identifiers or categories even though they look numeric.
+_CATEGORICAL = {
+    "sleepstudy": ["Subject"],
+    "exam": ["school", "student"],
+    "minneapolis": ["student_id"],
+    "insteval": ["s", "d", "dept", "service", "studage", "lectage"],
+}
+
+
+def list_datasets() -> pd.DataFrame:
+    """Return a table of the bundled data sets: name, rows, columns and description."""
+    rows = []
+    for name, description in DATASETS.items():
+        frame = load(name)
+        rows.append({"name": name, "rows": len(frame), "columns": ", ".join(frame.columns),
+                     "description": description})
+    return pd.DataFrame(rows).set_index("name")
+
+
+def load(name: str) -> pd.DataFrame:
+    """Load a bundled data set as a DataFrame.
+
+    Parameters
+    ----------
+    name : str
+        One of ``sleepstudy``, ``dyestuff``, ``dyestuff2``, ``penicillin``, ``pastes``,
+        ``exam``, ``minneapolis``, ``insteval`` (case-insensitive).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Identifier columns (subjects, schools, students...) are read as strings so that
+        they are treated as factors.
+    """
+    key = str(name).lower()
+    if key not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; bundled: {', '.join(DATASETS)}")
+    path = resources.files(__package__).joinpath("data", f"{key}.csv")
+    dtypes = {col: str for col in _CATEGORICAL.get(key, [])}
+    with path.open("r", encoding="utf-8") as handle:
+        return pd.read_csv(handle, dtype=dtypes)

@@ -1,0 +1,375 @@
+"""Stage 2: parsed formula + DataFrame -> numeric design.
+
+The :class:`Design` is the single hand-off object both back ends read: the response,
+the fixed-effects matrix with lme4's column names, and one :class:`RandomBlock` per bar
+(its model-matrix columns, the grouping codes and level names). Column expressions are
+evaluated with ``formulae``; the evaluators are kept so that new data can be turned into
+the same columns for prediction without reading the formula again.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import formulae as fm
+import numpy as np
+import pandas as pd
+from formulae.environment import Environment
+
+from .errors import DataError, FormulaError
+from .formula import ParsedFormula, RandomTerm
+
+# Functions a formula may call without a prefix (R users write log(y)).
+_NAMESPACE = {
+    "np": np, "numpy": np, "log": np.log, "log10": np.log10, "log2": np.log2,
+    "log1p": np.log1p, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs,
+}
+_FORMULAE_NAMES = {"I", "C", "center", "scale", "standardize", "poly", "True", "False", "None"}
+_IDENT = re.compile(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_.]*)")
+
+
+@dataclass(frozen=True)
+class RandomBlock:
+    """The columns of one bar ``(expr | group)`` of the formula.
+
+    The full random-effects matrix of the block has ``n_levels * n_terms`` columns,
+    level-major (lme4's order): column ``j * n_terms + t`` is ``X[:, t]`` on the rows of
+    level ``j`` and zero elsewhere.
+
+    Attributes
+    ----------
+    group : str
+        Grouping factor name as lme4 prints it (``"Subject"``, ``"cask:batch"``).
+    terms : tuple of str
+        Coefficient names (``("(Intercept)", "Days")``).
+    correlated : bool
+        False for ``||`` bars: a diagonal covariance.
+    X : ndarray, shape (n, n_terms)
+        The bar's model-matrix columns.
+    codes : ndarray of int, shape (n,)
+        Level index of every row.
+    levels : tuple of str
+        Level names, in lme4's order.
+    """
+
+    group: str
+    terms: tuple[str, ...]
+    correlated: bool
+    X: np.ndarray
+    codes: np.ndarray
+    levels: tuple[str, ...]
+    term: RandomTerm = field(repr=False)
+    _evaluator: object = field(repr=False, compare=False, default=None)
+
+    @property
+    def n_terms(self) -> int:
+        return len(self.terms)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def group_vars(self) -> tuple[str, ...]:
+        return self.term.group_vars
+
+    def level_counts(self) -> np.ndarray:
+        """Number of rows in each level."""
+        return np.bincount(self.codes, minlength=self.n_levels)
+
+    def new_columns(self, data: pd.DataFrame) -> np.ndarray:
+        """Evaluate this bar's model-matrix columns on new data."""
+        return _evaluate_new(self._evaluator, data, self.term.expr)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Numeric design of a linear mixed model.
+
+    Attributes
+    ----------
+    formula : ParsedFormula
+    response : str
+        The response expression (``"Reaction"``, ``"np.log(reading_score)"``).
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+        Fixed-effects matrix, full column rank (aliased columns removed).
+    fixed_names : tuple of str
+        lme4's names of the columns of ``X`` (``"(Intercept)"``, ``"sexM"``).
+    blocks : tuple of RandomBlock
+        One per bar, ordered as lme4 orders them (by decreasing number of levels).
+    data : DataFrame
+        The rows used (complete cases), with their original index.
+    n_dropped : int
+        Rows dropped for missing values.
+    aliased : tuple of str
+        Fixed-effect columns dropped as linear combinations of the others.
+    """
+
+    formula: ParsedFormula
+    response: str
+    y: np.ndarray
+    X: np.ndarray
+    fixed_names: tuple[str, ...]
+    blocks: tuple[RandomBlock, ...]
+    data: pd.DataFrame = field(repr=False)
+    n_dropped: int = 0
+    aliased: tuple[str, ...] = ()
+    _fixed_evaluator: object = field(repr=False, compare=False, default=None)
+    _fixed_all_names: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def nobs(self) -> int:
+        return len(self.y)
+
+    @property
+    def n_fixed(self) -> int:
+        return self.X.shape[1]
+
+    def new_fixed_matrix(self, data: pd.DataFrame) -> np.ndarray:
+        """Evaluate the fixed-effects columns (the kept ones) on new data."""
+        full = _evaluate_new(self._fixed_evaluator, data, self.formula.fixed)
+        keep = [self._fixed_all_names.index(name) for name in self.fixed_names]
+        return full[:, keep]
+
+    def new_codes(self, block: RandomBlock, data: pd.DataFrame) -> np.ndarray:
+        """Level index of each row of new data in ``block``; -1 for a level not in the fit."""
+        labels = _group_labels(data, block.group_vars)
+        lookup = {level: j for j, level in enumerate(block.levels)}
+        return np.array([lookup.get(label, -1) for label in labels], dtype=np.int64)
+
+
+def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
+    """Turn a parsed formula and a DataFrame into a :class:`Design`.
+
+    Rows with a missing value in any column the formula uses are dropped with a
+    warning that counts them; infinite values, unknown columns, a non-numeric or
+    constant response, a grouping factor with one level and more random effects than
+    observations raise :class:`~bayeslmm.errors.DataError`.
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
+    if len(data) == 0:
+        raise DataError("the data are empty (0 rows)")
+    used = _used_columns(formula, data)
+    data = _drop_missing(data, used)
+    n_dropped_total = data.attrs.pop("n_dropped", 0)
+    _reject_infinite(data, used)
+
+    y, fixed = _evaluate_fixed(formula, data)
+    X, fixed_names, fixed_all_names, aliased = _full_rank(fixed)
+    blocks = [_build_block(term, data) for term in formula.random]
+    # lme4 orders the bars by decreasing number of levels (a stable sort)
+    blocks.sort(key=lambda block: -block.n_levels)
+    _check_random_sizes(blocks, len(y))
+    return Design(formula=formula, response=formula.response, y=y, X=X,
+                  fixed_names=fixed_names, blocks=tuple(blocks), data=data,
+                  n_dropped=n_dropped_total, aliased=aliased,
+                  _fixed_evaluator=fixed, _fixed_all_names=fixed_all_names)
+
+
+# ---------------------------------------------------------------- column checks
+def _identifiers(expr: str) -> list[str]:
+    """Names in an expression that are not function calls or attributes."""
+    names = []
+    for match in _IDENT.finditer(expr):
+        name = match.group(1)
+        rest = expr[match.end():].lstrip()
+        if rest.startswith("(") or keyword.iskeyword(name):
+            continue
+        if re.fullmatch(r"[0-9.]+", name):
+            continue
+        names.append(name)
+    return names
+
+
+def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
+    columns = [str(c) for c in data.columns]
+    pieces = [(formula.response, formula.text.find(formula.response)),
+              (formula.fixed, formula.text.find("~") + 1)]
+    for term in formula.random:
+        pieces.append((term.expr, term.position))
+        pieces.extend((var, term.position) for var in term.group_vars)
+    used: list[str] = []
+    for expr, position in pieces:
+        for name in _identifiers(expr):
+            root = name.split(".")[0]
+            if name in columns:
+                if name not in used:
+                    used.append(name)
+            elif root in _NAMESPACE or name in _FORMULAE_NAMES:
+                continue
+            else:
+                hint = difflib.get_close_matches(name, columns, n=1)
+                hint_text = f"; did you mean '{hint[0]}'?" if hint else ""
+                at = formula.text.find(name, max(position, 0))
+                raise DataError(f"unknown column '{name}' in the formula (position {at}): the data "
+                                f"have {', '.join(columns[:12])}{' ...' if len(columns) > 12 else ''}"
+                                f"{hint_text}")
+    return used
+
+
+def _drop_missing(data: pd.DataFrame, used: list[str]) -> pd.DataFrame:
+    frame = data[used] if used else data.iloc[:, :0]
+    missing = frame.isna()
+    bad_rows = missing.any(axis=1)
+    n_bad = int(bad_rows.sum())
+    out = data.loc[~bad_rows] if n_bad else data
+    out = out.copy()
+    if n_bad:
+        per_column = ", ".join(f"{c} ({int(k)})" for c, k in missing.sum().items() if k)
+        warnings.warn(f"dropped {n_bad} of {len(data)} rows with missing values in: {per_column}",
+                      UserWarning, stacklevel=4)
+        if len(out) == 0:
+            raise DataError(f"every one of the {len(data)} rows has a missing value in: {per_column}")
+    out.attrs["n_dropped"] = n_bad
+    return out
+
+
+def _reject_infinite(data: pd.DataFrame, used: list[str]) -> None:
+    for column in used:
+        values = data[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            n_inf = int(np.isinf(values.to_numpy(dtype=float)).sum())
+            if n_inf:
+                raise DataError(f"column '{column}' has {n_inf} infinite value(s); remove or "
+                                "recode them (only missing values are dropped automatically)")
+
+
+# ---------------------------------------------------------------- fixed part
+def _lme4_name(name: str) -> str:
+    """formulae column name -> lme4's: 'Intercept' -> '(Intercept)', 'sex[M]' -> 'sexM'."""
+    if name == "Intercept":
+        return "(Intercept)"
+    return re.sub(r"\[([^\]]*)\]", r"\1", name)
+
+
+def _formulae(formula_text: str, data: pd.DataFrame, what: str):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fm.design_matrices(formula_text, data, na_action="error",
+                                      env=Environment([_NAMESPACE]))
+    except Exception as exc:  # formulae raises many types; report ours
+        raise FormulaError(f"cannot evaluate {what} '{formula_text}': {exc}") from exc
+
+
+def _evaluate_fixed(formula: ParsedFormula, data: pd.DataFrame):
+    matrices = _formulae(formula.fixed_formula, data, "the fixed part")
+    response = matrices.response
+    if response is None:
+        raise FormulaError(f"the formula {formula.text!r} has no response")
+    y = np.asarray(response.design_matrix, dtype=float)
+    if y.ndim == 2:
+        if y.shape[1] != 1:
+            raise DataError(f"the response '{formula.response}' is not numeric: "
+                            "it evaluates to a factor; give a numeric column")
+        y = y[:, 0]
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"the response '{formula.response}' has {int((~np.isfinite(y)).sum())} "
+                        "non-finite value(s) after transformation (a log of zero or a negative number?)")
+    if np.ptp(y) == 0:
+        raise DataError(f"the response '{formula.response}' is constant (every value is {y[0]:g}): "
+                        "there is no variation to model")
+    return y, matrices.common
+
+
+def _full_rank(common) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Drop aliased columns as lme4 does (pivoted QR, tolerance 1e-7), with a warning."""
+    if common is None:
+        raise FormulaError("the fixed part has no columns; write '1' for an intercept-only model")
+    X = np.asarray(common.design_matrix, dtype=float)
+    names = tuple(_lme4_name(n) for n in common.as_dataframe().columns)
+    if X.shape[1] == 0:
+        return X, names, names, ()
+    # R's limited pivoting: a column is dropped when it adds (almost) nothing to the
+    # span of the columns before it, so later columns go first, as in lme4.
+    keep: list[int] = []
+    basis = np.empty((X.shape[0], 0))
+    for j in range(X.shape[1]):
+        column = X[:, j]
+        residual = column - basis @ (basis.T @ column) if basis.shape[1] else column
+        scale = np.linalg.norm(column)
+        if scale > 0 and np.linalg.norm(residual) > 1e-7 * scale:
+            keep.append(j)
+            basis = np.column_stack([basis, residual / np.linalg.norm(residual)])
+    if len(keep) == X.shape[1]:
+        return X, names, names, ()
+    dropped = tuple(names[i] for i in range(len(names)) if i not in keep)
+    warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+                  f"column(s) / coefficient(s): {', '.join(dropped)}", UserWarning, stacklevel=4)
+    return X[:, keep], tuple(names[i] for i in keep), names, dropped
+
+
+# ---------------------------------------------------------------- random part
+def _natural_key(values: pd.Series) -> list:
+    """lme4 sorts numeric grouping columns numerically and text ones alphabetically."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        return list(numeric)
+    return list(values.astype(str))
+
+
+def _level_names(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_float_dtype(values) and np.all(np.mod(values, 1) == 0):
+        return values.astype(np.int64).astype(str)
+    return values.astype(str)
+
+
+def _group_labels(data: pd.DataFrame, group_vars: tuple[str, ...]) -> list[str]:
+    parts = []
+    for var in group_vars:
+        if var not in data.columns:
+            raise DataError(f"grouping column '{var}' is not in the data")
+        parts.append(_level_names(data[var]).to_numpy())
+    return [":".join(items) for items in zip(*parts)]
+
+
+def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
+    labels = _group_labels(data, term.group_vars)
+    frame = pd.DataFrame({var: data[var].to_numpy() for var in term.group_vars})
+    frame["label"] = labels
+    unique = frame.drop_duplicates("label")
+    keys = [_natural_key(unique[var]) for var in term.group_vars]
+    order = sorted(range(len(unique)), key=lambda i: tuple(k[i] for k in keys))
+    levels = tuple(unique["label"].iloc[i] for i in order)
+    if len(levels) < 2:
+        raise DataError(f"grouping factor '{term.group}' in {term.text} has only one level "
+                        f"({levels[0]!r}); a random effect needs at least two groups")
+    lookup = {level: j for j, level in enumerate(levels)}
+    codes = np.array([lookup[label] for label in labels], dtype=np.int64)
+
+    matrices = _formulae(term.expr, data, f"the random term {term.text}")
+    common = matrices.common
+    if common is None or np.asarray(common.design_matrix).shape[1] == 0:
+        raise FormulaError(f"the random term {term.text} (position {term.position}) has no columns")
+    X = np.asarray(common.design_matrix, dtype=float)
+    terms = tuple(_lme4_name(n) for n in common.as_dataframe().columns)
+    return RandomBlock(group=term.group, terms=terms, correlated=term.correlated, X=X,
+                       codes=codes, levels=levels, term=term, _evaluator=common)
+
+
+def _check_random_sizes(blocks: list[RandomBlock], nobs: int) -> None:
+    for block in blocks:
+        if block.n_levels >= nobs:
+            raise DataError(f"grouping factor '{block.group}' has {block.n_levels} levels for {nobs} "
+                            "observations: the number of levels must be less than the number of "
+                            "observations (every group needs replicates)")
+        n_effects = block.n_levels * block.n_terms
+        if n_effects > nobs:
+            raise DataError(f"the random term {block.term.text} has {n_effects} random effects "
+                            f"({block.n_levels} levels x {block.n_terms} terms) for {nobs} "
+                            "observations: more random effects than observations; simplify it")
+
+
+def _evaluate_new(evaluator, data: pd.DataFrame, expr: str) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(evaluator.evaluate_new_data(data).design_matrix, dtype=float)
+    except Exception as exc:
+        raise DataError(f"cannot evaluate '{expr}' on the new data: {exc}") from exc

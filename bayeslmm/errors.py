@@ -1,0 +1,25 @@
+"""Errors raised for bad input.
+
+Every problem a user can cause raises a subclass of :class:`BayesLMMError`, with a
+message that names the column, the level or the formula position at fault.
+"""
+
+
+class BayesLMMError(Exception):
+    """Base class of every error bayeslmm raises on purpose."""
+
+
+class FormulaError(BayesLMMError, ValueError):
+    """The formula text cannot be parsed (the message gives the position)."""
+
+
+class DataError(BayesLMMError, ValueError):
+    """The data do not fit the formula: unknown column, wrong type, too few levels..."""
+
+
+class FitError(BayesLMMError, RuntimeError):
+    """A fit could not be carried out (for example the optimizer failed)."""
+
+
+class PriorError(BayesLMMError, ValueError):
+    """A prior specification is invalid or refers to a term the model lacks."""

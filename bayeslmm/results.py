@@ -1,0 +1,295 @@
+"""Stage 4: result types.
+
+Both back ends hand their numbers to a subclass of :class:`FitResult`. A result is
+built once, complete, and is not changed afterwards. Every reporting verb is written
+against four primitives that both kinds of result provide as "draws" (a point fit is a
+posterior with one draw):
+
+- ``fixef_draws()``  -> (S, p) fixed effects
+- ``sigma_draws()``  -> (S,) residual standard deviation
+- ``cov_draws()``    -> one (S, q, q) covariance array per bar
+- ``ranef_draws()``  -> one (S, levels, q) array of group effects per bar
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .design import Design
+
+if TYPE_CHECKING:
+    from .reml import OptSummary
+
+
+class FitResult(ABC):
+    """Common base of :class:`PointResult` and the posterior result.
+
+    Subclasses set ``design`` and implement the four draw primitives.
+    """
+
+    design: Design
+
+    # ------------------------------------------------------------ primitives
+    @abstractmethod
+    def fixef_draws(self) -> np.ndarray:
+        """(S, p) draws of the fixed effects."""
+
+    @abstractmethod
+    def sigma_draws(self) -> np.ndarray:
+        """(S,) draws of the residual standard deviation."""
+
+    @abstractmethod
+    def cov_draws(self) -> list[np.ndarray]:
+        """One (S, q, q) array of random-effect covariance draws per bar."""
+
+    @abstractmethod
+    def ranef_draws(self) -> list[np.ndarray]:
+        """One (S, levels, q) array of group-effect draws per bar."""
+
+    # ------------------------------------------------------------ shared facts
+    @property
+    def nobs(self) -> int:
+        """Number of observations used in the fit."""
+        return self.design.nobs
+
+    @property
+    def formula(self) -> str:
+        return self.design.formula.text
+
+    def ngroups(self) -> dict[str, int]:
+        """Number of levels of each grouping factor."""
+        return {block.group: block.n_levels for block in self.design.blocks}
+
+    def fitted_draws(self, include_random: bool = True) -> np.ndarray:
+        """(S, n) fitted values on the data the model was fitted to."""
+        eta = self.fixef_draws() @ self.design.X.T
+        if include_random:
+            for block, b in zip(self.design.blocks, self.ranef_draws()):
+                eta = eta + np.einsum("snq,nq->sn", b[:, block.codes, :], block.X)
+        return eta
+
+
+# ---------------------------------------------------------------- varcorr layout
+def varcorr_layout(design: Design) -> pd.DataFrame:
+    """The rows of R's ``as.data.frame(VarCorr(fit))`` for ``design``: columns
+    ``group``, ``var1``, ``var2``, plus ``block``, ``i``, ``j`` locating each row's
+    entry in the bar's covariance matrix (``block = -1`` for the residual)."""
+    rows = []
+    seen: dict[str, int] = {}
+
+    def group_name(group: str) -> str:
+        count = seen.get(group, 0)
+        seen[group] = count + 1
+        return group if count == 0 else f"{group}.{count}"
+
+    for k, block in enumerate(design.blocks):
+        if block.correlated:
+            name = group_name(block.group)
+            for i, term in enumerate(block.terms):
+                rows.append((name, term, None, k, i, i))
+            for i in range(block.n_terms):
+                for j in range(i + 1, block.n_terms):
+                    rows.append((name, block.terms[i], block.terms[j], k, i, j))
+        else:
+            # lme4 expands (x || g) into separate bars: g, g.1, ...
+            for i, term in enumerate(block.terms):
+                rows.append((group_name(block.group), term, None, k, i, i))
+    rows.append(("Residual", None, None, -1, 0, 0))
+    return pd.DataFrame(rows, columns=["group", "var1", "var2", "block", "i", "j"])
+
+
+def varcorr_values(layout: pd.DataFrame, covs: list[np.ndarray], sigma: np.ndarray) -> np.ndarray:
+    """(S, rows, 2) array of ``vcov`` and ``sdcor`` for each row of ``layout``."""
+    S = len(sigma)
+    out = np.empty((S, len(layout), 2))
+    for r, (k, i, j) in enumerate(zip(layout["block"], layout["i"], layout["j"])):
+        if k < 0:
+            out[:, r, 0] = sigma**2
+            out[:, r, 1] = sigma
+            continue
+        cov = covs[k]
+        out[:, r, 0] = cov[:, i, j]
+        if i == j:
+            out[:, r, 1] = np.sqrt(np.maximum(cov[:, i, i], 0.0))
+        else:
+            denom = np.sqrt(cov[:, i, i] * cov[:, j, j])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, r, 1] = np.where(denom > 0, cov[:, i, j] / np.where(denom > 0, denom, 1.0), np.nan)
+    return out
+
+
+# ---------------------------------------------------------------- point results
+@dataclass(frozen=True, eq=False)
+class PointResult(FitResult):
+    """A REML, ML or MAP fit: point estimates, as ``lme4::lmer`` reports them.
+
+    Build it with :meth:`LMM.fit`. Attributes mirror lme4's accessors: ``theta``,
+    ``sigma``, ``loglik``, ``criterion``, ``aic``, ``bic``, ``nobs``, ``is_singular``.
+    """
+
+    design: Design
+    method: str
+    theta: np.ndarray
+    beta: np.ndarray
+    sigma: float
+    vcov_beta: np.ndarray
+    covariances: tuple[np.ndarray, ...]
+    ranef_values: tuple[np.ndarray, ...]
+    ranef_condvar: tuple[np.ndarray, ...]
+    criterion: float
+    n_params: int
+    theta_names: tuple[str, ...]
+    theta_lower: np.ndarray
+    opt: OptSummary = field(repr=False)
+    priors_used: str | None = None
+
+    # ---------------------------------------------------------- primitives
+    def fixef_draws(self) -> np.ndarray:
+        return self.beta[None, :]
+
+    def sigma_draws(self) -> np.ndarray:
+        return np.array([self.sigma])
+
+    def cov_draws(self) -> list[np.ndarray]:
+        return [c[None] for c in self.covariances]
+
+    def ranef_draws(self) -> list[np.ndarray]:
+        return [b[None] for b in self.ranef_values]
+
+    # ---------------------------------------------------------- lme4's numbers
+    @property
+    def reml(self) -> bool:
+        return self.method == "reml"
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood at the optimum (the REML log-likelihood for a REML fit)."""
+        return -0.5 * self.criterion
+
+    @property
+    def deviance(self) -> float:
+        return self.criterion
+
+    @property
+    def aic(self) -> float:
+        return self.criterion + 2.0 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        return self.criterion + np.log(self.nobs) * self.n_params
+
+    @property
+    def df_resid(self) -> int:
+        return self.nobs - self.n_params
+
+    @property
+    def is_singular(self) -> bool:
+        """lme4's rule: a bounded component of theta within 1e-4 of its bound 0."""
+        bounded = self.theta_lower == 0
+        return bool(np.any(self.theta[bounded] < 1e-4))
+
+    # ---------------------------------------------------------- tables
+    def fixef(self) -> pd.DataFrame:
+        """Fixed effects with standard errors and t values (lme4's names)."""
+        se = np.sqrt(np.diag(self.vcov_beta))
+        return pd.DataFrame({"estimate": self.beta, "std_error": se, "t_value": self.beta / se},
+                            index=pd.Index(self.design.fixed_names, name="term"))
+
+    def vcov(self) -> pd.DataFrame:
+        """Covariance matrix of the fixed-effect estimates."""
+        names = list(self.design.fixed_names)
+        return pd.DataFrame(self.vcov_beta, index=names, columns=names)
+
+    def varcorr(self) -> pd.DataFrame:
+        """Variance components in the layout of R's ``as.data.frame(VarCorr(fit))``."""
+        layout = varcorr_layout(self.design)
+        values = varcorr_values(layout, list(self.cov_draws()), self.sigma_draws())[0]
+        frame = layout[["group", "var1", "var2"]].copy()
+        frame["vcov"] = values[:, 0]
+        frame["sdcor"] = values[:, 1]
+        return frame
+
+    def ranef(self, tidy: bool = False, prob: float = 0.95):
+        """Conditional modes of the random effects.
+
+        Parameters
+        ----------
+        tidy : bool
+            False (default, lme4's layout): a dict group -> DataFrame (levels x terms);
+            bars on the same factor are merged as lme4 merges them. True: one long
+            DataFrame with ``group, level, term, estimate, std_error, lower, upper``
+            (``std_error`` is the conditional sd, lme4's ``condVar``).
+        prob : float
+            Coverage of the normal interval in the tidy layout.
+        """
+        if tidy:
+            from scipy.stats import norm
+
+            z = norm.ppf(0.5 + prob / 2)
+            frames = []
+            for block, b, cv in zip(self.design.blocks, self.ranef_values, self.ranef_condvar):
+                sd = np.sqrt(np.einsum("jii->ji", cv))
+                level = np.repeat(block.levels, block.n_terms)
+                term = np.tile(block.terms, block.n_levels)
+                frames.append(pd.DataFrame({"group": block.group, "level": level, "term": term,
+                                            "estimate": b.ravel(), "std_error": sd.ravel(),
+                                            "lower": b.ravel() - z * sd.ravel(),
+                                            "upper": b.ravel() + z * sd.ravel()}))
+            return pd.concat(frames, ignore_index=True)
+        return merge_by_group(self.design, self.ranef_values)
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """Fixed plus random effects per level (lme4's ``coef``)."""
+        fixed = pd.Series(self.beta, index=self.design.fixed_names)
+        out = {}
+        for group, frame in self.ranef().items():
+            total = pd.DataFrame({name: np.full(len(frame), value) for name, value in fixed.items()},
+                                 index=frame.index)
+            for term in frame.columns:
+                total[term] = total[term] + frame[term] if term in total else frame[term]
+            out[group] = total
+        return out
+
+    def singular_terms(self, tol: float = 1e-4) -> list[str]:
+        """The variance components at zero and the correlations at +-1, as text
+        (``"Batch: sd((Intercept)) = 0"``, ``"school: cor(standLRT, sexM) = -1"``)."""
+        found = []
+        for row in self.varcorr().itertuples():
+            if row.group == "Residual":
+                continue
+            if row.var2 is None or pd.isna(row.var2):
+                if row.sdcor < tol * max(self.sigma, 1e-300):
+                    found.append(f"{row.group}: sd({row.var1}) = 0")
+            elif abs(row.sdcor) > 1 - tol:
+                found.append(f"{row.group}: cor({row.var1}, {row.var2}) = {np.sign(row.sdcor):+.0f}")
+        if self.is_singular and not found:
+            found.append("the random-effects covariance is rank deficient (a linear combination "
+                         "of the terms has zero variance)")
+        return found
+
+    def summary(self) -> str:
+        """A text summary laid out like ``summary(lmer(...))``."""
+        from .summary import point_summary
+
+        return point_summary(self)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+def merge_by_group(design: Design, per_block: tuple[np.ndarray, ...] | list[np.ndarray]) -> dict[str, pd.DataFrame]:
+    """Per-bar (levels x terms) arrays -> dict group -> DataFrame, merging bars on one factor."""
+    out: dict[str, pd.DataFrame] = {}
+    for block, values in zip(design.blocks, per_block):
+        frame = pd.DataFrame(values, index=pd.Index(block.levels, name=block.group),
+                             columns=list(block.terms))
+        if block.group in out:
+            out[block.group] = out[block.group].join(frame, rsuffix=".1")
+        else:
+            out[block.group] = frame
+    return out

@@ -1,0 +1,133 @@
+"""Text summaries laid out like lme4's ``summary(lmer(...))``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    """R-like significant-digit formatting."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:.{digits}g}"
+
+
+def format_table(frame: pd.DataFrame, index_name: str = "") -> str:
+    """Right-aligned columns, left-aligned index, as R prints a matrix."""
+    cells = [[str(i) for i in frame.index]] + [[str(v) for v in frame[c]] for c in frame.columns]
+    heads = [index_name] + [str(c) for c in frame.columns]
+    widths = [max(len(h), *(len(x) for x in col)) if len(col) else len(h) for h, col in zip(heads, cells)]
+    lines = [" ".join([heads[0].ljust(widths[0])] + [h.rjust(w) for h, w in zip(heads[1:], widths[1:])])]
+    for r in range(len(frame)):
+        lines.append(" ".join([cells[0][r].ljust(widths[0])] +
+                              [cells[c][r].rjust(widths[c]) for c in range(1, len(cells))]))
+    return "\n".join(lines)
+
+
+def random_effects_table(result) -> str:
+    """The 'Random effects:' block: Groups, Name, Variance, Std.Dev., Corr."""
+    from .results import varcorr_layout
+
+    layout = varcorr_layout(result.design)
+    covs = [c[0] for c in result.cov_draws()]
+    sigma = float(result.sigma_draws()[0])
+    rows, previous = [], None
+    for row in layout[layout["var2"].isna()].itertuples():
+        if row.block < 0:
+            rows.append(["Residual", "", _fmt(sigma**2), _fmt(sigma), ""])
+            continue
+        block = result.design.blocks[row.block]
+        cov = covs[row.block]
+        sds = np.sqrt(np.maximum(np.diag(cov), 0))
+        corr_cells = []
+        if block.correlated:
+            for j in range(row.i):
+                denom = sds[row.i] * sds[j]
+                corr_cells.append(f"{cov[row.i, j] / denom:.2f}" if denom > 0 else "NaN")
+        label = "" if row.group == previous else row.group
+        previous = row.group
+        rows.append([label, row.var1, _fmt(cov[row.i, row.i]), _fmt(sds[row.i]), " ".join(corr_cells)])
+    heads = ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
+    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(heads)]
+    align = [str.ljust, str.ljust, str.rjust, str.rjust, str.ljust]
+    lines = [" " + " ".join(a(h, w) for a, h, w in zip(align, heads, widths)).rstrip()]
+    for row in rows:
+        lines.append(" " + " ".join(a(v, w) for a, v, w in zip(align, row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def groups_line(result) -> str:
+    seen, parts = set(), []
+    for block in result.design.blocks:
+        if block.group not in seen:
+            seen.add(block.group)
+            parts.append(f"{block.group}, {block.n_levels}")
+    return f"Number of obs: {result.nobs}, groups:  " + "; ".join(parts)
+
+
+def point_summary(result) -> str:
+    """lmer-style summary of a :class:`~bayeslmm.results.PointResult`."""
+    design = result.design
+    out = []
+    if result.method == "reml":
+        out.append("Linear mixed model fit by REML ['bayeslmm']")
+    elif result.method == "ml":
+        out.append("Linear mixed model fit by maximum likelihood ['bayeslmm']")
+    else:
+        out.append("Linear mixed model fit by maximum a posteriori (MAP, random effects integrated out) ['bayeslmm']")
+    out.append(f"Formula: {design.formula.text}")
+    if design.n_dropped:
+        out.append(f"  ({design.n_dropped} rows dropped for missing values)")
+    out.append("")
+    if result.method == "reml":
+        out.append(f"REML criterion at convergence: {result.criterion:.1f}")
+    else:
+        stats = pd.DataFrame({"AIC": [f"{result.aic:.1f}"], "BIC": [f"{result.bic:.1f}"],
+                              "logLik": [f"{result.loglik:.1f}"], "deviance": [f"{result.criterion:.1f}"],
+                              "df.resid": [str(result.df_resid)]}, index=[""])
+        if result.method == "map":
+            out.append(f"Log-likelihood at the MAP: {result.loglik:.1f}")
+        else:
+            out.append(format_table(stats))
+    if result.priors_used:
+        out.append("")
+        out.append("Priors:")
+        out.extend("  " + line for line in result.priors_used.splitlines())
+    out.append("")
+    residuals = (design.y - result.fitted_draws()[0]) / result.sigma
+    quantiles = np.quantile(residuals, [0, 0.25, 0.5, 0.75, 1.0])
+    out.append("Scaled residuals: ")
+    out.append(format_table(pd.DataFrame([[f"{q:.4f}" for q in quantiles]],
+                                         columns=["Min", "1Q", "Median", "3Q", "Max"], index=[""])))
+    out.append("")
+    out.append("Random effects:")
+    out.append(random_effects_table(result))
+    out.append(groups_line(result))
+    out.append("")
+    fixef = result.fixef()
+    table = pd.DataFrame({"Estimate": [_fmt(v) for v in fixef["estimate"]],
+                          "Std. Error": [_fmt(v) for v in fixef["std_error"]],
+                          "t value": [f"{v:.3f}" for v in fixef["t_value"]]}, index=fixef.index)
+    out.append("Fixed effects:")
+    out.append(format_table(table))
+    if len(fixef) > 1:
+        se = np.sqrt(np.diag(result.vcov_beta))
+        corr = result.vcov_beta / np.outer(se, se)
+        short = [name[:6] if name != "(Intercept)" else "(Intr)" for name in fixef.index]
+        cells = pd.DataFrame([[f"{corr[i, j]:.3f}" if j < i else "" for j in range(len(short) - 1)]
+                              for i in range(1, len(short))],
+                             index=list(fixef.index[1:]), columns=short[:-1])
+        out.append("")
+        out.append("Correlation of Fixed Effects:")
+        out.append(format_table(cells))
+    if design.aliased:
+        out.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so dropping "
+                   f"{len(design.aliased)} column(s) / coefficient(s): {', '.join(design.aliased)}")
+    if result.method in ("reml", "ml") and result.is_singular:
+        out.append("optimizer (COBYQA) convergence code: 0 (OK)")
+        out.append("boundary (singular) fit: see help('isSingular')")
+        out.append("  at the boundary: " + "; ".join(result.singular_terms()))
+        out.append("  next steps: simplify the random part (drop a term, or use '||'), or refit with "
+                   "priors: fit(method='map') or sample()")
+    return "\n".join(out)
