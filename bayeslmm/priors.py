@@ -1,0 +1,335 @@
+"""Priors: small classes whose keywords follow PyMC's, and the data-scaled defaults.
+
+Set priors by class or by parameter, with brms's names::
+
+    LMM(formula, data, priors={
+        "Intercept": blm.StudentT(nu=3, mu=290, sigma=60),  # intercept of centered predictors
+        "b": blm.Flat(),                                    # every other fixed effect
+        "b_Days": blm.Normal(mu=0, sigma=20),               # one fixed effect
+        "sd": blm.HalfStudentT(nu=3, sigma=60),             # every group-level sd
+        "sd_Subject": blm.HalfNormal(sigma=50),             # the sds of one grouping factor
+        "sd_Subject__Days": blm.HalfNormal(sigma=10),       # one sd of one factor
+        "cor": blm.LKJ(eta=1), "cor_Subject": blm.LKJ(eta=2),
+        "sigma": blm.HalfStudentT(nu=3, sigma=60),
+    })
+
+The most specific key wins. Defaults (``s_y`` is the sd of the response, ``s_x`` the sd of
+a predictor column over the rows, ``m_y`` the mean of the response):
+
+- ``Intercept``: ``StudentT(nu=3, mu=m_y, sigma=2.5 s_y)``, on the intercept of the
+  mean-centered predictors (as in brms);
+- ``b``: ``Normal(mu=0, sigma=2.5 s_y / s_x)`` for each column (rstanarm's autoscaling);
+- ``sd``: ``Gamma(alpha=2, beta=2 / s_t)`` for the sd of term t in any group, where
+  ``s_t = s_y`` for an intercept and ``s_y / s_x`` for a slope: mean ``s_t``, zero density
+  at zero (Chung et al. 2013), so neither the sampler's funnel nor the MAP's boundary;
+- ``cor``: ``LKJ(eta=1)`` (uniform over correlation matrices);
+- ``sigma``: ``Exponential(lam=1 / s_y)`` (rstanarm's default).
+
+``fit(method="map")`` uses the same priors except that the default ``cor`` prior is
+``LKJ(eta=2)``: LKJ(1) is flat, so it cannot keep a mode away from correlations of +-1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .design import Design
+from .errors import PriorError
+
+
+def _num(value) -> str:
+    return f"{value:.4g}"
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Base of the prior classes. ``to_pymc`` builds the PyMC distribution."""
+
+    #: PyMC class name; the dataclass fields are its keywords
+    pymc_name = ""
+    #: "real" for a location prior, "positive" for a scale prior, "corr" for LKJ
+    support = "real"
+
+    def kwargs(self) -> dict[str, float]:
+        # floats, never ints: PyMC may type an int constant as int8 and overflow
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
+
+    def to_pymc(self, name: str, **extra):
+        """A registered PyMC random variable named ``name`` (inside a model context)."""
+        import pymc as pm
+
+        return getattr(pm, self.pymc_name)(name, **self.kwargs(), **extra)
+
+    def dist(self, **extra):
+        """An unregistered PyMC distribution (for ``LKJCholeskyCov(sd_dist=...)``)."""
+        import pymc as pm
+
+        return getattr(pm, self.pymc_name).dist(**self.kwargs(), **extra)
+
+    def logp(self, value: np.ndarray | float) -> float:
+        """Log density at ``value`` (numpy), summed; for the MAP back end."""
+        raise PriorError(f"{self} has no log density")  # overridden by every concrete prior
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{f.name}={_num(getattr(self, f.name))}" for f in fields(self))
+        return f"{type(self).__name__}({args})"
+
+
+@dataclass(frozen=True)
+class Normal(Prior):
+    """Normal(mu, sigma)."""
+
+    mu: float = 0.0
+    sigma: float = 1.0
+    pymc_name = "Normal"
+
+    def logp(self, value):
+        return float(np.sum(stats.norm.logpdf(value, self.mu, self.sigma)))
+
+
+@dataclass(frozen=True)
+class StudentT(Prior):
+    """Student-t(nu, mu, sigma)."""
+
+    nu: float = 3.0
+    mu: float = 0.0
+    sigma: float = 1.0
+    pymc_name = "StudentT"
+
+    def logp(self, value):
+        return float(np.sum(stats.t.logpdf(value, self.nu, self.mu, self.sigma)))
+
+
+@dataclass(frozen=True)
+class Flat(Prior):
+    """An improper uniform prior over the real line (brms's default on slopes)."""
+
+    pymc_name = "Flat"
+
+    def kwargs(self):
+        return {}
+
+    def logp(self, value):
+        return 0.0
+
+    def __str__(self):
+        return "Flat()"
+
+
+@dataclass(frozen=True)
+class HalfStudentT(Prior):
+    """Half Student-t(nu, sigma) on (0, inf)."""
+
+    nu: float = 3.0
+    sigma: float = 1.0
+    pymc_name = "HalfStudentT"
+    support = "positive"
+
+    def logp(self, value):
+        return float(np.sum(np.log(2.0) + stats.t.logpdf(value, self.nu, 0.0, self.sigma)))
+
+
+@dataclass(frozen=True)
+class HalfNormal(Prior):
+    """Half normal(sigma) on (0, inf)."""
+
+    sigma: float = 1.0
+    pymc_name = "HalfNormal"
+    support = "positive"
+
+    def logp(self, value):
+        return float(np.sum(stats.halfnorm.logpdf(value, 0.0, self.sigma)))
+
+
+@dataclass(frozen=True)
+class Exponential(Prior):
+    """Exponential with rate ``lam``."""
+
+    lam: float = 1.0
+    pymc_name = "Exponential"
+    support = "positive"
+
+    def logp(self, value):
+        return float(np.sum(stats.expon.logpdf(value, scale=1.0 / self.lam)))
+
+
+@dataclass(frozen=True)
+class Gamma(Prior):
+    """Gamma(alpha, beta) with shape ``alpha`` and rate ``beta``; zero density at 0 when alpha > 1."""
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    pymc_name = "Gamma"
+    support = "positive"
+
+    def logp(self, value):
+        return float(np.sum(stats.gamma.logpdf(value, self.alpha, scale=1.0 / self.beta)))
+
+
+@dataclass(frozen=True)
+class LogNormal(Prior):
+    """Log-normal(mu, sigma) on (0, inf)."""
+
+    mu: float = 0.0
+    sigma: float = 1.0
+    pymc_name = "LogNormal"
+    support = "positive"
+
+    def logp(self, value):
+        return float(np.sum(stats.lognorm.logpdf(value, self.sigma, scale=np.exp(self.mu))))
+
+
+@dataclass(frozen=True)
+class LKJ(Prior):
+    """LKJ(eta) on a correlation matrix: eta = 1 uniform, eta > 1 favours small correlations."""
+
+    eta: float = 1.0
+    pymc_name = "LKJCorr"
+    support = "corr"
+
+    def logp(self, value):
+        """Log density of a correlation matrix ``value`` up to its normalizing constant
+        (which depends on eta and the dimension only, so it does not move a mode)."""
+        sign, logdet = np.linalg.slogdet(np.asarray(value))
+        if sign <= 0:
+            return -np.inf
+        return float((self.eta - 1.0) * logdet)
+
+
+# ---------------------------------------------------------------- resolved set
+@dataclass(frozen=True)
+class PriorSet:
+    """The prior in force on every parameter of a model.
+
+    Attributes
+    ----------
+    intercept : Prior or None
+        On the intercept of the mean-centered predictors (None without an intercept).
+    fixed : dict term -> Prior
+        Every other fixed effect.
+    sd : dict (bar index, term) -> Prior
+    cor : dict bar index -> LKJ
+        For correlated bars with two or more terms.
+    sigma : Prior
+    sources : dict parameter name -> "default" or the key the user gave
+    """
+
+    intercept: Prior | None
+    fixed: dict
+    sd: dict
+    cor: dict
+    sigma: Prior
+    sources: dict
+
+    def table(self, design: Design) -> pd.DataFrame:
+        """One row per parameter: class, group, term, prior, source."""
+        rows = []
+        if self.intercept is not None:
+            rows.append(("Intercept", "", "(Intercept)", str(self.intercept), self.sources["Intercept"]))
+        for term, prior in self.fixed.items():
+            rows.append(("b", "", term, str(prior), self.sources[f"b_{term}"]))
+        for (k, term), prior in self.sd.items():
+            group = design.blocks[k].group
+            rows.append(("sd", group, term, str(prior), self.sources[f"sd_{group}__{term}"]))
+        for k, prior in self.cor.items():
+            group = design.blocks[k].group
+            rows.append(("cor", group, "", str(prior), self.sources[f"cor_{group}"]))
+        rows.append(("sigma", "", "", str(self.sigma), self.sources["sigma"]))
+        return pd.DataFrame(rows, columns=["class", "group", "term", "prior", "source"])
+
+    def describe(self, design: Design) -> str:
+        """The table as text, for summaries."""
+        lines = []
+        for row in self.table(design).itertuples(index=False):
+            name = {"Intercept": "Intercept", "b": f"b_{row.term}", "sd": f"sd_{row.group}__{row.term}",
+                    "cor": f"cor_{row.group}", "sigma": "sigma"}[row[0]]
+            source = "" if row.source == "default" else f"  (set by '{row.source}')"
+            lines.append(f"{name} ~ {row.prior}{source}")
+        return "\n".join(lines)
+
+
+def column_scales(design: Design) -> tuple[float, float, np.ndarray]:
+    """(mean of y, sd of y, sd of each column of X; 1 for the intercept column)."""
+    y = design.y
+    s_y = float(np.std(y)) or 1.0
+    s_x = np.std(design.X, axis=0)
+    s_x = np.where(s_x > 0, s_x, 1.0)
+    return float(np.mean(y)), s_y, s_x
+
+
+def _term_scale(design: Design, k: int, t: int, s_y: float) -> float:
+    """Data scale of random term t of bar k: s_y for an intercept, s_y / s_x for a slope."""
+    column = design.blocks[k].X[:, t]
+    s_x = float(np.std(column))
+    return s_y if s_x == 0 else s_y / s_x
+
+
+def resolve_priors(design: Design, priors: dict | None, for_map: bool = False) -> PriorSet:
+    """Combine the user's ``priors`` dict with the defaults (see the module docstring).
+
+    Raises
+    ------
+    PriorError
+        For a key that names no parameter of the model, or a value that is not a
+        prior of the right kind.
+    """
+    priors = dict(priors or {})
+    m_y, s_y, s_x = column_scales(design)
+    used: set[str] = set()
+
+    def pick(keys: list[str], default: Prior, support: str) -> tuple[Prior, str]:
+        for key in keys:  # most specific first
+            if key in priors:
+                prior = priors[key]
+                if not isinstance(prior, Prior):
+                    raise PriorError(f"the prior for '{key}' must be a bayeslmm prior such as "
+                                     f"blm.Normal(mu=0, sigma=1), not {prior!r}")
+                if support == "positive" and prior.support == "real" and not isinstance(prior, Flat):
+                    raise PriorError(f"'{key}' is a scale: give a positive prior (HalfNormal, "
+                                     f"HalfStudentT, Exponential, Gamma, LogNormal), not {prior}")
+                if support == "corr" and prior.support != "corr":
+                    raise PriorError(f"'{key}' is a correlation matrix: give blm.LKJ(eta=...), not {prior}")
+                if support != "corr" and prior.support == "corr":
+                    raise PriorError(f"LKJ is a prior for 'cor' keys only, not for '{key}'")
+                if support == "positive" and isinstance(prior, Flat):
+                    raise PriorError(f"'{key}' is a scale: a Flat prior is not allowed there")
+                used.add(key)
+                return prior, key
+        return default, "default"
+
+    sources: dict[str, str] = {}
+    names = list(design.fixed_names)
+    intercept = None
+    if "(Intercept)" in names:
+        intercept, sources["Intercept"] = pick(["Intercept", "b_Intercept"],
+                                               StudentT(nu=3.0, mu=m_y, sigma=2.5 * s_y), "real")
+    fixed = {}
+    for j, term in enumerate(names):
+        if term == "(Intercept)":
+            continue
+        fixed[term], sources[f"b_{term}"] = pick([f"b_{term}", "b"], Normal(mu=0.0, sigma=2.5 * s_y / s_x[j]), "real")
+    sd, cor = {}, {}
+    for k, block in enumerate(design.blocks):
+        for t, term in enumerate(block.terms):
+            scale = _term_scale(design, k, t, s_y)
+            sd[(k, term)], sources[f"sd_{block.group}__{term}"] = pick(
+                [f"sd_{block.group}__{term}", f"sd_{block.group}", "sd"], Gamma(alpha=2.0, beta=2.0 / scale), "positive")
+        if block.correlated and block.n_terms > 1:
+            cor[k], sources[f"cor_{block.group}"] = pick([f"cor_{block.group}", "cor"],
+                                                         LKJ(eta=2.0 if for_map else 1.0), "corr")
+    sigma, sources["sigma"] = pick(["sigma"], Exponential(lam=1.0 / s_y), "positive")
+
+    # class-level keys are always accepted; a specific key must name a parameter
+    unknown = sorted(set(priors) - used - {"Intercept", "b", "sd", "cor", "sigma"})
+    if unknown:
+        valid = (["Intercept", "b", "sd", "cor", "sigma"] + [f"b_{t}" for t in fixed]
+                 + sorted({f"sd_{b.group}" for b in design.blocks})
+                 + [f"sd_{b.group}__{t}" for b in design.blocks for t in b.terms]
+                 + [f"cor_{design.blocks[k].group}" for k in cor])
+        raise PriorError(f"prior key(s) {', '.join(map(repr, unknown))} name no parameter of this model; "
+                         f"valid keys: {', '.join(dict.fromkeys(valid))}")
+    return PriorSet(intercept=intercept, fixed=fixed, sd=sd, cor=cor, sigma=sigma, sources=sources)
