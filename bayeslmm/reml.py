@@ -225,8 +225,12 @@ class ProfiledDeviance:
         return lam
 
     # -- one evaluation
-    def solve(self, theta: np.ndarray) -> PLSSolution:
-        """Factor the system at ``theta`` and return the full solution."""
+    def solve(self, theta: np.ndarray, beta_fixed: np.ndarray | None = None) -> PLSSolution:
+        """Factor the system at ``theta`` and return the full solution.
+
+        ``beta_fixed`` (standardized scale) gives the conditional modes at that ``beta``
+        instead of at its profiled value (the MAP back end needs it).
+        """
         theta = np.asarray(theta, dtype=float)
         self.evaluations += 1
         lambdas = self.layout.factors(theta, self.q_sizes)
@@ -269,9 +273,10 @@ class ProfiledDeviance:
         logdet_RX = 2.0 * np.log(np.diag(Lxx)).sum() if p else 0.0
 
         # conditional modes: back-substitution through the blocked factor
-        e1 = self.Ax1[p] - beta @ self.Ax1[:p]
+        beta_u = beta if beta_fixed is None else np.asarray(beta_fixed, dtype=float)
+        e1 = self.Ax1[p] - beta_u @ self.Ax1[:p]
         if self.qr:
-            vr = Lxr[p] - beta @ Lxr[:p]
+            vr = Lxr[p] - beta_u @ Lxr[:p]
             ur = solve_triangular(Lrr.T, vr, lower=False, check_finite=False)
             e1 = e1 - self.Ar1.T @ (lam_r @ ur)
         else:
@@ -416,16 +421,22 @@ def fit_profiled(design: Design, reml: bool = True):
 
 
 def point_result(deviance: ProfiledDeviance, theta: np.ndarray, opt: OptSummary, method: str,
-                 priors_used: str | None = None):
-    """Turn the solution at ``theta`` into a :class:`~bayeslmm.results.PointResult`."""
+                 beta: np.ndarray | None = None, sigma: float | None = None,
+                 criterion: float | None = None, priors_used: str | None = None):
+    """Turn the solution at ``theta`` into a :class:`~bayeslmm.results.PointResult`.
+
+    REML/ML profile ``beta`` and ``sigma`` out; the MAP back end passes its own
+    ``beta``, ``sigma`` (user's scale) and ``criterion``.
+    """
     from .results import PointResult
 
     design = deviance.design
-    sol = deviance.solve(theta)
-    n_eff = deviance.n - deviance.p if deviance.reml else deviance.n
     scale = deviance.y_scale
-    sigma = float(np.sqrt(sol.pwrss / n_eff)) * scale
-    beta = sol.beta * scale
+    sol = deviance.solve(theta, beta_fixed=None if beta is None else np.asarray(beta) / scale)
+    if sigma is None:
+        n_eff = deviance.n - deviance.p if deviance.reml else deviance.n
+        sigma = float(np.sqrt(sol.pwrss / n_eff)) * scale
+    beta = sol.beta * scale if beta is None else np.asarray(beta, dtype=float)
     RX_inv = solve_triangular(sol.RX_lower, np.eye(deviance.p), lower=True, check_finite=False)
     vcov_beta = sigma**2 * (RX_inv.T @ RX_inv)
     covariances = tuple(sigma**2 * lam @ lam.T for lam in sol.factors)
@@ -438,8 +449,8 @@ def point_result(deviance: ProfiledDeviance, theta: np.ndarray, opt: OptSummary,
     condvar = tuple(sigma**2 * cv for cv in conditional_variances(deviance, sol))
     n_params = deviance.p + deviance.layout.size + 1
     return PointResult(design=design, method=method, theta=np.asarray(theta, dtype=float), beta=beta,
-                       sigma=sigma, vcov_beta=vcov_beta, covariances=covariances,
+                       sigma=float(sigma), vcov_beta=vcov_beta, covariances=covariances,
                        ranef_values=tuple(ranef), ranef_condvar=condvar,
-                       criterion=float(sol.objective), n_params=n_params,
-                       theta_names=deviance.layout.names, theta_lower=deviance.layout.lower,
-                       opt=opt, priors_used=priors_used)
+                       criterion=float(sol.objective if criterion is None else criterion),
+                       n_params=n_params, theta_names=deviance.layout.names,
+                       theta_lower=deviance.layout.lower, opt=opt, priors_used=priors_used)
