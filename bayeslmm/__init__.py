@@ -9,10 +9,11 @@ from . import datasets
 from .errors import BayesLMMError, DataError, FitError, FormulaError, PriorError
 from .model import LMM
 from .reml import make_deviance
+from .workflow import SingularFitWarning, WorkflowResult, lmm
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
-    "datasets", "make_deviance", "__version__",
+    "datasets", "make_deviance", "lmm", "SingularFitWarning", "WorkflowResult", "__version__",
 ]

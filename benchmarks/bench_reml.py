@@ -5,7 +5,7 @@ is 3 s or less, with parity. Run: ``python benchmarks/bench_reml.py [--repeat 5]
 
 Times the fit (design building + optimization + result), in-process, after one warm-up,
 and prints the median, the ratio to lme4 and the parity of the criterion. Also times every
-other reference case.
+other reference case, and the MAP fit of each (issue: MAP as fast as REML on the same data).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import bayeslmm as blm
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "lme4"
 
 
-def time_case(case: str, repeat: int) -> tuple[float, float, dict, object]:
+def time_case(case: str, repeat: int, method: str | None = None) -> tuple[float, float, dict, object]:
+    """Median and minimum seconds of ``LMM(formula, data).fit(method)`` over ``repeat`` runs."""
     ref = json.loads((REFERENCE / f"{case}.json").read_text())
     data = blm.datasets.load(Path(ref["data"]).stem)
     formula = ref["formula"].replace("log(", "np.log(")
-    method = "reml" if ref["REML"] else "ml"
+    method = method or ("reml" if ref["REML"] else "ml")
     blm.LMM(formula, data).fit(method)  # warm-up (imports, caches)
     times = []
     for _ in range(repeat):
@@ -42,12 +43,14 @@ def main() -> None:
     args = parser.parse_args()
     cases = [args.case] if args.case else sorted(p.stem for p in REFERENCE.glob("*.json"))
     print(f"{'case':14s} {'median s':>9s} {'min s':>8s} {'lme4 s':>8s} {'lme4/ours':>9s} "
-          f"{'evals':>6s} {'criterion - lme4':>17s}")
+          f"{'evals':>6s} {'criterion - lme4':>17s} {'MAP s':>7s} {'MAP/REML':>8s}")
     for case in cases:
         median, fastest, ref, fit = time_case(case, args.repeat)
         lme4 = ref["lmer_seconds_median"]
+        map_median, _, _, _ = time_case(case, args.repeat, method="map")
         print(f"{case:14s} {median:9.3f} {fastest:8.3f} {lme4:8.3f} {lme4 / median:9.1f} "
-              f"{fit.opt.evaluations:6d} {fit.criterion - ref['criterion']:+17.2e}")
+              f"{fit.opt.evaluations:6d} {fit.criterion - ref['criterion']:+17.2e} "
+              f"{map_median:7.3f} {map_median / median:8.2f}")
 
 
 if __name__ == "__main__":

@@ -61,3 +61,24 @@ def load(name: str) -> pd.DataFrame:
     dtypes = {col: str for col in _CATEGORICAL.get(key, [])}
     with path.open("r", encoding="utf-8") as handle:
         return pd.read_csv(handle, dtype=dtypes)
+
+
+def simulate_salary(seed: int = 1, n_majors: int = 5, n_students: int = 5) -> pd.DataFrame:
+    """The small simulated salary data set of the singular-fit examples.
+
+    ``n_majors`` majors x ``n_students`` students; grade ~ N(0, 1); each major's
+    intercept ~ N(-10 x the major's mean grade, 6); slopes ~ N(2, 0.1); residual sd 3.
+    With so few majors, ``salary ~ 1 + grade + (1 + grade | major)`` is singular under
+    REML (lme4 reports a correlation of 1.00).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    major = np.repeat([f"major {chr(65 + m)}" for m in range(n_majors)], n_students)
+    grade = rng.normal(0.0, 1.0, size=n_majors * n_students)
+    mean_grade = grade.reshape(n_majors, n_students).mean(axis=1)
+    intercept = rng.normal(-10.0 * mean_grade, 6.0)
+    slope = rng.normal(2.0, 0.1, size=n_majors)
+    codes = np.repeat(np.arange(n_majors), n_students)
+    salary = intercept[codes] + slope[codes] * grade + rng.normal(0.0, 3.0, size=grade.size)
+    return pd.DataFrame({"major": major, "grade": grade, "salary": salary})

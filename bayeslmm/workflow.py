@@ -1,0 +1,113 @@
+"""The singular-fit workflow: fit REML; if the fit is singular, say why and refit with priors.
+
+``lmer`` users meet "boundary (singular) fit" often. ``blm.lmm(formula, data)`` makes that
+moment a path: REML first; on a singular fit a warning names the components on the
+boundary, then the MAP fit under the priors (variances strictly positive, correlations
+strictly inside (-1, 1)) and, with ``fallback="sample"``, the full posterior.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .errors import BayesLMMError
+from .model import LMM
+
+
+class SingularFitWarning(UserWarning):
+    """The REML/ML fit is on the boundary of the parameter space."""
+
+
+@dataclass(frozen=True)
+class WorkflowResult:
+    """What :func:`lmm` did and every fit it made.
+
+    Attributes
+    ----------
+    path : str
+        ``"reml"`` (not singular), ``"reml -> map"`` or ``"reml -> map -> sample"``.
+    reason : str
+        Why the path was taken (the components on the boundary, if any).
+    reml : PointResult
+        The REML (or ML) fit, always made.
+    map : PointResult or None
+        The MAP fit under the priors, made when the REML fit is singular.
+    posterior : PosteriorResult or None
+        The posterior, made when the REML fit is singular and ``fallback="sample"``.
+    """
+
+    path: str
+    reason: str
+    reml: object
+    map: object | None = None
+    posterior: object | None = None
+
+    @property
+    def result(self):
+        """The fit to report: the posterior if sampled, else the MAP fit, else REML."""
+        return self.posterior or self.map or self.reml
+
+    def summary(self) -> str:
+        return f"bayeslmm path: {self.path}\n{self.reason}\n\n{self.result.summary()}"
+
+    def __getattr__(self, name):
+        # fixef(), varcorr(), ranef(), ... of the chosen fit
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+
+def lmm(formula: str, data: pd.DataFrame, method: str = "auto", fallback: str = "map",
+        priors: dict | None = None, reml: bool = True, **sample_kwargs) -> WorkflowResult:
+    """Fit a linear mixed model, falling back to priors when the REML fit is singular.
+
+    Parameters
+    ----------
+    formula, data, priors
+        As for :class:`~bayeslmm.LMM`.
+    method : {"auto", "reml", "ml", "map", "sample"}
+        ``"auto"``: REML (or ML with ``reml=False``), then the fallback if singular.
+        The other values make just that fit.
+    fallback : {"map", "sample"}
+        On a singular fit: the MAP fit only, or the MAP fit and the full posterior.
+    **sample_kwargs
+        Passed to :meth:`LMM.sample` (draws, tune, chains, random_seed, ...).
+
+    Returns
+    -------
+    WorkflowResult
+        ``.path`` records what was done; ``.result`` is the fit to report.
+    """
+    if fallback not in ("map", "sample"):
+        raise BayesLMMError(f"fallback must be 'map' or 'sample', not {fallback!r}")
+    model = LMM(formula, data, priors=priors)
+    key = str(method).lower()
+    if key in ("reml", "ml", "map"):
+        fit = model.fit(key)
+        return WorkflowResult(path=key, reason=f"method={key!r} requested", reml=fit)
+    if key == "sample":
+        post = model.sample(**sample_kwargs)
+        return WorkflowResult(path="sample", reason="method='sample' requested", reml=model.fit("reml"),
+                              posterior=post)
+    if key != "auto":
+        raise BayesLMMError(f"unknown method {method!r}: use 'auto', 'reml', 'ml', 'map' or 'sample'")
+
+    first = model.fit("reml" if reml else "ml")
+    if not first.is_singular:
+        return WorkflowResult(path=first.method, reason="the fit is not singular", reml=first)
+    terms = "; ".join(first.singular_terms())
+    reason = (f"the {first.method.upper()} fit is singular (boundary): {terms}. Refitted with priors "
+              "that keep variances above zero and correlations inside (-1, 1); alternatives: "
+              "simplify the random part (drop a term or use '||').")
+    warnings.warn(f"boundary (singular) fit: {terms}; returning the MAP fit under the priors"
+                  + (" and the posterior" if fallback == "sample" else "")
+                  + " (see .reml for the singular fit)", SingularFitWarning, stacklevel=2)
+    map_fit = model.fit("map")
+    if fallback == "sample":
+        post = model.sample(**sample_kwargs)
+        return WorkflowResult(path=f"{first.method} -> map -> sample", reason=reason, reml=first,
+                              map=map_fit, posterior=post)
+    return WorkflowResult(path=f"{first.method} -> map", reason=reason, reml=first, map=map_fit)

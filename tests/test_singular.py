@@ -1,0 +1,120 @@
+"""Singular fits: singularity report, MAP under priors, and the lmm() fallback workflow."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import bayeslmm as blm
+from conftest import lme4_reference, reference_fit
+
+EXAM_SEX = "normexam ~ standLRT + sex + (standLRT + sex | school)"
+SALARY = "salary ~ 1 + grade + (1 + grade | major)"
+
+
+@pytest.fixture(scope="module")
+def map_fits():
+    return {
+        "dyestuff2": blm.LMM("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff2")).fit("map"),
+        "exam_sex": blm.LMM(EXAM_SEX, blm.datasets.load("exam")).fit("map"),
+        "salary": blm.LMM(SALARY, blm.datasets.simulate_salary()).fit("map"),
+    }
+
+
+def _sds_and_correlations(result):
+    vc = result.varcorr()
+    random = vc[vc["group"] != "Residual"]
+    return random[random["var2"].isna()]["sdcor"].to_numpy(), random[random["var2"].notna()]["sdcor"].to_numpy()
+
+
+@pytest.mark.parametrize("case", ["dyestuff2", "exam_sex"])
+def test_reml_is_singular_like_lme4(case):
+    assert lme4_reference(case)["is_singular"] is True
+    assert reference_fit(case).is_singular
+
+
+def test_singular_terms_name_the_boundary():
+    assert reference_fit("dyestuff2").singular_terms() == ["Batch: sd((Intercept)) = 0"]
+    # exam_sex: the 3 x 3 covariance is rank deficient without any single sd or corr at the bound
+    exam_terms = reference_fit("exam_sex").singular_terms()
+    assert len(exam_terms) == 1 and "rank deficient" in exam_terms[0]
+    salary = blm.LMM(SALARY, blm.datasets.simulate_salary()).fit()
+    assert salary.is_singular
+    assert salary.singular_terms() == ["major: cor((Intercept), grade) = +1"]
+    assert reference_fit("sleep_rs").singular_terms() == []
+
+
+@pytest.mark.parametrize("case,reml_case", [("dyestuff2", "dyestuff2"), ("exam_sex", "exam_sex"), ("salary", None)])
+def test_map_stays_inside_and_agrees_on_fixed_effects(map_fits, case, reml_case):
+    fit = map_fits[case]
+    assert fit.method == "map" and not fit.is_singular
+    sds, correlations = _sds_and_correlations(fit)
+    assert np.all(sds > 0)
+    # strictly inside: no sd is negligible relative to the residual scale
+    assert np.all(sds > 1e-3 * fit.sigma)
+    assert np.all(np.abs(correlations) < 0.99)
+    reml = reference_fit(reml_case) if reml_case else blm.LMM(SALARY, blm.datasets.simulate_salary()).fit()
+    diff = np.abs(fit.fixef()["estimate"] - reml.fixef()["estimate"])
+    assert np.all(diff < reml.fixef()["std_error"])
+
+
+def test_map_reported_values(map_fits):
+    dye = map_fits["dyestuff2"]
+    # the profiled intercept of a balanced one-way design is the grand mean, whatever the variances
+    assert dye.fixef().loc["(Intercept)", "estimate"] == pytest.approx(5.6656, abs=1e-3)
+    sds, _ = _sds_and_correlations(dye)
+    assert 0.3 < sds[0] < 2.0  # off zero, but small next to sigma ~ 3.7
+    text = dye.summary()
+    assert "maximum a posteriori" in text and "Priors:" in text
+    assert "sd_Batch__(Intercept) ~ Gamma(alpha=2" in text
+    assert "boundary (singular) fit" not in text
+
+
+def test_map_objective_is_lower_at_its_mode_than_at_reml():
+    """The MAP objective (minus twice the log posterior) is minimized at the reported theta."""
+    from bayeslmm.map import MapObjective
+    from bayeslmm.priors import resolve_priors
+    from bayeslmm.reml import ProfiledDeviance
+
+    model = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy"))
+    fit = model.fit("map")
+    objective = MapObjective(ProfiledDeviance(model.design, reml=False), resolve_priors(model.design, None, for_map=True))
+    at_mode = objective(fit.theta)
+    for step in ([0.05, 0, 0], [0, 0.05, 0], [0, 0, 0.02], [-0.05, 0, 0]):
+        assert objective(fit.theta + np.array(step)) > at_mode
+
+
+def test_map_with_user_priors_uses_them():
+    model = blm.LMM("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff2"),
+                    priors={"sd_Batch": blm.priors.Gamma(alpha=2.0, beta=10.0)})
+    fit = model.fit("map")
+    default = blm.LMM("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff2")).fit("map")
+    # a rate of 10 puts the prior mode at 0.1: the sd shrinks towards it
+    assert _sds_and_correlations(fit)[0][0] < _sds_and_correlations(default)[0][0]
+    assert "(set by 'sd_Batch')" in fit.summary()
+
+
+def test_lmm_auto_falls_back_to_map_on_singular_fits():
+    with pytest.warns(blm.SingularFitWarning, match=r"Batch: sd\(\(Intercept\)\) = 0"):
+        out = blm.lmm("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff2"))
+    assert out.path == "reml -> map"
+    assert out.reml.is_singular and out.map is not None and out.result is out.map
+    assert "singular" in out.reason
+    assert out.fixef().loc["(Intercept)", "estimate"] == pytest.approx(5.6656, abs=1e-3)
+    assert "bayeslmm path: reml -> map" in out.summary()
+
+
+def test_lmm_auto_keeps_reml_when_not_singular():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", blm.SingularFitWarning)
+        out = blm.lmm("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff"))
+    assert out.path == "reml" and out.map is None and out.result is out.reml
+
+
+def test_lmm_rejects_unknown_options():
+    with pytest.raises(blm.BayesLMMError, match="fallback"):
+        blm.lmm("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff"), fallback="nope")
+    with pytest.raises(blm.BayesLMMError, match="unknown method"):
+        blm.lmm("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff"), method="bogus")
