@@ -6,8 +6,10 @@
 """
 
 from . import datasets
-from .errors import BayesLMMError, DataError, FitError, FormulaError, PriorError
+from .errors import BayesLMMError, DataError, FitError, FormulaError, PriorError, SamplingWarning
 from .model import LMM
+from .posterior import PosteriorResult, load
+from .priors import LKJ, Exponential, Flat, Gamma, HalfNormal, HalfStudentT, LogNormal, Normal, StudentT
 from .reml import make_deviance
 from .workflow import SingularFitWarning, WorkflowResult, lmm
 
@@ -16,4 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "LMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
     "datasets", "make_deviance", "lmm", "SingularFitWarning", "WorkflowResult", "__version__",
+    "PosteriorResult", "load", "SamplingWarning",
+    "Normal", "StudentT", "Flat", "HalfStudentT", "HalfNormal", "Exponential", "Gamma", "LogNormal", "LKJ",
 ]

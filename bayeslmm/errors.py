@@ -23,3 +23,7 @@ class FitError(BayesLMMError, RuntimeError):
 
 class PriorError(BayesLMMError, ValueError):
     """A prior specification is invalid or refers to a term the model lacks."""
+
+
+class SamplingWarning(UserWarning):
+    """The sampler reported problems: R-hat > 1.01, bulk ESS < 400 or divergences."""

@@ -71,6 +71,85 @@ class LMM:
             return fit_map(self.design, self.priors)
         raise BayesLMMError(f"unknown method {method!r}: use 'reml', 'ml' or 'map'")
 
+    def resolved_priors(self, for_map: bool = False):
+        """The :class:`~bayeslmm.priors.PriorSet` in force: the user's priors over the defaults."""
+        from .priors import resolve_priors
+
+        return resolve_priors(self.design, self.priors, for_map=for_map)
+
+    def prior_summary(self) -> pd.DataFrame:
+        """The prior on every parameter (class, group, term, prior, source), as brms's
+        ``prior_summary``. ``fit(method="map")`` uses LKJ(eta=2) where this says LKJ(eta=1)
+        and the user gave no ``cor`` prior."""
+        return self.resolved_priors().table(self.design)
+
+    def sample(self, draws: int = 1000, tune: int = 1000, chains: int = 4, random_seed: int | None = None,
+               sampler: str = "nutpie", target_accept: float = 0.9, progressbar: bool = True,
+               parametrization: str = "auto", **kwargs):
+        """Sample the posterior with NUTS.
+
+        Parameters
+        ----------
+        draws, tune, chains : int
+            Kept draws and warm-up iterations per chain, and the number of chains.
+        random_seed : int, optional
+            The same seed gives identical draws.
+        sampler : {"nutpie", "pymc", "numpyro", "blackjax"}
+            NUTS implementation for the full parametrization; the JAX ones need
+            ``pip install 'bayeslmm[jax]'``.
+        target_accept : float
+            Step-size adaptation target (0.9 by default: hierarchical models need
+            smaller steps than the 0.8 of most samplers).
+        progressbar : bool
+        parametrization : {"auto", "marginal", "full"}
+            ``"full"`` samples the group effects with the other parameters
+            (non-centered); ``"marginal"`` integrates them out, samples the rest, then
+            draws them exactly; ``"auto"`` uses the marginal one where it applies.
+        **kwargs
+            Passed to the sampler.
+
+        Returns
+        -------
+        PosteriorResult
+        """
+        from .bayes import build_model, run_sampler
+        from .posterior import PosteriorResult, to_inference_data
+
+        prior_set = self.resolved_priors()
+        choice = str(parametrization).lower()
+        if choice not in ("auto", "marginal", "full"):
+            raise BayesLMMError(f"parametrization must be 'auto', 'marginal' or 'full', not {parametrization!r}")
+        if choice in ("auto", "marginal"):
+            try:
+                from .marginal import marginal_supported, sample_marginal
+            except ImportError:
+                marginal_supported = None
+            if marginal_supported is not None:
+                ok, reason = marginal_supported(self.design)
+                if ok:
+                    return sample_marginal(self.design, prior_set, draws=draws, tune=tune, chains=chains,
+                                           random_seed=random_seed, target_accept=target_accept,
+                                           progressbar=progressbar)
+                if choice == "marginal":
+                    raise BayesLMMError(f"the marginal parametrization does not apply here: {reason}")
+            elif choice == "marginal":
+                raise BayesLMMError("the marginal parametrization is not available in this installation")
+        model = build_model(self.design, prior_set)
+        raw = run_sampler(model, sampler, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                          target_accept=target_accept, progressbar=progressbar, **kwargs)
+        idata = to_inference_data(self.design, raw, prior_set, sampler=sampler, parametrization="full")
+        return PosteriorResult(design=self.design, idata=idata, prior_set=prior_set)
+
+    def sample_prior_predictive(self, draws: int = 500, random_seed: int | None = None):
+        """Draws from the prior and the prior predictive distribution (arviz.InferenceData
+        with ``prior`` and ``prior_predictive`` groups)."""
+        import pymc as pm
+
+        from .bayes import build_model
+
+        with build_model(self.design, self.resolved_priors()):
+            return pm.sample_prior_predictive(draws=draws, random_seed=random_seed)
+
     def __repr__(self) -> str:
         groups = ", ".join(f"{b.group} ({b.n_levels})" for b in self.design.blocks)
         return (f"LMM({self.formula!r}): {self.design.nobs} observations, "

@@ -131,3 +131,73 @@ def point_summary(result) -> str:
         out.append("  next steps: simplify the random part (drop a term, or use '||'), or refit with "
                    "priors: fit(method='map') or sample()")
     return "\n".join(out)
+
+
+def posterior_summary(result, prob: float = 0.95) -> str:
+    """lmer-like summary of a posterior: means, sds, equal-tailed intervals, R-hat, ESS."""
+    design = result.design
+    post = result.idata.posterior
+    pct = f"{100 * prob:g}%"
+    out = [f"Linear mixed model, posterior by NUTS ({post.attrs.get('sampler', '?')}, "
+           f"{post.attrs.get('parametrization', 'full')} parametrization) ['bayeslmm']",
+           f"Formula: {design.formula.text}"]
+    if design.n_dropped:
+        out.append(f"  ({design.n_dropped} rows dropped for missing values)")
+    out.append(f"Draws: {post.sizes['chain']} chains x {post.sizes['draw']} = {result.n_draws}; "
+               f"divergences: {result.divergences}")
+    out.append("")
+    out.append("Priors:")
+    out.extend("  " + line for line in result.prior_set.describe(design).splitlines())
+    out.append("")
+    diag = result.diagnostics()
+    vc = result.varcorr(prob)
+    rows = []
+    labels = {}
+    from .bayes import bar_labels, correlation_pairs
+
+    for label, block in zip(bar_labels(design), design.blocks):
+        for term in block.terms:
+            labels[(label, term, None)] = f"sd_{label}[{term}]"
+        if block.correlated and block.n_terms > 1:
+            for i, j, name in correlation_pairs(block.terms):
+                labels[(label, block.terms[i], block.terms[j])] = f"cor_{label}[{name}]"
+    previous = None
+    vc_group_to_label = {}
+    for label, block in zip(bar_labels(design), design.blocks):
+        vc_group_to_label.setdefault(block.group, label)
+    for row in vc.itertuples(index=False):
+        is_sd = row.var2 is None or (isinstance(row.var2, float) and np.isnan(row.var2))
+        if row.group == "Residual":
+            key = "sigma"
+        else:
+            base = row.group.split(".")[0] if row.group not in vc_group_to_label else row.group
+            label = vc_group_to_label.get(row.group, vc_group_to_label.get(base, base))
+            key = labels.get((label, row.var1, None if is_sd else row.var2), "")
+        name = row.var1 if is_sd else f"cor({row.var1}, {row.var2})"
+        group = "" if row.group == previous else row.group
+        previous = row.group
+        rhat = diag.loc[key, "r_hat"] if key in diag.index else np.nan
+        ess = diag.loc[key, "ess_bulk"] if key in diag.index else np.nan
+        rows.append([group, name if row.group != "Residual" else "", _fmt(row.sdcor), _fmt(row.sdcor_sd),
+                     _fmt(row.lower), _fmt(row.upper), f"{rhat:.3f}", f"{ess:.0f}"])
+    heads = ["Groups", "Name", "Mean", "SD", f"{(1 - prob) / 2 * 100:g}%", f"{(1 + prob) / 2 * 100:g}%", "Rhat", "ESS"]
+    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(heads)]
+    align = [str.ljust, str.ljust] + [str.rjust] * 6
+    out.append(f"Random effects (standard deviations and correlations, {pct} intervals):")
+    out.append(" " + " ".join(a(h, w) for a, h, w in zip(align, heads, widths)).rstrip())
+    for row in rows:
+        out.append(" " + " ".join(a(v, w) for a, v, w in zip(align, row, widths)).rstrip())
+    out.append(groups_line(result))
+    out.append("")
+    fixef = result.fixef(prob)
+    table = pd.DataFrame({"Mean": [_fmt(v) for v in fixef["mean"]], "SD": [_fmt(v) for v in fixef["sd"]],
+                          heads[4]: [_fmt(v) for v in fixef["lower"]], heads[5]: [_fmt(v) for v in fixef["upper"]],
+                          "Rhat": [f"{v:.3f}" for v in fixef["rhat"]],
+                          "ESS": [f"{v:.0f}" for v in fixef["ess_bulk"]]}, index=fixef.index)
+    out.append("Fixed effects:")
+    out.append(format_table(table))
+    message = result.diagnostic_message()
+    if message:
+        out.append("")
+        out.append("Warning: " + message)
+    return "\n".join(out)

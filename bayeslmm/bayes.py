@@ -1,0 +1,150 @@
+"""Stage 3c: the Bayesian back end (full parametrization): a PyMC model sampled with NUTS.
+
+The model, for a design with fixed columns X and bars k = 1..K::
+
+    Intercept_c ~ prior["Intercept"]          (intercept of the mean-centered predictors)
+    b_j         ~ prior["b_<term>"]           (every other fixed effect)
+    sd_k, R_k   ~ prior["sd_..."], LKJ(eta)   (LKJCholeskyCov for a correlated bar)
+    z_kj        ~ N(0, I)                     (non-centered)
+    b_kj        = L_k z_kj,   L_k L_k' = Sigma_k = diag(sd_k) R_k diag(sd_k)
+    y_i         ~ N(Intercept_c + Xc_i b + sum_k x_ki' b_k[g_k(i)], sigma)
+
+The posterior is returned in the layout of :mod:`bayeslmm.posterior` (``beta``, ``sigma``,
+``sd_L``, ``cor_L``, ``r_L``; ``log_likelihood``), whatever the sampler.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .design import Design
+from .errors import BayesLMMError
+from .priors import PriorSet
+
+#: samplers accepted by ``LMM.sample``
+SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
+
+
+def bar_labels(design: Design) -> list[str]:
+    """Posterior labels of the bars: the group name; a repeated group gets ``.1``, ``.2``..."""
+    seen: dict[str, int] = {}
+    labels = []
+    for block in design.blocks:
+        count = seen.get(block.group, 0)
+        seen[block.group] = count + 1
+        labels.append(block.group if count == 0 else f"{block.group}.{count}")
+    return labels
+
+
+def correlation_pairs(terms: tuple[str, ...]) -> list[tuple[int, int, str]]:
+    """Upper-triangle pairs (i, j, "term_i, term_j") in row order."""
+    return [(i, j, f"{terms[i]}, {terms[j]}") for i in range(len(terms)) for j in range(i + 1, len(terms))]
+
+
+def model_coords(design: Design) -> dict[str, list[str]]:
+    coords: dict[str, list[str]] = {"term": list(design.fixed_names), "obs": list(range(design.nobs))}
+    for label, block in zip(bar_labels(design), design.blocks):
+        coords[f"{label}__level"] = list(block.levels)
+        coords[f"{label}__term"] = list(block.terms)
+        if block.correlated and block.n_terms > 1:
+            coords[f"{label}__pair"] = [name for _, _, name in correlation_pairs(block.terms)]
+    return coords
+
+
+def build_model(design: Design, prior_set: PriorSet):
+    """The PyMC model of ``design`` under ``prior_set`` (full, non-centered parametrization)."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    names = list(design.fixed_names)
+    has_intercept = "(Intercept)" in names
+    others = [j for j, name in enumerate(names) if name != "(Intercept)"]
+    means = design.X[:, others].mean(axis=0)
+    Xc = design.X[:, others] - means
+
+    with pm.Model(coords=model_coords(design)) as model:
+        slopes = [prior_set.fixed[names[j]].to_pymc(f"_b_{names[j]}") for j in others]
+        b_rest = pt.stack(slopes) if slopes else pt.zeros(0)
+        mu = pt.dot(pt.as_tensor_variable(Xc), b_rest) if slopes else pt.zeros(design.nobs)
+        beta_parts = {j: slope for j, slope in zip(others, slopes)}
+        if has_intercept:
+            intercept_c = prior_set.intercept.to_pymc("_Intercept_c")
+            mu = mu + intercept_c
+            beta_parts[names.index("(Intercept)")] = intercept_c - (pt.dot(means, b_rest) if slopes else 0.0)
+        pm.Deterministic("beta", pt.stack([beta_parts[j] for j in range(len(names))]), dims="term")
+
+        for k, (label, block) in enumerate(zip(bar_labels(design), design.blocks)):
+            q = block.n_terms
+            sd_priors = [prior_set.sd[(k, term)] for term in block.terms]
+            if block.correlated and q > 1:
+                chol, sd = _correlated_factor(label, q, sd_priors, prior_set.cor[k].eta)
+                corr = _correlation_from_chol(chol, sd, q)
+                pm.Deterministic(f"cor_{label}", pt.stack([corr[i, j] for i, j, _ in correlation_pairs(block.terms)]),
+                                 dims=f"{label}__pair")
+            else:
+                sd = pt.stack([prior.to_pymc(f"_sd_{label}__{term}") for prior, term in zip(sd_priors, block.terms)])
+                chol = None
+            pm.Deterministic(f"sd_{label}", sd, dims=f"{label}__term")
+            z = pm.Normal(f"_z_{label}", 0.0, 1.0, dims=(f"{label}__level", f"{label}__term"))
+            effects = pt.dot(z, chol.T) if chol is not None else z * sd
+            pm.Deterministic(f"r_{label}", effects, dims=(f"{label}__level", f"{label}__term"))
+            mu = mu + pt.sum(pt.as_tensor_variable(block.X) * effects[block.codes], axis=1)
+
+        sigma = prior_set.sigma.to_pymc("sigma")
+        pm.Normal("y", mu=mu, sigma=sigma, observed=design.y, dims="obs")
+    return model
+
+
+def _correlated_factor(label: str, q: int, sd_priors, eta: float):
+    """Cholesky factor of the covariance of a correlated bar, and its sds.
+
+    When every term's sd prior is of one class, one ``LKJCholeskyCov`` with a vector
+    ``sd_dist`` (PyMC's optimized path); otherwise an ``LKJCorr`` correlation matrix and
+    separate sd variables.
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    kinds = {type(prior) for prior in sd_priors}
+    if len(kinds) == 1:
+        kwargs = {name: np.array([prior.kwargs()[name] for prior in sd_priors], dtype=float)
+                  for name in sd_priors[0].kwargs()}
+        dist = getattr(pm, sd_priors[0].pymc_name).dist(**kwargs, shape=q)
+        chol, _, sd = pm.LKJCholeskyCov(f"_chol_{label}", n=q, eta=float(eta), sd_dist=dist,
+                                        compute_corr=True, store_in_trace=False)
+        return chol, sd
+    corr = pm.LKJCorr(f"_corr_{label}", n=q, eta=float(eta), return_matrix=True)
+    sd = pt.stack([prior.to_pymc(f"_sd_{label}__{t}") for t, prior in enumerate(sd_priors)])
+    chol = sd[:, None] * pt.linalg.cholesky(corr)
+    return chol, sd
+
+
+def _correlation_from_chol(chol, sd, q: int):
+    cov = chol @ chol.T
+    return cov / (sd[:, None] * sd[None, :])
+
+
+def run_sampler(model, sampler: str, draws: int, tune: int, chains: int, random_seed, target_accept: float,
+                progressbar: bool, **kwargs):
+    """Sample ``model`` with the chosen NUTS implementation; returns arviz.InferenceData."""
+    import pymc as pm
+
+    if sampler not in SAMPLERS:
+        raise BayesLMMError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    seed = None if random_seed is None else int(random_seed)
+    if sampler == "nutpie":
+        import nutpie
+
+        compiled = nutpie.compile_pymc_model(model)
+        return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
+                             progress_bar=progressbar, target_accept=target_accept, save_warmup=False,
+                             **kwargs)
+    if sampler in ("numpyro", "blackjax"):
+        try:
+            import jax  # noqa: F401
+        except ImportError as exc:
+            raise BayesLMMError(f"sampler={sampler!r} needs JAX: pip install 'bayeslmm[jax]'") from exc
+    with model:
+        return pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, target_accept=target_accept,
+                         progressbar=progressbar, nuts_sampler=sampler, compute_convergence_checks=False,
+                         **kwargs)

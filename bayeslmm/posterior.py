@@ -1,0 +1,296 @@
+"""Stage 4b: the posterior result.
+
+A :class:`PosteriorResult` holds an ``arviz.InferenceData`` in one layout, whatever
+sampler or parametrization made it:
+
+- ``posterior``: ``beta`` (term), ``sigma``, and per bar with label L (the group name;
+  a second bar on the same group is ``L.1``): ``sd_L`` (``L__term``), ``cor_L``
+  (``L__pair``, correlated bars with two or more terms), ``r_L`` (``L__level``,
+  ``L__term``), the group effects;
+- ``log_likelihood``: ``y`` (obs), for LOO; ``observed_data``: ``y``;
+- ``posterior.attrs``: formula, sampler, parametrization, priors, package version,
+  data columns.
+
+It answers the same verbs as the REML result (``fixef``, ``varcorr``, ``ranef``,
+``coef``, ``summary``) with posterior means, sds, intervals and convergence diagnostics.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .bayes import bar_labels, correlation_pairs
+from .design import Design
+from .errors import BayesLMMError, SamplingWarning
+from .priors import PriorSet
+from .results import FitResult, merge_by_group, varcorr_layout, varcorr_values
+
+#: above this many (draws x observations) the pointwise log-likelihood is not stored
+_MAX_LOGLIK_CELLS = 50_000_000
+
+
+def _interval(draws: np.ndarray, prob: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    tail = (1.0 - prob) / 2.0
+    return np.quantile(draws, tail, axis=axis), np.quantile(draws, 1.0 - tail, axis=axis)
+
+
+@dataclass(frozen=True, eq=False)
+class PosteriorResult(FitResult):
+    """Posterior draws of a linear mixed model (see the module docstring for the layout).
+
+    Build it with :meth:`LMM.sample`; load a saved one with :func:`bayeslmm.load`.
+    Construction checks convergence and warns (:class:`SamplingWarning`) naming every
+    parameter with R-hat > 1.01 or bulk ESS < 400, and the number of divergences.
+    """
+
+    design: Design
+    idata: object = field(repr=False)
+    prior_set: PriorSet = field(repr=False)
+    check: bool = True
+
+    def __post_init__(self):
+        if self.check:
+            message = self.diagnostic_message()
+            if message:
+                warnings.warn(message, SamplingWarning, stacklevel=4)
+
+    # ---------------------------------------------------------- primitives
+    def _stacked(self, name: str) -> np.ndarray:
+        """Draws of a posterior variable with chains and draws flattened first."""
+        values = self.idata.posterior[name].to_numpy()
+        return values.reshape((-1,) + values.shape[2:])
+
+    def fixef_draws(self) -> np.ndarray:
+        return self._stacked("beta")
+
+    def sigma_draws(self) -> np.ndarray:
+        return self._stacked("sigma")
+
+    def cov_draws(self) -> list[np.ndarray]:
+        covs = []
+        for label, block in zip(bar_labels(self.design), self.design.blocks):
+            sd = self._stacked(f"sd_{label}")
+            corr = np.broadcast_to(np.eye(block.n_terms), (len(sd), block.n_terms, block.n_terms)).copy()
+            if block.correlated and block.n_terms > 1:
+                cor = self._stacked(f"cor_{label}")
+                for c, (i, j, _) in enumerate(correlation_pairs(block.terms)):
+                    corr[:, i, j] = corr[:, j, i] = cor[:, c]
+            covs.append(corr * sd[:, :, None] * sd[:, None, :])
+        return covs
+
+    def ranef_draws(self) -> list[np.ndarray]:
+        return [self._stacked(f"r_{label}") for label in bar_labels(self.design)]
+
+    @property
+    def n_draws(self) -> int:
+        return int(self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"])
+
+    # ---------------------------------------------------------- diagnostics
+    def diagnostics(self) -> pd.DataFrame:
+        """R-hat, bulk and tail ESS of every reported parameter (not the group effects)."""
+        import arviz as az
+
+        names = ["beta", "sigma"] + [v for v in self.idata.posterior.data_vars
+                                     if v.startswith(("sd_", "cor_"))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = az.summary(self.idata, var_names=names, kind="diagnostics")
+        return table[["r_hat", "ess_bulk", "ess_tail"]]
+
+    @property
+    def divergences(self) -> int:
+        stats = getattr(self.idata, "sample_stats", None)
+        if stats is None or "diverging" not in stats:
+            return 0
+        return int(stats["diverging"].sum())
+
+    def diagnostic_message(self) -> str:
+        """Text naming the convergence problems, or '' when there are none."""
+        problems = []
+        if self.idata.posterior.sizes["chain"] > 1:
+            table = self.diagnostics()
+            bad_rhat = table.index[table["r_hat"] > 1.01].tolist()
+            if bad_rhat:
+                problems.append(f"R-hat > 1.01 for {', '.join(bad_rhat)}")
+        else:
+            table = self.diagnostics()
+        bad_ess = table.index[table["ess_bulk"] < 400].tolist()
+        if bad_ess:
+            problems.append(f"bulk ESS < 400 for {', '.join(bad_ess)}")
+        if self.divergences:
+            problems.append(f"{self.divergences} divergent transition(s)")
+        if not problems:
+            return ""
+        return ("sampling problems: " + "; ".join(problems) + ". Remedies: more tune and draws "
+                "(sample(tune=2000, draws=2000)); a higher target_accept (0.95 or 0.99) for "
+                "divergences; a simpler random part ('||' or fewer terms) or more informative "
+                "priors on the sds if they persist.")
+
+    # ---------------------------------------------------------- tables
+    def fixef(self, prob: float = 0.95) -> pd.DataFrame:
+        """Posterior mean, sd, equal-tailed interval, R-hat and ESS of each fixed effect."""
+        draws = self.fixef_draws()
+        lower, upper = _interval(draws, prob)
+        diag = self.diagnostics()
+        keys = [f"beta[{name}]" for name in self.design.fixed_names]
+        return pd.DataFrame({"mean": draws.mean(axis=0), "sd": draws.std(axis=0, ddof=1),
+                             "lower": lower, "upper": upper,
+                             "rhat": diag.loc[keys, "r_hat"].to_numpy(),
+                             "ess_bulk": diag.loc[keys, "ess_bulk"].to_numpy(),
+                             "ess_tail": diag.loc[keys, "ess_tail"].to_numpy()},
+                            index=pd.Index(self.design.fixed_names, name="term"))
+
+    def varcorr(self, prob: float = 0.95) -> pd.DataFrame:
+        """Variance components in R's ``as.data.frame(VarCorr())`` rows, with posterior
+        means of ``vcov`` and ``sdcor`` and the sd and interval of ``sdcor``."""
+        layout = varcorr_layout(self.design)
+        values = varcorr_values(layout, self.cov_draws(), self.sigma_draws())
+        lower, upper = _interval(values[:, :, 1], prob)
+        frame = layout[["group", "var1", "var2"]].copy()
+        frame["vcov"] = values[:, :, 0].mean(axis=0)
+        frame["sdcor"] = values[:, :, 1].mean(axis=0)
+        frame["sdcor_sd"] = values[:, :, 1].std(axis=0, ddof=1)
+        frame["lower"] = lower
+        frame["upper"] = upper
+        return frame
+
+    def _tidy_effects(self, per_block: list[np.ndarray], prob: float) -> pd.DataFrame:
+        frames = []
+        for block, draws in zip(self.design.blocks, per_block):
+            lower, upper = _interval(draws, prob)
+            frames.append(pd.DataFrame({
+                "group": block.group,
+                "level": np.repeat(block.levels, block.n_terms),
+                "term": np.tile(block.terms, block.n_levels),
+                "mean": draws.mean(axis=0).ravel(), "sd": draws.std(axis=0, ddof=1).ravel(),
+                "lower": lower.ravel(), "upper": upper.ravel()}))
+        return pd.concat(frames, ignore_index=True)
+
+    def ranef(self, tidy: bool = False, prob: float = 0.95):
+        """Group effects: dict group -> DataFrame of posterior means (lme4's layout), or
+        with ``tidy=True`` one long frame with ``group, level, term, mean, sd, lower, upper``."""
+        draws = self.ranef_draws()
+        if tidy:
+            return self._tidy_effects(draws, prob)
+        return merge_by_group(self.design, [d.mean(axis=0) for d in draws])
+
+    def coef(self, tidy: bool = False, prob: float = 0.95):
+        """Fixed plus group effects per level, summarised over draws (so each group's
+        coefficient carries its posterior sd and interval, which lme4 cannot give)."""
+        beta = self.fixef_draws()
+        names = list(self.design.fixed_names)
+        totals = []
+        for block, b in zip(self.design.blocks, self.ranef_draws()):
+            total = b.copy()
+            for t, term in enumerate(block.terms):
+                if term in names:
+                    total[:, :, t] += beta[:, names.index(term), None]
+            totals.append(total)
+        if tidy:
+            return self._tidy_effects(totals, prob)
+        return merge_by_group(self.design, [t.mean(axis=0) for t in totals])
+
+    def summary(self, prob: float = 0.95) -> str:
+        """lmer-like summary with posterior means, sds, intervals, R-hat and ESS."""
+        from .summary import posterior_summary
+
+        return posterior_summary(self, prob)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    # ---------------------------------------------------------- persistence
+    def to_netcdf(self, path) -> str:
+        """Save the posterior with what :func:`bayeslmm.load` needs to rebuild the result:
+        formula, priors, the data used (as CSV text), data column names and package version."""
+        from . import __version__
+
+        idata = self.idata.copy()
+        data = self.design.data
+        idata.posterior.attrs.update({
+            "bayeslmm_version": __version__,
+            "formula": self.design.formula.text,
+            "priors": self.prior_set.describe(self.design),
+            "priors_json": json.dumps(priors_to_json(self.prior_set, self.design)),
+            "data_columns": json.dumps([str(c) for c in data.columns]),
+            "data_dtypes": json.dumps({str(c): str(t) for c, t in data.dtypes.items()}),
+            "data_csv": data.to_csv(index=False),
+        })
+        idata.to_netcdf(str(path))
+        return str(path)
+
+
+def priors_to_json(prior_set: PriorSet, design: Design) -> dict:
+    """The prior in force on every parameter, keyed by its specific name."""
+    def enc(prior):
+        return {"class": type(prior).__name__, "kwargs": prior.kwargs()}
+
+    out = {}
+    if prior_set.intercept is not None:
+        out["Intercept"] = enc(prior_set.intercept)
+    out.update({f"b_{term}": enc(prior) for term, prior in prior_set.fixed.items()})
+    out.update({f"sd_{design.blocks[k].group}__{term}": enc(prior) for (k, term), prior in prior_set.sd.items()})
+    out.update({f"cor_{design.blocks[k].group}": enc(prior) for k, prior in prior_set.cor.items()})
+    out["sigma"] = enc(prior_set.sigma)
+    return out
+
+
+def priors_from_json(spec: dict) -> dict:
+    from . import priors as P
+
+    return {key: getattr(P, value["class"])(**value["kwargs"]) for key, value in spec.items()}
+
+
+def load(path) -> PosteriorResult:
+    """Load a posterior saved with :meth:`PosteriorResult.to_netcdf`."""
+    import arviz as az
+
+    from .model import LMM
+
+    idata = az.from_netcdf(str(path))
+    attrs = idata.posterior.attrs
+    if "formula" not in attrs or "data_csv" not in attrs:
+        raise BayesLMMError(f"{path} was not written by bayeslmm's to_netcdf (no formula/data attributes)")
+    dtypes = json.loads(attrs["data_dtypes"])
+    text_columns = {c: str for c, t in dtypes.items() if not (t.startswith(("int", "float", "bool")))}
+    data = pd.read_csv(io.StringIO(attrs["data_csv"]), dtype=text_columns)
+    priors = priors_from_json(json.loads(attrs["priors_json"]))
+    model = LMM(attrs["formula"], data, priors=priors)
+    return PosteriorResult(design=model.design, idata=idata, prior_set=model.resolved_priors(), check=False)
+
+
+def to_inference_data(design: Design, idata, prior_set: PriorSet, sampler: str, parametrization: str):
+    """Keep only the contract's variables, add log-likelihood, observed data and attrs."""
+    import arviz as az
+    import xarray as xr
+    from scipy.stats import norm
+
+    from . import __version__
+
+    keep = ["beta", "sigma"] + [name for label in bar_labels(design)
+                                for name in (f"sd_{label}", f"cor_{label}", f"r_{label}")]
+    posterior = idata.posterior[[name for name in keep if name in idata.posterior]]
+    posterior.attrs.update({"formula": design.formula.text, "sampler": sampler,
+                            "parametrization": parametrization, "priors": prior_set.describe(design),
+                            "bayeslmm_version": __version__,
+                            "data_columns": json.dumps([str(c) for c in design.data.columns])})
+    groups = {"posterior": posterior,
+              "observed_data": xr.Dataset({"y": ("obs", design.y)}, coords={"obs": np.arange(design.nobs)})}
+    if hasattr(idata, "sample_stats"):
+        groups["sample_stats"] = idata.sample_stats
+    out = az.InferenceData(**groups)
+    result = PosteriorResult(design=design, idata=out, prior_set=prior_set, check=False)
+    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
+    if n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
+        mu = result.fitted_draws()
+        loglik = norm.logpdf(design.y[None, :], mu, result.sigma_draws()[:, None])
+        out.add_groups({"log_likelihood": xr.Dataset(
+            {"y": (("chain", "draw", "obs"), loglik.reshape(n_chain, n_draw, design.nobs))},
+            coords={"chain": posterior.chain, "draw": posterior.draw, "obs": np.arange(design.nobs)})})
+    return out
