@@ -265,8 +265,10 @@ def load(path) -> PosteriorResult:
     return PosteriorResult(design=model.design, idata=idata, prior_set=model.resolved_priors(), check=False)
 
 
-def to_inference_data(design: Design, idata, prior_set: PriorSet, sampler: str, parametrization: str):
-    """Keep only the contract's variables, add log-likelihood, observed data and attrs."""
+def to_inference_data(design: Design, idata, prior_set: PriorSet, sampler: str, parametrization: str,
+                      loglik: bool = True):
+    """Keep only the contract's variables, add log-likelihood (unless ``loglik`` is False or
+    the table would be too large), observed data and attrs."""
     import arviz as az
     import xarray as xr
     from scipy.stats import norm
@@ -287,7 +289,7 @@ def to_inference_data(design: Design, idata, prior_set: PriorSet, sampler: str, 
     out = az.InferenceData(**groups)
     result = PosteriorResult(design=design, idata=out, prior_set=prior_set, check=False)
     n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
-    if n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
+    if loglik and n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
         mu = result.fitted_draws()
         loglik = norm.logpdf(design.y[None, :], mu, result.sigma_draws()[:, None])
         out.add_groups({"log_likelihood": xr.Dataset(
