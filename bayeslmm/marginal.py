@@ -162,6 +162,25 @@ def lkj_cholesky_logp(L: np.ndarray, eta: float) -> float:
     return float(np.sum((q - i - 1 + 2.0 * eta - 2.0) * np.log(np.diag(L)[1:])))
 
 
+# ---------------------------------------------------------------- small linear algebra
+def _inverse_logdet(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse and log-determinant of a stack of SPD matrices; closed forms for 1 x 1 and
+    2 x 2 (numpy's batched LAPACK calls cost more than the arithmetic at that size)."""
+    m = M.shape[1]
+    if m == 1:
+        return 1.0 / M, np.log(M[:, 0, 0])
+    if m == 2:
+        a, b, d = M[:, 0, 0], M[:, 0, 1], M[:, 1, 1]
+        det = a * d - b * b
+        inv = np.empty_like(M)
+        inv[:, 0, 0] = d / det
+        inv[:, 1, 1] = a / det
+        inv[:, 0, 1] = inv[:, 1, 0] = -b / det
+        return inv, np.log(det)
+    chol = np.linalg.cholesky(M)
+    return np.linalg.inv(M), 2.0 * np.log(np.einsum("jii->ji", chol)).sum(axis=1)
+
+
 # ---------------------------------------------------------------- the density
 class MarginalDensity:
     """Log posterior of the collapsed model and its gradient, in numpy.
@@ -189,6 +208,12 @@ class MarginalDensity:
             stats = SufficientStats.from_arrays(y, Xc, self.layout.row_effects(design),
                                                 self.layout.group_of_row, self.layout.n_groups)
         self.stats = stats
+        # totals over groups: the residual sum of squares needs no per-group split
+        self._n = float(stats.n.sum())
+        self._yy = float(stats.yy.sum())
+        self._Xy = stats.Xy.sum(axis=0)
+        self._XX = stats.XX.sum(axis=0)
+        self._diag = np.arange(stats.ZZ.shape[1])
         self.p = design.X.shape[1]
         self._slices()
         self._templates()
@@ -253,29 +278,28 @@ class MarginalDensity:
 
     # -- likelihood with gradient in (beta', Lt, sigma')
     def loglik(self, beta: np.ndarray, Lt: np.ndarray, sigma: float, need_grad: bool = True):
+        """Marginal log-likelihood (standardized scale) and its gradient in
+        (beta', Lt, log sigma' at fixed Lt); also returns (M^{-1}, w, c) for the effects."""
         st = self.stats
-        c = st.Zy - np.einsum("jmp,p->jm", st.ZX, beta)
-        Xr = st.Xy - np.einsum("jpq,q->jp", st.XX, beta)
-        rr = st.yy - 2.0 * st.Xy @ beta + np.einsum("p,jpq,q->j", beta, st.XX, beta)
-        SL = np.einsum("jab,jbc->jac", st.ZZ, Lt)
-        M = np.einsum("jba,jbc->jac", Lt, SL)
-        M[:, np.arange(M.shape[1]), np.arange(M.shape[1])] += 1.0
-        chol = np.linalg.cholesky(M)
-        logdet = 2.0 * np.log(np.einsum("jii->ji", chol)).sum(axis=1)
-        u = np.einsum("jba,jb->ja", Lt, c)
-        w = np.linalg.solve(M, u[:, :, None])[:, :, 0]
+        c = st.Zy - st.ZX @ beta
+        rr = self._yy - 2.0 * self._Xy @ beta + beta @ self._XX @ beta
+        SL = st.ZZ @ Lt
+        M = np.swapaxes(Lt, 1, 2) @ SL
+        M[:, self._diag, self._diag] += 1.0
+        Minv, logdet = _inverse_logdet(M)
+        u = (c[:, None, :] @ Lt)[:, 0, :]
+        w = (Minv @ u[:, :, None])[:, :, 0]
         s2 = sigma * sigma
-        Q = (rr - np.einsum("ja,ja->j", u, w)) / s2
-        value = -0.5 * float(np.sum(st.n * (_LOG_2PI + np.log(s2)) + logdet + Q))
+        Q = (rr - np.sum(u * w)) / s2
+        value = -0.5 * (self._n * (_LOG_2PI + np.log(s2)) + float(np.sum(logdet)) + Q)
         if not need_grad:
-            return value, None, None, None, (M, chol, w, c)
-        Ltw = np.einsum("jab,jb->ja", Lt, w)
-        grad_beta = (Xr.sum(axis=0) - np.einsum("jmp,jm->p", st.ZX, Ltw)) / s2
-        Minv = np.linalg.inv(M)
-        grad_Lt = -(np.einsum("jab,jbc->jac", SL, Minv)
-                    - (np.einsum("ja,jb->jab", c, w) - np.einsum("jab,jb,jc->jac", SL, w, w)) / s2)
-        grad_log_sigma_direct = -float(np.sum(st.n - Q))
-        return value, grad_beta, grad_Lt, grad_log_sigma_direct, (M, chol, w, c)
+            return value, None, None, None, (Minv, w, c)
+        Ltw = (Lt @ w[:, :, None])[:, :, 0]
+        grad_beta = (self._Xy - self._XX @ beta - np.einsum("jmp,jm->p", st.ZX, Ltw)) / s2
+        SLw = (SL @ w[:, :, None])
+        grad_Lt = (c[:, :, None] * w[:, None, :] - SLw * w[:, None, :]) / s2 - SL @ Minv
+        grad_log_sigma_direct = -(self._n - Q)
+        return value, grad_beta, grad_Lt, grad_log_sigma_direct, (Minv, w, c)
 
     def logp(self, x: np.ndarray, need_grad: bool = True):
         """Log posterior density (up to a constant) and its gradient at ``x``."""
@@ -339,6 +363,12 @@ class MarginalDensity:
         sd = np.exp(x[self.sd_slices[k]])
         cpc = x[self.cpc_slices[k]].copy()
         eta = self.priors.cor[k].eta
+        if block.n_terms == 2:
+            # closed form: L = [[1, 0], [z, sqrt(1 - z^2)]], z = tanh(y); Jacobian + LKJ
+            # together are eta * log(1 - z^2), whose derivative in y is -2 eta z
+            z = np.tanh(cpc[0])
+            dL = np.array([[0.0, 0.0], [1.0 - z * z, -z * np.sqrt(1.0 - z * z)]])
+            return np.array([float(np.sum(g_lam * (sd[:, None] * dL))) / sigma - 2.0 * eta * z])
         out = np.zeros(len(cpc))
         for i in range(len(cpc)):
             values = []
@@ -373,10 +403,9 @@ class MarginalDensity:
         sigma = np.exp(x[self.sigma_index])
         lambdas, _, _ = self.factors(x)
         Lt = self._relative_factor(lambdas, sigma)
-        _, _, _, _, (M, chol, w, c) = self.loglik(x[:self.p], Lt, sigma, need_grad=False)
+        _, _, _, _, (Minv, w, c) = self.loglik(x[:self.p], Lt, sigma, need_grad=False)
         eps = rng.standard_normal(w.shape)
-        # Lm^{-T} eps has covariance M^{-1}
-        noise = np.linalg.solve(np.swapaxes(chol, 1, 2), eps[:, :, None])[:, :, 0]
+        noise = (np.linalg.cholesky(Minv) @ eps[:, :, None])[:, :, 0]  # covariance M^{-1}
         u = w + sigma * noise
         b = np.einsum("jab,jb->ja", Lt, u) * self.y_scale
         out = []

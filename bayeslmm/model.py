@@ -5,6 +5,8 @@ This is glue, as ``lmer()`` is in lme4: formula -> design -> back end -> result.
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 
 from .design import Design, build_design
@@ -113,6 +115,7 @@ class LMM:
         PosteriorResult
         """
         from .bayes import build_model, run_sampler
+        from .marginal import marginal_supported, sample_marginal
         from .posterior import PosteriorResult, to_inference_data
 
         prior_set = self.resolved_priors()
@@ -120,20 +123,14 @@ class LMM:
         if choice not in ("auto", "marginal", "full"):
             raise BayesLMMError(f"parametrization must be 'auto', 'marginal' or 'full', not {parametrization!r}")
         if choice in ("auto", "marginal"):
-            try:
-                from .marginal import marginal_supported, sample_marginal
-            except ImportError:
-                marginal_supported = None
-            if marginal_supported is not None:
-                ok, reason = marginal_supported(self.design)
-                if ok:
-                    return sample_marginal(self.design, prior_set, draws=draws, tune=tune, chains=chains,
-                                           random_seed=random_seed, target_accept=target_accept,
-                                           progressbar=progressbar)
-                if choice == "marginal":
-                    raise BayesLMMError(f"the marginal parametrization does not apply here: {reason}")
-            elif choice == "marginal":
-                raise BayesLMMError("the marginal parametrization is not available in this installation")
+            ok, reason = marginal_supported(self.design)
+            if ok:
+                return sample_marginal(self.design, prior_set, draws=draws, tune=tune, chains=chains,
+                                       random_seed=random_seed, target_accept=target_accept,
+                                       progressbar=progressbar)
+            if choice == "marginal":
+                raise BayesLMMError(f"the marginal parametrization does not apply here: {reason}")
+            warnings.warn(f"{reason}.", UserWarning, stacklevel=2)
         model = build_model(self.design, prior_set)
         raw = run_sampler(model, sampler, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                           target_accept=target_accept, progressbar=progressbar, **kwargs)
