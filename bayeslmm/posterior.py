@@ -227,18 +227,20 @@ class PosteriorResult(FitResult):
 
 
 def priors_to_json(prior_set: PriorSet, design: Design) -> dict:
-    """The prior in force on every parameter, keyed by its specific name."""
+    """The priors the user set, keyed as the user keyed them (the defaults follow from
+    the data, which are saved too), so that loading gives the same prior set."""
     def enc(prior):
         return {"class": type(prior).__name__, "kwargs": prior.kwargs()}
 
-    out = {}
+    by_parameter = {}
     if prior_set.intercept is not None:
-        out["Intercept"] = enc(prior_set.intercept)
-    out.update({f"b_{term}": enc(prior) for term, prior in prior_set.fixed.items()})
-    out.update({f"sd_{design.blocks[k].group}__{term}": enc(prior) for (k, term), prior in prior_set.sd.items()})
-    out.update({f"cor_{design.blocks[k].group}": enc(prior) for k, prior in prior_set.cor.items()})
-    out["sigma"] = enc(prior_set.sigma)
-    return out
+        by_parameter["Intercept"] = prior_set.intercept
+    by_parameter.update({f"b_{term}": prior for term, prior in prior_set.fixed.items()})
+    by_parameter.update({f"sd_{design.blocks[k].group}__{term}": prior for (k, term), prior in prior_set.sd.items()})
+    by_parameter.update({f"cor_{design.blocks[k].group}": prior for k, prior in prior_set.cor.items()})
+    by_parameter["sigma"] = prior_set.sigma
+    return {prior_set.sources[name]: enc(prior) for name, prior in by_parameter.items()
+            if prior_set.sources[name] != "default"}
 
 
 def priors_from_json(spec: dict) -> dict:
