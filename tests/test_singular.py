@@ -118,3 +118,37 @@ def test_lmm_rejects_unknown_options():
         blm.lmm("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff"), fallback="nope")
     with pytest.raises(blm.BayesLMMError, match="unknown method"):
         blm.lmm("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff"), method="bogus")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,formula", [("dyestuff2", "Yield ~ 1 + (1 | Batch)"), ("exam", EXAM_SEX),
+                                          ("salary", SALARY)])
+def test_posterior_of_singular_models_samples_cleanly(name, formula):
+    """Default settings: no divergence, no convergence warning, and the summary shows the
+    uncertainty in the variance components that the singular REML fit hid."""
+    data = blm.datasets.simulate_salary() if name == "salary" else blm.datasets.load(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", blm.SamplingWarning)
+        post = blm.LMM(formula, data).sample(random_seed=1, progressbar=False)
+    assert post.divergences == 0
+    vc = post.varcorr()
+    random = vc[(vc["group"] != "Residual")]
+    sds = random[random["var2"].isna()]
+    # every sd is strictly positive, and the one the singular fit put on (or near) zero has
+    # a wide interval: the uncertainty REML's point estimate hid
+    assert (sds["lower"] > 0).all()
+    smallest = sds.loc[sds["sdcor"].idxmin()]
+    assert smallest["upper"] > 3 * smallest["lower"]
+    correlations = random[random["var2"].notna()]
+    assert (correlations["upper"] - correlations["lower"] > 0.5).all()
+    assert "Random effects (standard deviations and correlations, 95% intervals)" in post.summary()
+
+
+@pytest.mark.slow
+def test_lmm_sample_fallback_records_the_path():
+    with pytest.warns(blm.SingularFitWarning):
+        out = blm.lmm("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff2"), fallback="sample",
+                      draws=500, tune=500, chains=2, random_seed=3, progressbar=False)
+    assert out.path == "reml -> map -> sample"
+    assert out.result is out.posterior and out.map is not None and out.reml.is_singular
+    assert out.posterior.varcorr().iloc[0]["sdcor"] > 0
