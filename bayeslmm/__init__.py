@@ -11,6 +11,7 @@ from .model import LMM
 from .posterior import PosteriorResult, load
 from .priors import LKJ, Exponential, Flat, Gamma, HalfNormal, HalfStudentT, LogNormal, Normal, StudentT
 from .reml import make_deviance
+from .report import anova, compare
 from .workflow import SingularFitWarning, WorkflowResult, lmm
 
 __version__ = "0.1.0"
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "LMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
     "datasets", "make_deviance", "lmm", "SingularFitWarning", "WorkflowResult", "__version__",
-    "PosteriorResult", "load", "SamplingWarning",
+    "PosteriorResult", "load", "SamplingWarning", "anova", "compare",
     "Normal", "StudentT", "Flat", "HalfStudentT", "HalfNormal", "Exponential", "Gamma", "LogNormal", "LKJ",
 ]

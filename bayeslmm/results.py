@@ -73,6 +73,99 @@ class FitResult(ABC):
                 eta = eta + np.einsum("snq,nq->sn", b[:, block.codes, :], block.X)
         return eta
 
+    # ------------------------------------------------------------ reporting verbs
+    # Thin wrappers: the numbers live in report.py and the figures in plots.py, both
+    # written once against the draw primitives above.
+    def icc(self, prob: float = 0.95, draws: bool = False):
+        """Adjusted and by-group intraclass correlations (Nakagawa et al. 2017); see
+        :func:`bayeslmm.report.icc`."""
+        from . import report
+
+        return report.icc(self, prob=prob, draws=draws)
+
+    def r2(self, prob: float = 0.95, draws: bool = False):
+        """Marginal and conditional R2 (Nakagawa et al. 2017); see :func:`bayeslmm.report.r2`."""
+        from . import report
+
+        return report.r2(self, prob=prob, draws=draws)
+
+    def predict(self, newdata, include_random: bool = True, kind: str = "mean",
+                allow_new_levels: bool = True, random_seed=None, prob: float = 0.95):
+        """Predictions for new data; see :func:`bayeslmm.report.predict`."""
+        from . import report
+
+        return report.predict(self, newdata, include_random=include_random, kind=kind,
+                              allow_new_levels=allow_new_levels, random_seed=random_seed, prob=prob)
+
+    def pooling(self, group: str | None = None):
+        """No-, complete- and partial-pooling estimates per level; see
+        :func:`bayeslmm.report.pooling`."""
+        from . import report
+
+        return report.pooling(self, group=group)
+
+    def loo(self, **kwargs):
+        """PSIS-LOO (posteriors only); see :func:`bayeslmm.report.loo`."""
+        from . import report
+
+        return report.loo(self, **kwargs)
+
+    def tidy(self, effects=("fixed", "ran_pars"), prob: float = 0.95):
+        """Parameters as a long DataFrame (broom.mixed's ``tidy``); see :func:`bayeslmm.report.tidy`."""
+        from . import report
+
+        return report.tidy(self, effects=effects, prob=prob)
+
+    def glance(self):
+        """One row of model-level numbers (broom.mixed's ``glance``)."""
+        from . import report
+
+        return report.glance(self)
+
+    def augment(self):
+        """The data with fitted values and residuals (broom.mixed's ``augment``)."""
+        from . import report
+
+        return report.augment(self)
+
+    def ppc(self, draws: int = 100, random_seed=None):
+        """Posterior predictive check; returns a :class:`bayeslmm.report.PPCheck`
+        (``figure``, ``pvalues``, ``y_rep``). See :func:`bayeslmm.plots.ppc`."""
+        from . import plots
+
+        return plots.ppc(self, draws=draws, random_seed=random_seed)
+
+    def check_residuals(self, draws: int = 100, random_seed=None):
+        """Residual and random-effect normality diagnostics (a matplotlib Figure);
+        see :func:`bayeslmm.plots.check_residuals`."""
+        from . import plots
+
+        return plots.check_residuals(self, draws=draws, random_seed=random_seed)
+
+    def plot_icc(self, x: str, prob: float = 0.95):
+        """ICC as a function of a random-slope variable; see :func:`bayeslmm.plots.plot_icc`."""
+        from . import plots
+
+        return plots.plot_icc(self, x=x, prob=prob)
+
+    def plot_ranef(self, prob: float = 0.95):
+        """Caterpillar plot of the group effects; see :func:`bayeslmm.plots.plot_ranef`."""
+        from . import plots
+
+        return plots.plot_ranef(self, prob=prob)
+
+    def plot_shrinkage(self, group: str | None = None):
+        """No, complete and partial pooling with arrows; see :func:`bayeslmm.plots.plot_shrinkage`."""
+        from . import plots
+
+        return plots.plot_shrinkage(self, group=group)
+
+    def plot_groups(self, group: str | None = None, x: str | None = None, max_panels: int = 12):
+        """Data per group with the three fitted lines; see :func:`bayeslmm.plots.plot_groups`."""
+        from . import plots
+
+        return plots.plot_groups(self, group=group, x=x, max_panels=max_panels)
+
 
 # ---------------------------------------------------------------- varcorr layout
 def varcorr_layout(design: Design) -> pd.DataFrame:
