@@ -35,6 +35,7 @@ from . import priors as P
 from .bayes import bar_labels, correlation_pairs
 from .design import Design
 from .errors import FitError
+from .posterior import _MAX_LOGLIK_CELLS
 
 
 # ---------------------------------------------------------------- structure
@@ -165,8 +166,8 @@ class MarginalProblem:
         return self.p + sum(bar.q + bar.n_cpc for bar in self.bars) + 1
 
     @classmethod
-    def from_design(cls, design: Design) -> "MarginalProblem":
-        layout = GroupLayout.from_design(design)
+    def from_design(cls, design: Design, layout: GroupLayout | None = None) -> "MarginalProblem":
+        layout = layout or GroupLayout.from_design(design)
         bars = tuple(Bar(label, tuple(block.terms), bool(block.correlated), tuple(block.levels), groups, offset)
                      for label, block, groups, offset in zip(bar_labels(design), design.blocks,
                                                              layout.group_of_level, layout.offsets))
@@ -279,9 +280,9 @@ class MarginalProblem:
         return out
 
     def draw_effects(self, x: np.ndarray, blob: np.ndarray, rng: np.random.Generator,
-                     chunk: int = 256) -> list[np.ndarray]:
-        """Exact draws of every bar's group effects given draws ``x`` (S, ndim): a list
-        of (S, levels, q) arrays on the user's scale."""
+                     chunk: int = 256) -> np.ndarray:
+        """Exact draws of all group effects given draws ``x`` (S, ndim), user's scale, in
+        the group-slot layout (S, groups * width); :meth:`split_effects` gives the bars."""
         from .marginal_kernels import draw_effects
 
         S, size = len(x), self.n_groups * self.width
@@ -291,6 +292,10 @@ class MarginalProblem:
             normals = rng.standard_normal((len(part), size))
             draw_effects(part, blob, normals, flat[start:start + chunk])
         flat *= self.y_scale
+        return flat
+
+    def split_effects(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Per bar (S, levels, q) from the group-slot layout."""
         out = []
         for bar in self.bars:
             idx = (bar.group_of_level * self.width + bar.offset)[:, None] + np.arange(bar.q)[None, :]
@@ -370,9 +375,9 @@ def run_marginal(problem: MarginalProblem, prior_set: P.PriorSet, draws: int = 1
     return MarginalDraws(raw.posterior["_x"].to_numpy(), stats, blob, seed, seconds)
 
 
-def posterior_dataset(problem: MarginalProblem, run: MarginalDraws, draw_effects: bool = True):
-    """The contract's posterior variables (xarray.Dataset) from the unconstrained draws,
-    with exact draws of the group effects (seeded by the run's seed)."""
+def posterior_dataset(problem: MarginalProblem, run: MarginalDraws, effects: np.ndarray | None = None):
+    """The contract's posterior variables (xarray.Dataset) from the unconstrained draws
+    and, if given, the group effects from :meth:`MarginalProblem.draw_effects`."""
     import xarray as xr
 
     n_chain, n_draw, ndim = run.x.shape
@@ -382,7 +387,7 @@ def posterior_dataset(problem: MarginalProblem, run: MarginalDraws, draw_effects
     data = {"beta": (("chain", "draw", "term"), values["beta"].reshape(shape + (problem.p,))),
             "sigma": (("chain", "draw"), values["sigma"].reshape(shape))}
     coords = {"chain": np.arange(n_chain), "draw": np.arange(n_draw), "term": list(problem.fixed_names)}
-    effects = problem.draw_effects(flat, run.blob, np.random.default_rng([run.seed, 2])) if draw_effects else None
+    per_bar = problem.split_effects(effects) if effects is not None else None
     for k, bar in enumerate(problem.bars):
         L = bar.label
         coords[f"{L}__term"] = list(bar.terms)
@@ -390,10 +395,10 @@ def posterior_dataset(problem: MarginalProblem, run: MarginalDraws, draw_effects
         if bar.n_cpc:
             coords[f"{L}__pair"] = [name for _, _, name in correlation_pairs(bar.terms)]
             data[f"cor_{L}"] = (("chain", "draw", f"{L}__pair"), values[f"cor_{L}"].reshape(shape + (bar.n_cpc,)))
-        if effects is not None:
+        if per_bar is not None:
             coords[f"{L}__level"] = list(bar.levels)
             data[f"r_{L}"] = (("chain", "draw", f"{L}__level", f"{L}__term"),
-                              effects[k].reshape(shape + (len(bar.levels), bar.q)))
+                              per_bar[k].reshape(shape + (len(bar.levels), bar.q)))
     return xr.Dataset(data, coords=coords)
 
 
@@ -429,10 +434,33 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
     ok, reason = marginal_supported(design)
     if not ok:
         raise FitError(f"the marginal parametrization does not apply: {reason}")
-    problem = MarginalProblem.from_design(design)
+    layout = GroupLayout.from_design(design)
+    problem = MarginalProblem.from_design(design, layout)
     run = run_marginal(problem, prior_set, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                        target_accept=target_accept, progressbar=progressbar, **kwargs)
-    raw = az.InferenceData(posterior=posterior_dataset(problem, run), sample_stats=run.sample_stats)
-    idata = to_inference_data(design, raw, prior_set, sampler="nutpie", parametrization="marginal")
+    flat = run.x.reshape(-1, problem.ndim)
+    effects = problem.draw_effects(flat, run.blob, np.random.default_rng([run.seed, 2]))
+    raw = az.InferenceData(posterior=posterior_dataset(problem, run, effects), sample_stats=run.sample_stats)
+    idata = to_inference_data(design, raw, prior_set, sampler="nutpie", parametrization="marginal", loglik=False)
     idata.posterior.attrs["sampling_seconds"] = run.seconds
+    n_chain, n_draw = run.x.shape[:2]
+    if n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
+        idata.add_groups({"log_likelihood": _log_likelihood(design, layout, idata.posterior, effects)})
     return PosteriorResult(design=design, idata=idata, prior_set=prior_set)
+
+
+def _log_likelihood(design: Design, layout: GroupLayout, posterior, effects: np.ndarray):
+    """Pointwise log-likelihood of every observation given each draw's group effects (for
+    LOO), computed in one compiled pass instead of (S, n) temporaries."""
+    import xarray as xr
+
+    from .marginal_kernels import pointwise_loglik
+
+    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
+    beta = posterior["beta"].to_numpy().reshape(n_chain * n_draw, -1)
+    sigma = posterior["sigma"].to_numpy().ravel()
+    out = np.empty((len(sigma), design.nobs))
+    pointwise_loglik(design.y, np.ascontiguousarray(design.X), layout.row_effects(design), layout.group_of_row,
+                     layout.width, np.ascontiguousarray(beta), sigma, effects, out)
+    return xr.Dataset({"y": (("chain", "draw", "obs"), out.reshape(n_chain, n_draw, design.nobs))},
+                      coords={"chain": posterior.chain, "draw": posterior.draw, "obs": np.arange(design.nobs)})
