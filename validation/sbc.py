@@ -129,6 +129,31 @@ def posterior_values(post, design) -> dict[str, np.ndarray]:
     return out
 
 
+class FullModelSampler:
+    """The full (non-centered) PyMC model compiled once by nutpie, re-run on each
+    simulated response through its ``y_observed`` data container."""
+
+    def __init__(self, formula: str, design, prior_set):
+        import nutpie
+
+        from bayeslmm.bayes import build_model
+
+        self.formula, self.design, self.prior_set = formula, design, prior_set
+        self.compiled = nutpie.compile_pymc_model(build_model(design, prior_set))
+
+    def sample(self, y, seed, chains, draws, tune):
+        import nutpie
+
+        from bayeslmm.posterior import PosteriorResult, to_inference_data
+
+        raw = nutpie.sample(self.compiled.with_data(y_observed=y), draws=draws, tune=tune, chains=chains,
+                            seed=seed, progress_bar=False, target_accept=0.9, save_warmup=False)
+        design = blm.LMM(self.formula, with_response(self.design, y)).design
+        idata = to_inference_data(design, raw, self.prior_set, sampler="nutpie", parametrization="full",
+                                  loglik=False)
+        return PosteriorResult(design=design, idata=idata, prior_set=self.prior_set, check=False)
+
+
 def run_sbc(model: str, reps: int, parametrization: str = "marginal", n_ranks: int = 99,
             seed: int = 20181022, chains: int = 2, draws: int = 500, tune: int = 500) -> pd.DataFrame:
     """Ranks of the true values among ``n_ranks`` thinned posterior draws, one row per
@@ -136,15 +161,22 @@ def run_sbc(model: str, reps: int, parametrization: str = "marginal", n_ranks: i
     rng = np.random.default_rng(seed)
     base = template_data()
     design = blm.LMM(MODELS[model], base).design
+    full = None
+    if parametrization == "full":
+        full = FullModelSampler(MODELS[model], design, blm.LMM(MODELS[model], base, priors=PRIORS).resolved_priors())
     rows = []
     for rep in range(reps):
         truth = draw_truth(design, rng)
         y, _ = simulate_response(design, truth.beta, [truth.covariance], truth.sigma, rng)
+        run_seed = int(rng.integers(2**31))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            post = blm.LMM(MODELS[model], with_response(design, y), priors=PRIORS).sample(
-                draws=draws, tune=tune, chains=chains, random_seed=int(rng.integers(2**31)),
-                progressbar=False, parametrization=parametrization)
+            if full is not None:
+                post = full.sample(y, run_seed, chains, draws, tune)
+            else:
+                post = blm.LMM(MODELS[model], with_response(design, y), priors=PRIORS).sample(
+                    draws=draws, tune=tune, chains=chains, random_seed=run_seed, progressbar=False,
+                    parametrization=parametrization)
         draws_by_name = posterior_values(post, design)
         # thin to n_ranks roughly independent draws
         total = len(draws_by_name["sigma"])
