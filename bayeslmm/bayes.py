@@ -91,7 +91,9 @@ def build_model(design: Design, prior_set: PriorSet):
             mu = mu + pt.sum(pt.as_tensor_variable(block.X) * effects[block.codes], axis=1)
 
         sigma = prior_set.sigma.to_pymc("sigma")
-        pm.Normal("y", mu=mu, sigma=sigma, observed=design.y, dims="obs")
+        # a data container, so a compiled model can be reused on new responses (SBC)
+        y_observed = pm.Data("y_observed", design.y, dims="obs")
+        pm.Normal("y", mu=mu, sigma=sigma, observed=y_observed, dims="obs")
     return model
 
 
@@ -99,8 +101,14 @@ def _correlated_factor(label: str, q: int, sd_priors, eta: float):
     """Cholesky factor of the covariance of a correlated bar, and its sds.
 
     When every term's sd prior is of one class, one ``LKJCholeskyCov`` with a vector
-    ``sd_dist`` (PyMC's optimized path); otherwise an ``LKJCorr`` correlation matrix and
-    separate sd variables.
+    ``sd_dist`` (PyMC's path). Otherwise the sds are separate variables with their own
+    priors and the correlation's Cholesky factor is taken from an auxiliary
+    ``LKJCholeskyCov`` with unit HalfNormal scales: under that prior the correlation is
+    LKJ(eta) and independent of the auxiliary scales, so dividing each row of its factor
+    by its scale gives an LKJ(eta) correlation factor; the auxiliary scales meet no data
+    and are sampled from their prior. (PyMC's ``LKJCorr`` would do, but its log density
+    runs a positive-definiteness check in numba's object mode: 150 s instead of 5 s for
+    sleepstudy.)
     """
     import pymc as pm
     import pytensor.tensor as pt
@@ -113,10 +121,12 @@ def _correlated_factor(label: str, q: int, sd_priors, eta: float):
         chol, _, sd = pm.LKJCholeskyCov(f"_chol_{label}", n=q, eta=float(eta), sd_dist=dist,
                                         compute_corr=True, store_in_trace=False)
         return chol, sd
-    corr = pm.LKJCorr(f"_corr_{label}", n=q, eta=float(eta), return_matrix=True)
+    aux_chol, _, aux_sd = pm.LKJCholeskyCov(f"_corrchol_{label}", n=q, eta=float(eta),
+                                            sd_dist=pm.HalfNormal.dist(sigma=1.0, shape=q),
+                                            compute_corr=True, store_in_trace=False)
+    corr_chol = aux_chol / aux_sd[:, None]
     sd = pt.stack([prior.to_pymc(f"_sd_{label}__{t}") for t, prior in enumerate(sd_priors)])
-    chol = sd[:, None] * pt.linalg.cholesky(corr)
-    return chol, sd
+    return sd[:, None] * corr_chol, sd
 
 
 def _correlation_from_chol(chol, sd, q: int):
@@ -124,26 +134,62 @@ def _correlation_from_chol(chol, sd, q: int):
     return cov / (sd[:, None] * sd[None, :])
 
 
+def jax_available() -> bool:
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: nutpie's backend for the full model. Measured (benchmarks/bench_sampling.py, 2 busy
+#: cores, 4 x 1000 draws, sleep_rs): numba compiles in ~9 s with a warm PyTensor cache and
+#: then samples in ~8 s; JAX compiles in ~2 s but every gradient crosses into Python, so
+#: sampling takes ~55 s. numba is also a core dependency; ``backend="jax"`` remains a
+#: keyword of ``LMM.sample`` for those who have JAX.
+DEFAULT_NUTPIE_BACKEND = "numba"
+
+
+def default_nutpie_backend() -> str:
+    return DEFAULT_NUTPIE_BACKEND
+
+
 def run_sampler(model, sampler: str, draws: int, tune: int, chains: int, random_seed, target_accept: float,
                 progressbar: bool, **kwargs):
-    """Sample ``model`` with the chosen NUTS implementation; returns arviz.InferenceData."""
+    """Sample ``model`` with the chosen NUTS implementation; returns arviz.InferenceData.
+
+    ``backend`` ("numba" or "jax", nutpie only) may be among ``kwargs``; the rest go to
+    ``nutpie.sample`` or ``pm.sample``.
+    """
     import pymc as pm
 
     if sampler not in SAMPLERS:
         raise BayesLMMError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     seed = None if random_seed is None else int(random_seed)
+    backend = kwargs.pop("backend", None)
+    if backend is not None and sampler != "nutpie":
+        raise BayesLMMError(f"backend={backend!r} is an option of sampler='nutpie' only")
     if sampler == "nutpie":
         import nutpie
 
-        compiled = nutpie.compile_pymc_model(model)
+        backend = backend or default_nutpie_backend()
+        if backend not in ("numba", "jax"):
+            raise BayesLMMError(f"nutpie backend must be 'numba' or 'jax', not {backend!r}")
+        if backend == "jax" and not jax_available():
+            raise BayesLMMError("backend='jax' needs JAX: pip install 'bayeslmm[jax]'")
+        compiled = nutpie.compile_pymc_model(model, backend=backend,
+                                             gradient_backend="jax" if backend == "jax" else "pytensor")
         return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                              progress_bar=progressbar, target_accept=target_accept, save_warmup=False,
                              **kwargs)
     if sampler in ("numpyro", "blackjax"):
+        if not jax_available():
+            raise BayesLMMError(f"sampler={sampler!r} needs JAX: pip install 'bayeslmm[jax]'")
         try:
-            import jax  # noqa: F401
+            __import__(sampler)
         except ImportError as exc:
-            raise BayesLMMError(f"sampler={sampler!r} needs JAX: pip install 'bayeslmm[jax]'") from exc
+            raise BayesLMMError(f"sampler={sampler!r} needs the {sampler} package: "
+                                f"pip install 'bayeslmm[jax]' (or pip install {sampler})") from exc
     with model:
         return pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, target_accept=target_accept,
                          progressbar=progressbar, nuts_sampler=sampler, compute_convergence_checks=False,
