@@ -245,8 +245,10 @@ class MarginalProblem:
             np.ravel(bars), np.ravel(sd_priors), gptr, entries.ravel(), np.full(J, m),
             np.arange(J) * m * m, np.arange(J) * m, st.ZZ.ravel(), st.Zy.ravel(), st.ZX.ravel()]
         header = np.zeros(K.H_SIZE)
-        header[[K.H_P, K.H_K, K.H_J, K.H_NDIM, K.H_MMAX, K.H_SIGMA, K.H_N, K.H_YY, K.H_SCALE]] = [
-            p, len(self.bars), J, self.ndim, m, sigma_index, st.n.sum(), st.yy.sum(), self.y_scale]
+        single = (len(self.bars) == 1 and m == self.bars[0].q and len(self.bars[0].levels) == J
+                  and np.array_equal(self.bars[0].group_of_level, np.arange(J)))
+        header[[K.H_P, K.H_K, K.H_J, K.H_NDIM, K.H_MMAX, K.H_SIGMA, K.H_N, K.H_YY, K.H_SCALE, K.H_SINGLE]] = [
+            p, len(self.bars), J, self.ndim, m, sigma_index, st.n.sum(), st.yy.sum(), self.y_scale, float(single)]
         position = K.H_SIZE
         for slot, section in zip(range(K.H_XY, K.H_ZX + 1), sections):
             header[slot] = position
