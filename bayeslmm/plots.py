@@ -165,7 +165,7 @@ def plot_shrinkage(result, group: str | None = None):
         fig.tight_layout()
         return _close_from_pyplot(fig)
     height = min(2.0 + 0.16 * block.n_levels, 14.0)
-    fig, axes = _figure(1, block.n_terms, 4.5 * block.n_terms, height)
+    fig, axes = _figure(1, block.n_terms, max(7.0, 4.5 * block.n_terms), height)
     for t, ax in enumerate(axes[0]):
         order = np.argsort(np.where(ok, no[:, t], np.inf), kind="stable")
         pos = np.arange(block.n_levels)
@@ -375,7 +375,7 @@ def check_residuals(result, draws: int = 100, random_seed=None, prob: float = 0.
     design = result.design
     S = len(result.sigma_draws())
     idx = report._thin(S, draws)
-    fitted = result.fitted_draws()[idx]
+    fitted = report.fitted_subset(result, idx)
     resid = design.y[None, :] - fitted
     sigma = result.sigma_draws()[idx]
     panels = 2 + sum(block.n_terms for block in design.blocks)

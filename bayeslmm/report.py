@@ -59,6 +59,32 @@ def _thin(n_total: int, n_keep: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, n_keep).round().astype(int))
 
 
+def fitted_subset(result, idx: np.ndarray, include_random: bool = True) -> np.ndarray:
+    """(len(idx), n) fitted values for the draws ``idx`` only (``fitted_draws`` over all
+    draws of a large data set would not fit in memory)."""
+    design = result.design
+    eta = result.fixef_draws()[idx] @ design.X.T
+    if include_random:
+        for block, b in zip(design.blocks, result.ranef_draws()):
+            eta += np.einsum("snq,nq->sn", b[idx][:, block.codes, :], block.X)
+    return eta
+
+
+def fitted_mean_sd(result, include_random: bool = True, chunk: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd (ddof=1; 0 for one draw) over draws of the fitted values, in chunks of draws."""
+    S = len(result.sigma_draws())
+    total = np.zeros(result.nobs)
+    total_sq = np.zeros(result.nobs)
+    for start in range(0, S, chunk):
+        part = fitted_subset(result, np.arange(start, min(start + chunk, S)), include_random)
+        total += part.sum(axis=0)
+        total_sq += (part ** 2).sum(axis=0)
+    mean = total / S
+    if S == 1:
+        return mean, np.zeros_like(mean)
+    return mean, np.sqrt(np.clip((total_sq - S * mean ** 2) / (S - 1), 0.0, None))
+
+
 def coef_draws(result) -> list[np.ndarray]:
     """Per bar, (S, levels, q) draws of fixed plus group effects (lme4's ``coef``)."""
     beta = result.fixef_draws()
@@ -82,8 +108,10 @@ def variance_components(result) -> dict[str, np.ndarray]:
     bars of the mean over observed rows of z_i' Sigma z_i) and ``random[k]`` for each bar.
     """
     design = result.design
-    eta = result.fixef_draws() @ design.X.T
-    out = {"fixed": eta.var(axis=1, ddof=1), "residual": result.sigma_draws() ** 2}
+    beta = result.fixef_draws()
+    # var over rows of X beta = beta' cov(X) beta: no (draws x rows) array
+    cov_x = np.atleast_2d(np.cov(design.X, rowvar=False, ddof=1))
+    out = {"fixed": np.einsum("si,ij,sj->s", beta, cov_x, beta), "residual": result.sigma_draws() ** 2}
     total = np.zeros_like(out["residual"])
     for k, (block, cov) in enumerate(zip(design.blocks, result.cov_draws())):
         # mean_i z_i' Sigma z_i = trace(Sigma Z'Z / n)
@@ -346,7 +374,7 @@ def replicate(result, draws: int = 100, random_seed=None) -> np.ndarray:
     rng = np.random.default_rng(random_seed)
     S = len(result.sigma_draws())
     idx = _thin(S, draws) if is_posterior(result) else np.zeros(draws, dtype=int)
-    mu = result.fitted_draws()[idx]
+    mu = fitted_subset(result, idx)
     return mu + result.sigma_draws()[idx, None] * rng.standard_normal(mu.shape)
 
 
@@ -615,11 +643,11 @@ def augment(result) -> pd.DataFrame:
     (population level), ``.resid`` (y - .fitted) and, on a posterior, ``.fitted_sd``
     (posterior means and sd over draws), as ``broom.mixed::augment``."""
     design = result.design
-    fitted = result.fitted_draws(include_random=True)
+    fitted, fitted_sd = fitted_mean_sd(result, include_random=True)
     out = design.data.copy()
-    out[".fitted"] = fitted.mean(axis=0)
-    out[".fixed"] = result.fitted_draws(include_random=False).mean(axis=0)
-    out[".resid"] = design.y - out[".fitted"].to_numpy()
+    out[".fitted"] = fitted
+    out[".fixed"] = design.X @ result.fixef_draws().mean(axis=0)
+    out[".resid"] = design.y - fitted
     if is_posterior(result):
-        out[".fitted_sd"] = fitted.std(axis=0, ddof=1)
+        out[".fitted_sd"] = fitted_sd
     return out
