@@ -106,7 +106,9 @@ class LMM:
         parametrization : {"auto", "marginal", "full"}
             ``"full"`` samples the group effects with the other parameters
             (non-centered); ``"marginal"`` integrates them out, samples the rest, then
-            draws them exactly; ``"auto"`` uses the marginal one where it applies.
+            draws them exactly; ``"auto"`` uses the marginal one where it applies (every
+            bar within one top-level factor, ``sampler="nutpie"``), else the full one with
+            a warning and the reason in ``idata.posterior.attrs["marginal_fallback"]``.
         **kwargs
             Passed to the sampler.
 
@@ -122,6 +124,9 @@ class LMM:
         choice = str(parametrization).lower()
         if choice not in ("auto", "marginal", "full"):
             raise BayesLMMError(f"parametrization must be 'auto', 'marginal' or 'full', not {parametrization!r}")
+        fallback = None
+        if choice == "auto" and sampler != "nutpie":
+            choice = "full"  # the marginal sampler runs on nutpie only
         if choice in ("auto", "marginal"):
             ok, reason = marginal_supported(self.design)
             if ok:
@@ -131,10 +136,13 @@ class LMM:
             if choice == "marginal":
                 raise BayesLMMError(f"the marginal parametrization does not apply here: {reason}")
             warnings.warn(f"{reason}.", UserWarning, stacklevel=2)
+            fallback = reason
         model = build_model(self.design, prior_set)
         raw = run_sampler(model, sampler, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                           target_accept=target_accept, progressbar=progressbar, **kwargs)
         idata = to_inference_data(self.design, raw, prior_set, sampler=sampler, parametrization="full")
+        if fallback:
+            idata.posterior.attrs["marginal_fallback"] = fallback
         return PosteriorResult(design=self.design, idata=idata, prior_set=prior_set)
 
     def sample_prior_predictive(self, draws: int = 500, random_seed: int | None = None):
