@@ -403,6 +403,8 @@ def check_residuals(result, draws: int = 100, random_seed=None, prob: float = 0.
     mean_fitted = fitted.mean(axis=0)
     ax.plot(mean_fitted, resid.mean(axis=0), "o", ms=2, alpha=0.3, color="0.3")
     edges = np.unique(np.quantile(mean_fitted, np.linspace(0, 1, 11)))
+    if len(edges) < 2:  # all fitted values equal (e.g. a singular intercept-only fit)
+        edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
     centers = 0.5 * (edges[1:] + edges[:-1])
     smooth = np.stack([_binned_mean(mean_fitted, r, edges) for r in resid])
     _band(ax, centers, smooth, _NO, "binned mean", prob)

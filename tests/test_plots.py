@@ -173,3 +173,18 @@ def test_posterior_figures_show_bands(sleep_post):
     assert any(isinstance(c, PolyCollection) for c in fig.axes[0].collections)
     point = reference_fit("sleep_rs").plot_icc(x="Days")
     assert not any(isinstance(c, PolyCollection) for c in point.axes[0].collections)
+
+
+@pytest.mark.parametrize("case", ["dyestuff2", "penicillin", "exam_sex"])
+def test_figures_render_on_singular_crossed_and_three_term_fits(case, tmp_path):
+    """dyestuff2 is singular (all group effects 0), penicillin crossed, exam_sex a
+    three-term bar (1-D shrinkage panels)."""
+    fit = reference_fit(case)
+    n_terms = sum(block.n_terms for block in fit.design.blocks)
+    assert len(_visible_axes(fit.plot_ranef())) == n_terms
+    assert len(_visible_axes(fit.check_residuals())) == 2 + n_terms
+    shrink = fit.plot_shrinkage()
+    _saved(shrink, tmp_path / f"shrinkage_{case}.png")
+    first = fit.design.blocks[0].n_terms
+    assert len(_visible_axes(shrink)) == (1 if first == 2 else first)
+    _saved(fit.plot_groups(max_panels=4), tmp_path / f"groups_{case}.png")

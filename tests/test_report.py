@@ -349,3 +349,20 @@ def test_ppc_pvalues(post_rs, sleepstudy):
     assert 0.05 < p.loc["sd_group_means", "p_value"] < 0.95
     again = post_rs.ppc(draws=50, random_seed=2)
     np.testing.assert_array_equal(again.y_rep, check.y_rep)
+
+
+def test_predict_nested_new_level_keeps_the_seen_parent():
+    """pastes, (1 | batch/cask): a new cask in a seen batch gets its batch's effect and,
+    on a point fit, the mean 0 of the new cask effect (lme4's allow.new.levels)."""
+    fit = reference_fit("pastes")
+    new = pd.DataFrame({"batch": ["A", "A"], "cask": ["a", "z"]})
+    pred = fit.predict(new)["estimate"].to_numpy()
+    batch = fit.ranef()["batch"].loc["A", "(Intercept)"]
+    cask = fit.ranef()["cask:batch"].loc["a:A", "(Intercept)"]
+    beta0 = fit.beta[0]
+    np.testing.assert_allclose(pred, [beta0 + batch + cask, beta0 + batch], rtol=1e-10)
+    with pytest.raises(blm.DataError, match="'z:A'.*'cask:batch'"):
+        fit.predict(new, allow_new_levels=False)
+    draws = fit.predict(new, kind="predictive", random_seed=1)
+    cask_var = fit.covariances[0][0, 0] if fit.design.blocks[0].group == "cask:batch" else fit.covariances[1][0, 0]
+    assert draws.loc[1, "sd"] == pytest.approx(np.sqrt(cask_var + fit.sigma ** 2), rel=0.06)
