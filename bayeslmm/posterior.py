@@ -147,17 +147,26 @@ class PosteriorResult(FitResult):
                             index=pd.Index(self.design.fixed_names, name="term"))
 
     def varcorr(self, prob: float = 0.95) -> pd.DataFrame:
-        """Variance components in R's ``as.data.frame(VarCorr())`` rows, with posterior
-        means of ``vcov`` and ``sdcor`` and the sd and interval of ``sdcor``."""
+        """Variance components in the rows of R's ``as.data.frame(VarCorr())``.
+
+        Columns: ``group, var1, var2``; ``vcov`` and ``sdcor`` (posterior means);
+        ``sdcor_sd``, ``lower``, ``upper`` (posterior sd and equal-tailed ``prob``
+        interval of ``sdcor``); ``vcov_sd``, ``vcov_lower``, ``vcov_upper`` (the same
+        for ``vcov``).
+        """
         layout = varcorr_layout(self.design)
         values = varcorr_values(layout, self.cov_draws(), self.sigma_draws())
         lower, upper = _interval(values[:, :, 1], prob)
+        vcov_lower, vcov_upper = _interval(values[:, :, 0], prob)
         frame = layout[["group", "var1", "var2"]].copy()
         frame["vcov"] = values[:, :, 0].mean(axis=0)
         frame["sdcor"] = values[:, :, 1].mean(axis=0)
         frame["sdcor_sd"] = values[:, :, 1].std(axis=0, ddof=1)
         frame["lower"] = lower
         frame["upper"] = upper
+        frame["vcov_sd"] = values[:, :, 0].std(axis=0, ddof=1)
+        frame["vcov_lower"] = vcov_lower
+        frame["vcov_upper"] = vcov_upper
         return frame
 
     def _tidy_effects(self, per_block: list[np.ndarray], prob: float) -> pd.DataFrame:

@@ -227,11 +227,16 @@ def test_verbs_summarise_the_draws(sleep_full):
     assert fixef.loc["Days", "lower"] == pytest.approx(np.quantile(days, 0.05))
     assert 7.0 < fixef.loc["Days", "mean"] < 14.0  # lme4: 10.47
     vc = post.varcorr()
-    assert list(vc[["group", "var1"]].itertuples(index=False, name=None)) == [
-        ("Subject", "(Intercept)"), ("Subject", "Days"), ("Subject", "(Intercept)"), ("Residual", None)]
+    assert list(vc["group"]) == ["Subject", "Subject", "Subject", "Residual"]
+    assert list(vc["var1"].fillna("")) == ["(Intercept)", "Days", "(Intercept)", ""]
+    assert list(vc["var2"].fillna("")) == ["", "", "Days", ""]
     sd_days = post.idata.posterior["sd_Subject"].sel(Subject__term="Days").values.ravel()
     assert vc.loc[1, "sdcor"] == pytest.approx(sd_days.mean())
     assert vc.loc[1, "vcov"] == pytest.approx((sd_days ** 2).mean())
+    assert vc.loc[1, "vcov_sd"] == pytest.approx((sd_days ** 2).std(ddof=1))
+    assert vc.loc[1, "vcov_upper"] == pytest.approx(np.quantile(sd_days ** 2, 0.975))
+    cor = post.idata.posterior["cor_Subject"].values.ravel()
+    assert vc.loc[2, "sdcor"] == pytest.approx(cor.mean()) and vc.loc[2, "lower"] == pytest.approx(np.quantile(cor, 0.025))
     ranef = post.ranef()
     assert list(ranef) == ["Subject"] and ranef["Subject"].shape == (18, 2)
     tidy = post.ranef(tidy=True, prob=0.5)
