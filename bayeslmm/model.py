@@ -110,7 +110,9 @@ class LMM:
             bar within one top-level factor, ``sampler="nutpie"``), else the full one with
             a warning and the reason in ``idata.posterior.attrs["marginal_fallback"]``.
         **kwargs
-            Passed to the sampler.
+            Passed to the sampler of the full model (``nutpie.sample`` or ``pm.sample``);
+            with nutpie, ``backend="numba"`` (default: ~10 s to compile, fast sampling) or
+            ``"jax"`` (~2 s to compile, slower sampling) picks its compiler.
 
         Returns
         -------
