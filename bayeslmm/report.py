@@ -138,6 +138,25 @@ def icc(result, prob: float = 0.95, draws: bool = False):
     quantity the adjusted ICC sums, so the by-group rows add up to ``adjusted``;
     ``performance`` reports nothing sensible there (its by-group figure can exceed 1).
     Bars on the same factor (``(x || g)``) are added together.
+
+    Parameters
+    ----------
+    prob : float
+        Probability of the equal-tailed interval (posteriors).
+    draws : bool
+        Return the per-draw values (a DataFrame, one column per row of the summary)
+        instead of the summary.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by ``adjusted`` and each grouping factor; column ``estimate`` on a point
+        fit, ``mean, sd, lower, upper`` on a posterior.
+
+    Examples
+    --------
+    >>> fit = blm.LMM("Reaction ~ Days + (1 | Subject)", blm.datasets.load("sleepstudy")).fit()
+    >>> fit.icc()  # adjusted 0.589 and Subject 0.589, as performance::icc
     """
     comps = variance_components(result)
     denom = comps["random"] + comps["residual"]
@@ -154,7 +173,20 @@ def r2(result, prob: float = 0.95, draws: bool = False):
     """Marginal and conditional R2 of Nakagawa et al. (2017), per draw.
 
     R2m = var_fixed / (var_fixed + var_random + sigma^2) and
-    R2c = (var_fixed + var_random) / (same), with var_random as in :func:`icc`.
+    R2c = (var_fixed + var_random) / (same), with var_random as in :func:`icc` and
+    var_fixed the variance of X beta over the observed rows (denominator n - 1).
+
+    Parameters
+    ----------
+    prob : float
+        Probability of the equal-tailed interval (posteriors).
+    draws : bool
+        Return the per-draw values instead of the summary.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by ``marginal`` and ``conditional``, laid out like :func:`icc`.
     """
     comps = variance_components(result)
     total = comps["fixed"] + comps["random"] + comps["residual"]
