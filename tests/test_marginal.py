@@ -1,0 +1,411 @@
+"""The collapsed ("marginal") sampler: group effects integrated out, drawn exactly afterwards.
+
+The pieces are checked against independent computations (a dense multivariate normal for
+the marginal likelihood, finite differences for the gradient, the dense conditional
+Gaussian for the group-effect draws, scipy for the prior densities), then the sampler as a
+whole against brms 2.18 (../shared/reference/brms) with the issue's criterion: every
+posterior mean within 0.2 posterior sd of brms's, every sd within 15%, zero divergences.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+import bayeslmm as blm
+from bayeslmm import marginal_kernels as K
+from bayeslmm import priors as P
+from bayeslmm.bayes import correlation_pairs
+from bayeslmm.marginal import MarginalProblem, marginal_supported, sample_marginal
+from bayeslmm.priors import resolve_priors
+from conftest import brms_reference
+
+DATASET = {"sleep_rs": "sleepstudy", "exam_rs": "exam", "exam_sex": "exam"}
+
+
+def design_of(formula: str, name: str, priors=None):
+    model = blm.LMM(formula, blm.datasets.load(name), priors=priors)
+    return model.design, model.resolved_priors()
+
+
+def small_exam():
+    """20 schools of the exam data: small enough for a dense covariance matrix."""
+    data = blm.datasets.load("exam")
+    keep = data["school"].isin(sorted(data["school"].unique())[:20])
+    return data[keep].reset_index(drop=True)
+
+
+def user_draw(problem, x):
+    """The reported parameters of one unconstrained point."""
+    return {name: value[0] for name, value in problem.expand(x[None, :]).items()}
+
+
+def covariances(problem, x):
+    values = user_draw(problem, x)
+    covs = []
+    for bar in problem.bars:
+        sd = values[f"sd_{bar.label}"]
+        R = np.eye(bar.q)
+        if bar.n_cpc:
+            for c, (a, b, _) in enumerate(correlation_pairs(bar.terms)):
+                R[a, b] = R[b, a] = values[f"cor_{bar.label}"][c]
+        covs.append(sd[:, None] * R * sd[None, :])
+    return values, covs
+
+
+def dense_z(design):
+    """Full random-effects model matrix, bar by bar, levels major."""
+    parts = []
+    for block in design.blocks:
+        Z = np.zeros((design.nobs, block.n_levels * block.n_terms))
+        for t in range(block.n_terms):
+            Z[np.arange(design.nobs), block.codes * block.n_terms + t] = block.X[:, t]
+        parts.append(Z)
+    return np.hstack(parts)
+
+
+def dense_marginal(design, problem, x):
+    """(mean, covariance) of y and the prior covariance of b at ``x``, user's scale."""
+    values, covs = covariances(problem, x)
+    Z = dense_z(design)
+    G = np.zeros((Z.shape[1], Z.shape[1]))
+    start = 0
+    for block, cov in zip(design.blocks, covs):
+        size = block.n_levels * block.n_terms
+        G[start:start + size, start:start + size] = np.kron(np.eye(block.n_levels), cov)
+        start += size
+    V = values["sigma"] ** 2 * np.eye(design.nobs) + Z @ G @ Z.T
+    return design.X @ values["beta"], V, Z, G
+
+
+CASES = [("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
+         ("Reaction ~ Days + (Days || Subject)", "sleepstudy"),
+         ("Reaction ~ Days + (1 | Subject)", "sleepstudy"),
+         ("strength ~ 1 + (1 | batch/cask)", "pastes"),
+         ("normexam ~ standLRT + sex + (standLRT + sex | school)", "exam20"),
+         ("normexam ~ standLRT + (1 | school) + (0 + standLRT | school)", "exam20")]
+
+
+def case_design(formula, name, priors=None):
+    if name == "exam20":
+        model = blm.LMM(formula, small_exam(), priors=priors)
+        return model.design, model.resolved_priors()
+    return design_of(formula, name, priors)
+
+
+# ---------------------------------------------------------------- structure
+def test_marginal_supported_nested_but_not_crossed():
+    assert marginal_supported(design_of("Reaction ~ Days + (Days | Subject)", "sleepstudy")[0])[0]
+    assert marginal_supported(design_of("strength ~ 1 + (1 | batch/cask)", "pastes")[0])[0]
+    ok, reason = marginal_supported(design_of("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")[0])
+    assert not ok and "crossed" in reason and "plate" in reason and "sample" in reason
+
+
+def test_nested_layout_puts_casks_inside_their_batch():
+    design, _ = design_of("strength ~ 1 + (1 | batch/cask)", "pastes")
+    problem = MarginalProblem.from_design(design)
+    assert problem.n_groups == 10 and problem.width == 4  # one batch effect + three casks
+    by_label = {bar.label: bar for bar in problem.bars}
+    assert len(by_label["cask:batch"].levels) == 30
+    assert np.bincount(by_label["cask:batch"].group_of_level).tolist() == [3] * 10
+    assert problem.stats.n.sum() == design.nobs == 60
+
+
+# ---------------------------------------------------------------- the density
+@pytest.mark.parametrize("formula,name", CASES)
+def test_marginal_likelihood_equals_dense_multivariate_normal(formula, name):
+    design, prior_set = case_design(formula, name)
+    problem = MarginalProblem.from_design(design)
+    blob = problem.pack(prior_set)
+    for seed in (0, 1):
+        x = problem.initial_point(np.random.default_rng(seed))
+        mean, V, _, _ = dense_marginal(design, problem, x)
+        dense = multivariate_normal(mean, V).logpdf(design.y)
+        # the kernel works on y / s: its density is larger by n log s
+        assert K.loglik_value(x, blob) - design.nobs * np.log(problem.y_scale) == pytest.approx(dense, abs=1e-8)
+
+
+@pytest.mark.parametrize("formula,name", CASES)
+def test_gradient_equals_finite_differences(formula, name):
+    priors = {"sd": blm.HalfNormal(sigma=3.0), "sigma": blm.Gamma(alpha=2.0, beta=0.5), "cor": blm.LKJ(eta=2.5)}
+    if name != "pastes":
+        priors["b"] = blm.Normal(mu=0.0, sigma=5.0)
+    design, prior_set = case_design(formula, name, priors)
+    problem = MarginalProblem.from_design(design)
+    blob = problem.pack(prior_set)
+    x = problem.initial_point(np.random.default_rng(3))
+    grad = np.zeros(problem.ndim)
+    K.logp_grad(x, grad, blob)
+    numeric = np.zeros(problem.ndim)
+    scratch = np.zeros(problem.ndim)
+    h = 1e-6
+    for i in range(problem.ndim):
+        step = np.zeros(problem.ndim)
+        step[i] = h
+        numeric[i] = (K.logp_grad(x + step, scratch, blob) - K.logp_grad(x - step, scratch, blob)) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+
+
+def test_log_posterior_is_likelihood_plus_priors_on_the_user_scale():
+    """logp = marginal likelihood (of y / s) + priors at the user's values + log-Jacobians
+    of the sd, sigma and correlation transforms, with the Intercept prior on the intercept
+    of centered predictors (for q = 2, Stan's LKJ-on-Cholesky term is (eta-1) log|R|)."""
+    design, prior_set = design_of("Reaction ~ Days + (Days | Subject)", "sleepstudy",
+                                  {"b": blm.Normal(mu=1.0, sigma=4.0), "sd": blm.LogNormal(mu=2.0, sigma=1.0),
+                                   "sigma": blm.Exponential(lam=0.1), "cor": blm.LKJ(eta=3.0)})
+    problem = MarginalProblem.from_design(design)
+    blob = problem.pack(prior_set)
+    x = problem.initial_point(np.random.default_rng(5))
+    values = user_draw(problem, x)
+    sd_sl, cpc_sl, sigma_index = problem.slices()
+    beta = values["beta"]
+    intercept_c = beta[0] + beta[1] * design.X[:, 1].mean()
+    L = np.zeros((2, 2))
+    log_jac_cor = K.cpc_cholesky(x[cpc_sl[0]].copy(), 2, L)
+    R = L @ L.T
+    expected = (K.loglik_value(x, blob)
+                + prior_set.intercept.logp(intercept_c) + prior_set.fixed["Days"].logp(beta[1])
+                + sum(prior_set.sd[(0, t)].logp(v) for t, v in zip(design.blocks[0].terms, values["sd_Subject"]))
+                + prior_set.sigma.logp(values["sigma"])
+                + prior_set.cor[0].logp(R) + log_jac_cor
+                + x[sd_sl[0]].sum() + x[sigma_index])  # log-Jacobians of the log transforms
+    assert K.logp_grad(x, np.zeros(problem.ndim), blob) == pytest.approx(expected, abs=1e-8)
+
+
+@pytest.mark.parametrize("prior", [P.Normal(mu=1.0, sigma=2.0), P.StudentT(nu=3.0, mu=-1.0, sigma=2.5),
+                                   P.HalfStudentT(nu=4.0, sigma=1.5), P.HalfNormal(sigma=2.0),
+                                   P.Exponential(lam=0.7), P.Gamma(alpha=2.0, beta=1.5),
+                                   P.LogNormal(mu=0.3, sigma=0.8), P.Flat()])
+def test_prior_densities_match_scipy(prior):
+    from bayeslmm.marginal import _prior_code
+
+    code, a, b, c = _prior_code(prior)
+    for v in (0.3, 1.7, 4.0):
+        value, slope = K.prior_logp(int(code), a, b, c, v)
+        assert value == pytest.approx(prior.logp(v), abs=1e-10)
+        h = 1e-6
+        numeric = (K.prior_logp(int(code), a, b, c, v + h)[0] - K.prior_logp(int(code), a, b, c, v - h)[0]) / (2 * h)
+        assert slope == pytest.approx(numeric, abs=1e-6)
+
+
+def test_correlation_transform_log_jacobian():
+    """log|Jacobian| of y -> strictly lower entries of the correlation Cholesky factor."""
+    q = 4
+    y = np.random.default_rng(0).normal(size=q * (q - 1) // 2)
+    L = np.zeros((q, q))
+    log_jac = K.cpc_cholesky(y, q, L)
+    np.testing.assert_allclose(np.sum(L**2, axis=1), 1.0)
+    rows, cols = np.tril_indices(q, -1)
+
+    def entries(v):
+        M = np.zeros((q, q))
+        K.cpc_cholesky(v, q, M)
+        return M[rows, cols]
+
+    J = np.zeros((len(y), len(y)))
+    for i in range(len(y)):
+        step = np.zeros(len(y))
+        step[i] = 1e-6
+        J[:, i] = (entries(y + step) - entries(y - step)) / 2e-6
+    assert log_jac == pytest.approx(np.linalg.slogdet(J)[1], abs=1e-6)
+
+
+def test_fast_one_bar_path_equals_general_path():
+    for formula in ("Reaction ~ Days + (Days | Subject)", "Reaction ~ Days + (1 | Subject)"):
+        design, prior_set = design_of(formula, "sleepstudy")
+        problem = MarginalProblem.from_design(design)
+        fast = problem.pack(prior_set)
+        general = fast.copy()
+        general[K.H_SINGLE] = 0.0
+        assert fast[K.H_SINGLE] == 1.0
+        x = problem.initial_point(np.random.default_rng(1))
+        g1, g2 = np.zeros(problem.ndim), np.zeros(problem.ndim)
+        assert K.logp_grad(x, g1, fast) == pytest.approx(K.logp_grad(x, g2, general), abs=1e-9)
+        np.testing.assert_allclose(g1, g2, atol=1e-9)
+        normals = np.random.default_rng(2).standard_normal((3, problem.n_groups * problem.width))
+        out1, out2 = np.empty_like(normals), np.empty_like(normals)
+        K.draw_effects(np.tile(x, (3, 1)), fast, normals, out1)
+        K.draw_effects(np.tile(x, (3, 1)), general, normals, out2)
+        np.testing.assert_allclose(out1, out2, atol=1e-12)
+
+
+def test_arrays_entry_point_equals_design_entry_point():
+    design, prior_set = design_of("Reaction ~ Days + (Days | Subject)", "sleepstudy")
+    block = design.blocks[0]
+    a = MarginalProblem.from_design(design)
+    b = MarginalProblem.from_arrays(design.y, design.X, block.X, block.codes, design.fixed_names, block.terms,
+                                    group_name="Subject", levels=block.levels)
+    np.testing.assert_allclose(a.pack(prior_set), b.pack(prior_set))
+
+
+@pytest.mark.parametrize("formula,name", [CASES[0], CASES[3]])
+def test_effect_draws_follow_the_exact_conditional(formula, name):
+    """b | y, theta ~ N(G Z' V^-1 (y - X beta), G - G Z' V^-1 Z G) (dense, user's scale)."""
+    design, prior_set = case_design(formula, name)
+    problem = MarginalProblem.from_design(design)
+    blob = problem.pack(prior_set)
+    x = problem.initial_point(np.random.default_rng(4))
+    mean_y, V, Z, G = dense_marginal(design, problem, x)
+    Vinv_Z_G = np.linalg.solve(V, Z @ G)
+    cond_mean = Vinv_Z_G.T @ (design.y - mean_y)
+    cond_cov = G - G @ Z.T @ Vinv_Z_G
+    S = 20000
+    draws = problem.split_effects(problem.draw_effects(np.tile(x, (S, 1)), blob, np.random.default_rng(0)))
+    flat = np.hstack([d.reshape(S, -1) for d in draws])  # bar by bar, levels major: as dense_z
+    sd = np.sqrt(np.diag(cond_cov))
+    z = (flat.mean(axis=0) - cond_mean) / (sd / np.sqrt(S))
+    assert np.max(np.abs(z)) < 4.5
+    np.testing.assert_allclose(flat.std(axis=0), sd, rtol=0.04)
+    emp = np.cov(flat.T)
+    assert np.max(np.abs(emp - cond_cov)) < 0.05 * np.max(np.diag(cond_cov))
+
+
+# ---------------------------------------------------------------- sampling
+def brms_priors(case: str) -> dict:
+    text = brms_reference(case)["priors"]
+
+    def student_t(entry):
+        nu, mu, scale = re.findall(r"student_t\(([^,]+), ([^,]+), ([^)]+)\)", text[entry])[0]
+        return float(nu), float(mu), float(scale)
+
+    nu, mu, scale = student_t("Intercept")
+    return {"Intercept": blm.StudentT(nu=nu, mu=mu, sigma=scale), "b": blm.Flat(),
+            "sd": blm.HalfStudentT(nu=student_t("sd")[0], sigma=student_t("sd")[2]),
+            "sigma": blm.HalfStudentT(nu=student_t("sigma")[0], sigma=student_t("sigma")[2]),
+            "cor": blm.LKJ(eta=1.0)}
+
+
+def posterior_summary(post) -> dict[str, tuple[float, float]]:
+    """brms's names -> (mean, sd) straight from the posterior variables."""
+    p = post.idata.posterior
+    brms_term = lambda term: "Intercept" if term == "(Intercept)" else term  # noqa: E731
+    out = {}
+    for term in p["term"].values:
+        v = p["beta"].sel(term=term)
+        out[f"b_{brms_term(term)}"] = (float(v.mean()), float(v.std()))
+    out["sigma"] = (float(p["sigma"].mean()), float(p["sigma"].std()))
+    group = post.design.blocks[0].group
+    for term in p[f"{group}__term"].values:
+        v = p[f"sd_{group}"].sel({f"{group}__term": term})
+        out[f"sd_{group}__{brms_term(term)}"] = (float(v.mean()), float(v.std()))
+    for pair in p[f"{group}__pair"].values:
+        v = p[f"cor_{group}"].sel({f"{group}__pair": pair})
+        a, b = pair.split(", ")
+        out[f"cor_{group}__{brms_term(a)}__{b}"] = (float(v.mean()), float(v.std()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def brms_runs():
+    out = {}
+    for case, data in DATASET.items():
+        model = blm.LMM(brms_reference(case)["formula"], blm.datasets.load(data), priors=brms_priors(case))
+        out[case] = model.sample(random_seed=2024, progressbar=False, parametrization="marginal")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(DATASET))
+def test_agrees_with_brms(brms_runs, case):
+    post = brms_runs[case]
+    ours = posterior_summary(post)
+    reference = brms_reference(case)["brms"]["summary"]
+    assert {row["variable"] for row in reference} == set(ours)
+    for row in reference:
+        mean, sd = ours[row["variable"]]
+        assert abs(mean - row["mean"]) <= 0.2 * row["sd"], (row["variable"], mean, row["mean"], row["sd"])
+        assert sd == pytest.approx(row["sd"], rel=0.15), (row["variable"], sd, row["sd"])
+    assert post.divergences == 0
+    table = post.diagnostics()
+    assert table["r_hat"].max() <= 1.01 and table["ess_bulk"].min() >= 1000
+
+
+@pytest.mark.slow
+def test_posterior_contract(brms_runs):
+    post = brms_runs["exam_sex"]
+    idata, design = post.idata, post.design
+    p = idata.posterior
+    assert p.attrs["parametrization"] == "marginal" and p.attrs["sampler"] == "nutpie"
+    assert p.attrs["formula"] == design.formula.text and "sd_school__sexM" in p.attrs["priors"]
+    assert set(p.data_vars) == {"beta", "sigma", "sd_school", "cor_school", "r_school"}
+    assert p["beta"].dims == ("chain", "draw", "term") and list(p["term"].values) == list(design.fixed_names)
+    assert p["sd_school"].dims == ("chain", "draw", "school__term")
+    assert list(p["school__pair"].values) == ["(Intercept), standLRT", "(Intercept), sexM", "standLRT, sexM"]
+    assert p["r_school"].shape == (4, 1000, 65, 3)
+    assert list(p["school__level"].values) == list(design.blocks[0].levels)
+    assert idata.log_likelihood["y"].shape == (4, 1000, design.nobs)
+    np.testing.assert_array_equal(idata.observed_data["y"].values, design.y)
+    assert "unconstrained_draw" not in idata.sample_stats
+    # the stored log-likelihood is the Gaussian density given the drawn effects
+    from scipy.stats import norm
+
+    mu = post.fitted_draws()[:50]
+    ll = idata.log_likelihood["y"].values.reshape(-1, design.nobs)[:50]
+    np.testing.assert_allclose(ll, norm.logpdf(design.y, mu, post.sigma_draws()[:50, None]), atol=1e-8)
+    # every reporting verb reads this layout
+    assert post.fixef().shape[0] == 3 and post.ranef()["school"].shape == (65, 3)
+    assert post.varcorr().iloc[-1]["group"] == "Residual"
+
+
+@pytest.mark.slow
+def test_group_effects_agree_with_reml_conditional_modes(brms_runs):
+    """With 65 schools of ~60 pupils the posterior means of the effects are close to
+    lme4's conditional modes (within a tenth of their posterior sd)."""
+    post = brms_runs["exam_rs"]
+    reml = blm.LMM("normexam ~ standLRT + (standLRT | school)", blm.datasets.load("exam")).fit()
+    ours = post.ranef(tidy=True)
+    modes = reml.ranef()["school"]
+    mean = ours.pivot(index="level", columns="term", values="mean").loc[modes.index, modes.columns]
+    sd = ours.pivot(index="level", columns="term", values="sd").loc[modes.index, modes.columns]
+    assert np.max(np.abs((mean - modes) / sd).to_numpy()) < 0.15
+
+
+def test_same_seed_same_draws_and_defaults_sample_cleanly():
+    design, prior_set = design_of("Reaction ~ Days + (Days | Subject)", "sleepstudy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # default priors: no convergence warning
+        a = sample_marginal(design, prior_set, random_seed=5, progressbar=False)
+    b = sample_marginal(design, prior_set, random_seed=5, progressbar=False)
+    for name in ("beta", "sigma", "sd_Subject", "cor_Subject", "r_Subject"):
+        np.testing.assert_array_equal(a.idata.posterior[name].values, b.idata.posterior[name].values)
+    assert a.divergences == 0 and a.diagnostics()["ess_bulk"].min() > 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a deliberately short run
+        c = sample_marginal(design, prior_set, draws=200, tune=300, chains=2, random_seed=6, progressbar=False)
+    assert not np.array_equal(a.idata.posterior["beta"].values[:2, :200], c.idata.posterior["beta"].values)
+
+
+def test_nested_design_samples_without_divergences():
+    model = blm.LMM("strength ~ 1 + (1 | batch/cask)", blm.datasets.load("pastes"))
+    post = model.sample(random_seed=3, progressbar=False)
+    p = post.idata.posterior
+    assert p.attrs["parametrization"] == "marginal"
+    assert p["r_cask:batch"].shape == (4, 1000, 30, 1) and p["r_batch"].shape == (4, 1000, 10, 1)
+    assert post.divergences == 0
+    # cask variation dominates (lme4: sd 2.90 for cask:batch, 1.29 for batch)
+    assert float(p["sd_cask:batch"].mean()) == pytest.approx(2.9, rel=0.25)
+
+
+@pytest.mark.slow
+def test_crossed_design_falls_back_to_the_full_model_and_says_so():
+    model = blm.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", blm.datasets.load("penicillin"))
+    with pytest.raises(blm.BayesLMMError, match="crossed"):
+        model.sample(parametrization="marginal")
+    with pytest.raises(blm.errors.FitError, match="crossed"):
+        sample_marginal(model.design, model.resolved_priors())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        post = model.sample(draws=100, tune=200, chains=2, random_seed=1, progressbar=False)
+    assert any("crossed" in str(w.message) for w in caught)
+    attrs = post.idata.posterior.attrs
+    assert attrs["parametrization"] == "full" and "crossed" in attrs["marginal_fallback"]
+
+
+def test_bad_parametrization_is_rejected():
+    model = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy"))
+    with pytest.raises(blm.BayesLMMError, match="parametrization"):
+        model.sample(parametrization="collapsed")
