@@ -132,7 +132,8 @@ def plot_shrinkage(result, group: str | None = None):
 
     A bar with two terms (intercept and slope) is drawn in 2-D, with the 50% and 95%
     contours of the estimated population distribution N(beta, Sigma); any other bar gets
-    one 1-D panel per term (levels sorted by their no-pooling estimate). See
+    one 1-D panel per term (levels sorted by their no-pooling estimate; on a posterior
+    with the 95% posterior interval of each partial-pooling estimate). See
     :func:`bayeslmm.report.pooling` for how each estimate is computed.
     """
     table = report.pooling(result, group)
@@ -164,6 +165,9 @@ def plot_shrinkage(result, group: str | None = None):
         ax.set_title(title, fontsize=10)
         fig.tight_layout()
         return _close_from_pyplot(fig)
+    posterior_bounds = None
+    if report.is_posterior(result):  # the partial-pooling estimates carry their uncertainty
+        posterior_bounds = report.interval(report.coef_draws(result)[k], 0.95)
     height = min(2.0 + 0.16 * block.n_levels, 14.0)
     fig, axes = _figure(1, block.n_terms, max(7.0, 4.5 * block.n_terms), height)
     for t, ax in enumerate(axes[0]):
@@ -174,6 +178,9 @@ def plot_shrinkage(result, group: str | None = None):
                 ax.annotate("", xy=(partial[j, t], p), xytext=(no[j, t], p),
                             arrowprops=dict(arrowstyle="->", color="0.45", lw=0.8))
         ax.plot(no[order, t], pos, "o", mfc="none", color=_NO, label="no pooling (separate fits)")
+        if posterior_bounds is not None:
+            ax.hlines(pos, posterior_bounds[0][order, t], posterior_bounds[1][order, t], color=_PARTIAL,
+                      alpha=0.35, lw=2.5, label="95% posterior interval")
         ax.plot(partial[order, t], pos, "o", ms=4, color=_PARTIAL, label="partial pooling (mixed model)")
         ax.axvline(complete[t], color=_COMPLETE, ls="--", label="complete pooling (one fit)")
         if block.n_levels <= _MAX_LABELLED_LEVELS:
