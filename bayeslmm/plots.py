@@ -126,6 +126,12 @@ def _ellipse(center: np.ndarray, cov: np.ndarray, level: float, n: int = 100) ->
     return (center[:, None] + v @ (np.sqrt(np.clip(w, 0, None))[:, None] * circle) * radius).T
 
 
+def _arrows(ax, x0, y0, x1, y1):
+    """Arrows from (x0, y0) to (x1, y1) as one quiver (thousands of annotations are slow)."""
+    ax.quiver(x0, y0, np.asarray(x1) - x0, np.asarray(y1) - y0, angles="xy", scale_units="xy", scale=1.0,
+              color="0.45", width=0.003, headwidth=4, headlength=5, headaxislength=4.5)
+
+
 def plot_shrinkage(result, group: str | None = None):
     """Shrinkage: per level the no-pooling estimate, the partial-pooling estimate and an
     arrow between them, with the complete-pooling estimate for reference.
@@ -154,8 +160,7 @@ def plot_shrinkage(result, group: str | None = None):
             path = _ellipse(center, cov, level)
             ax.plot(path[:, 0], path[:, 1], color="0.5", ls=style, lw=0.8,
                     label=f"{level:.0%} of the population distribution")
-        for a, b in zip(no[ok], partial[ok]):
-            ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle="->", color="0.45", lw=0.8))
+        _arrows(ax, no[ok, 0], no[ok, 1], partial[ok, 0], partial[ok, 1])
         ax.plot(no[ok, 0], no[ok, 1], "o", mfc="none", color=_NO, label="no pooling (separate fits)")
         ax.plot(partial[:, 0], partial[:, 1], "o", color=_PARTIAL, label="partial pooling (mixed model)")
         ax.plot(complete[0], complete[1], "*", ms=14, color=_COMPLETE, label="complete pooling (one fit)")
@@ -173,10 +178,8 @@ def plot_shrinkage(result, group: str | None = None):
     for t, ax in enumerate(axes[0]):
         order = np.argsort(np.where(ok, no[:, t], np.inf), kind="stable")
         pos = np.arange(block.n_levels)
-        for p, j in zip(pos, order):
-            if ok[j]:
-                ax.annotate("", xy=(partial[j, t], p), xytext=(no[j, t], p),
-                            arrowprops=dict(arrowstyle="->", color="0.45", lw=0.8))
+        keep = ok[order]
+        _arrows(ax, no[order, t][keep], pos[keep], partial[order, t][keep], pos[keep])
         ax.plot(no[order, t], pos, "o", mfc="none", color=_NO, label="no pooling (separate fits)")
         if posterior_bounds is not None:
             ax.hlines(pos, posterior_bounds[0][order, t], posterior_bounds[1][order, t], color=_PARTIAL,
