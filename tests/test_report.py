@@ -366,3 +366,18 @@ def test_predict_nested_new_level_keeps_the_seen_parent():
     draws = fit.predict(new, kind="predictive", random_seed=1)
     cask_var = fit.covariances[0][0, 0] if fit.design.blocks[0].group == "cask:batch" else fit.covariances[1][0, 0]
     assert draws.loc[1, "sd"] == pytest.approx(np.sqrt(cask_var + fit.sigma ** 2), rel=0.06)
+
+
+def test_predict_posterior_new_level_spread_is_population_spread(post_rs):
+    """A new subject's mean at Days = d varies over draws as b0 + b1 d + u with
+    u ~ N(0, z' Sigma z): its variance is E[z' Sigma z] + var(b0 + b1 d) (total variance)."""
+    new = pd.DataFrame({"Days": [0.0, 9.0], "Subject": ["new", "new"]})
+    draws = report.predict_draws(post_rs, new, random_seed=7)
+    beta = post_rs.fixef_draws()
+    cov = post_rs.cov_draws()[0]
+    for i, days in enumerate([0.0, 9.0]):
+        z = np.array([1.0, days])
+        expected = np.einsum("i,sij,j->s", z, cov, z).mean() + (beta @ z).var()
+        assert draws[:, i].var() == pytest.approx(expected, rel=0.2)
+    # one effect per new level and draw: both rows share it (Days 0 and 9 correlate)
+    assert np.corrcoef(draws[:, 0], draws[:, 1])[0, 1] > 0.2
