@@ -286,7 +286,8 @@ def test_loo_and_compare(post_ri, post_rs):
     assert loo_rs.n_data_points == 180
     assert table.index[0] == "slopes"  # random slopes predict much better (lme4's LRT agrees)
     assert table.loc["intercepts", "elpd_diff"] > 10
-    with pytest.raises(blm.BayesLMMError, match="anova"):
+    with pytest.raises(blm.BayesLMMError, match="anova"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         blm.compare(post_rs, reference_fit("sleep_rs"))
 
 
