@@ -154,6 +154,25 @@ def default_nutpie_backend() -> str:
     return DEFAULT_NUTPIE_BACKEND
 
 
+def cholesky_initial_points(model) -> dict[str, np.ndarray]:
+    """Identity starting values (before jitter) of the ``LKJCholeskyCov`` variables.
+
+    PyMC's own starting value of an ``LKJCholeskyCov`` is ``zeros_like`` of a draw, so the
+    initial-point function evaluates a prior draw of the sds; scipy's Student-t sampler then
+    failed intermittently under nutpie's threads ("cannot set WRITEABLE flag"). A given
+    value skips that draw.
+    """
+    out = {}
+    for rv in model.free_RVs:
+        for prefix in ("_chol_", "_corrchol_"):
+            if rv.name.startswith(prefix):
+                q = len(model.coords[f"{rv.name[len(prefix):]}__term"])
+                packed = np.zeros(q * (q + 1) // 2)
+                packed[np.cumsum(np.arange(1, q + 1)) - 1] = 1.0  # row-major lower triangle
+                out[rv.name] = packed
+    return out
+
+
 def run_sampler(model, sampler: str, draws: int, tune: int, chains: int, random_seed, target_accept: float,
                 progressbar: bool, **kwargs):
     """Sample ``model`` with the chosen NUTS implementation; returns arviz.InferenceData.
@@ -178,7 +197,8 @@ def run_sampler(model, sampler: str, draws: int, tune: int, chains: int, random_
         if backend == "jax" and not jax_available():
             raise BayesLMMError("backend='jax' needs JAX: pip install 'bayeslmm[jax]'")
         compiled = nutpie.compile_pymc_model(model, backend=backend,
-                                             gradient_backend="jax" if backend == "jax" else "pytensor")
+                                             gradient_backend="jax" if backend == "jax" else "pytensor",
+                                             initial_points=cholesky_initial_points(model))
         return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                              progress_bar=progressbar, target_accept=target_accept, save_warmup=False,
                              **kwargs)
