@@ -18,18 +18,23 @@ from dataclasses import dataclass, field
 import formulae as fm
 import numpy as np
 import pandas as pd
+from formulae.categorical import ENCODINGS
 from formulae.environment import Environment
+from formulae.transforms import TRANSFORMS
 
 from .errors import DataError, FormulaError
-from .formula import ParsedFormula, RandomTerm
+from .formula import ParsedFormula, RandomTerm, _point
 
 # Functions a formula may call without a prefix (R users write log(y)).
 _NAMESPACE = {
     "np": np, "numpy": np, "log": np.log, "log10": np.log10, "log2": np.log2,
     "log1p": np.log1p, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs,
 }
-_FORMULAE_NAMES = {"I", "C", "center", "scale", "standardize", "poly", "True", "False", "None"}
-_IDENT = re.compile(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_.]*)")
+_FORMULAE_NAMES = {"True", "False", "None"}
+_FUNCTIONS = set(_NAMESPACE) | set(TRANSFORMS) | set(ENCODINGS)
+# names of any script (column 'école'); string literals are blanked out before the search
+_IDENT = re.compile(r"(?<![\w.])([^\W\d][\w.]*)")
+_STRING = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 @dataclass(frozen=True)
@@ -159,12 +164,14 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     data = _drop_missing(data, used)
     n_dropped_total = data.attrs.pop("n_dropped", 0)
     _reject_infinite(data, used)
+    _check_response_column(formula, data)
 
     y, fixed = _evaluate_fixed(formula, data)
-    X, fixed_names, fixed_all_names, aliased = _full_rank(fixed)
+    X, fixed_names, fixed_all_names, aliased = _full_rank(fixed, data)
     blocks = [_build_block(term, data) for term in formula.random]
     # lme4 orders the bars by decreasing number of levels (a stable sort)
     blocks.sort(key=lambda block: -block.n_levels)
+    _check_overlapping_bars(blocks)
     _check_random_sizes(blocks, len(y))
     return Design(formula=formula, response=formula.response, y=y, X=X,
                   fixed_names=fixed_names, blocks=tuple(blocks), data=data,
@@ -173,18 +180,35 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
 
 
 # ---------------------------------------------------------------- column checks
-def _identifiers(expr: str) -> list[str]:
-    """Names in an expression that are not function calls or attributes."""
+def _identifiers(expr: str, calls: list | None = None) -> list[str]:
+    """Names in an expression that are not function calls, keyword arguments or text in
+    quotes; the called names go to ``calls`` as (name, offset) when it is given."""
+    blanked = _STRING.sub(lambda m: " " * len(m.group()), expr)
     names = []
-    for match in _IDENT.finditer(expr):
+    for match in _IDENT.finditer(blanked):
         name = match.group(1)
-        rest = expr[match.end():].lstrip()
-        if rest.startswith("(") or keyword.iskeyword(name):
+        rest = blanked[match.end():].lstrip()
+        if rest.startswith("("):
+            if calls is not None:
+                calls.append((name, match.start()))
             continue
-        if re.fullmatch(r"[0-9.]+", name):
+        if keyword.iskeyword(name) or (rest.startswith("=") and not rest.startswith("==")):
             continue
         names.append(name)
     return names
+
+
+def _known_function(name: str) -> bool:
+    """A function the formula can call: numpy's (np.log), formulae's (C, scale) or ours (log)."""
+    head, _, attr = name.partition(".")
+    if head in ("np", "numpy") and attr:
+        target = np
+        for part in attr.split("."):
+            target = getattr(target, part, None)
+            if target is None:
+                return False
+        return callable(target)
+    return name in _FUNCTIONS
 
 
 def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
@@ -196,7 +220,16 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
         pieces.extend((var, term.position) for var in term.group_vars)
     used: list[str] = []
     for expr, position in pieces:
-        for name in _identifiers(expr):
+        calls: list = []
+        names = _identifiers(expr, calls)
+        for name, offset in calls:
+            if not _known_function(name):
+                at = formula.text.find(name, max(position, 0))
+                known = ", ".join(sorted(set(_NAMESPACE) - {"np", "numpy"}))
+                raise FormulaError(f"unknown function '{name}' in the formula (position {at}): use "
+                                   f"numpy's as np.name (np.log, np.sqrt, ...), or {known}, I(), C(), "
+                                   f"center(), scale(), poly(){_point(formula.text, at)}")
+        for name in names:
             root = name.split(".")[0]
             if name in columns:
                 if name not in used:
@@ -205,6 +238,7 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
                 continue
             else:
                 hint = difflib.get_close_matches(name, columns, n=1)
+                hint = hint or [c for c in columns if c.lower() == name.lower()][:1]
                 hint_text = f"; did you mean '{hint[0]}'?" if hint else ""
                 at = formula.text.find(name, max(position, 0))
                 raise DataError(f"unknown column '{name}' in the formula (position {at}): the data "
@@ -231,13 +265,45 @@ def _drop_missing(data: pd.DataFrame, used: list[str]) -> pd.DataFrame:
 
 
 def _reject_infinite(data: pd.DataFrame, used: list[str]) -> None:
+    """Infinite numbers and values that are neither numbers nor text are the user's to fix."""
     for column in used:
         values = data[column]
+        if values.dtype == object:
+            odd = [v for v in values if not isinstance(v, (str, bool, int, float, np.number, np.bool_))]
+            if odd:
+                raise DataError(f"column '{column}' holds {len(odd)} value(s) of type "
+                                f"{type(odd[0]).__name__} (e.g. {odd[0]!r}); give numbers or text")
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             n_inf = int(np.isinf(values.to_numpy(dtype=float)).sum())
             if n_inf:
                 raise DataError(f"column '{column}' has {n_inf} infinite value(s); remove or "
                                 "recode them (only missing values are dropped automatically)")
+
+
+def _check_response_column(formula: ParsedFormula, data: pd.DataFrame) -> None:
+    """A response given as a bare column must be numbers (a text column would otherwise be
+    dummy-coded by formulae and reported in a confusing way)."""
+    name = formula.response.strip()
+    if name not in data.columns:
+        return
+    values = data[name]
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return
+    examples = ", ".join(repr(v) for v in pd.unique(values)[:3])
+    raise DataError(f"the response '{name}' is not numeric (column of type {values.dtype}, values "
+                    f"like {examples}); a linear mixed model needs a numeric response")
+
+
+def _check_finite_columns(matrix: np.ndarray, names, data: pd.DataFrame, what: str) -> None:
+    """Transforms like np.log(x) of x <= 0 make NaN or inf; name the column and rows."""
+    bad = ~np.isfinite(matrix)
+    if not bad.any():
+        return
+    j = int(np.flatnonzero(bad.any(axis=0))[0])
+    rows = data.index[bad[:, j]]
+    shown = ", ".join(str(r) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
+    raise DataError(f"{what} column '{names[j]}' has {len(rows)} NaN or infinite value(s) after "
+                    f"transformation (rows {shown}): a log or square root of zero or a negative number?")
 
 
 # ---------------------------------------------------------------- fixed part
@@ -248,22 +314,26 @@ def _lme4_name(name: str) -> str:
     return re.sub(r"\[([^\]]*)\]", r"\1", name)
 
 
-def _formulae(formula_text: str, data: pd.DataFrame, what: str):
+def _formulae(formula_text: str, data: pd.DataFrame, what: str, position: int | None = None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return fm.design_matrices(formula_text, data, na_action="error",
                                       env=Environment([_NAMESPACE]))
     except Exception as exc:  # formulae raises many types; report ours
-        raise FormulaError(f"cannot evaluate {what} '{formula_text}': {exc}") from exc
+        where = f" (position {position})" if position is not None and position >= 0 else ""
+        raise FormulaError(f"cannot evaluate {what} '{formula_text}'{where}: "
+                           f"{type(exc).__name__}: {exc}") from exc
 
 
 def _evaluate_fixed(formula: ParsedFormula, data: pd.DataFrame):
-    matrices = _formulae(formula.fixed_formula, data, "the fixed part")
+    matrices = _formulae(formula.fixed_formula, data, "the fixed part", formula.text.find("~") + 1)
     response = matrices.response
     if response is None:
         raise FormulaError(f"the formula {formula.text!r} has no response")
     y = np.asarray(response.design_matrix, dtype=float)
+    if y.ndim == 2 and y.shape[1] == 0:
+        raise DataError(f"the response '{formula.response}' gives no values")
     if y.ndim == 2:
         if y.shape[1] != 1:
             raise DataError(f"the response '{formula.response}' is not numeric: "
@@ -278,12 +348,13 @@ def _evaluate_fixed(formula: ParsedFormula, data: pd.DataFrame):
     return y, matrices.common
 
 
-def _full_rank(common) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def _full_rank(common, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Drop aliased columns as lme4 does (pivoted QR, tolerance 1e-7), with a warning."""
     if common is None:
         raise FormulaError("the fixed part has no columns; write '1' for an intercept-only model")
     X = np.asarray(common.design_matrix, dtype=float)
     names = tuple(_lme4_name(n) for n in common.as_dataframe().columns)
+    _check_finite_columns(X, names, data, "the fixed-effect")
     if X.shape[1] == 0:
         return X, names, names, ()
     # R's limited pivoting: a column is dropped when it adds (almost) nothing to the
@@ -343,14 +414,43 @@ def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
     lookup = {level: j for j, level in enumerate(levels)}
     codes = np.array([lookup[label] for label in labels], dtype=np.int64)
 
-    matrices = _formulae(term.expr, data, f"the random term {term.text}")
+    matrices = _formulae(term.expr, data, f"the random term {term.text}", term.position)
     common = matrices.common
     if common is None or np.asarray(common.design_matrix).shape[1] == 0:
         raise FormulaError(f"the random term {term.text} (position {term.position}) has no columns")
     X = np.asarray(common.design_matrix, dtype=float)
     terms = tuple(_lme4_name(n) for n in common.as_dataframe().columns)
+    _check_finite_columns(X, terms, data, f"the random term {term.text}:")
+    if not term.correlated and _has_factor(common):
+        warnings.warn(f"'||' in {term.text} with a factor: bayeslmm gives every coefficient "
+                      f"({', '.join(terms)}) its own independent variance; lme4 instead splits only "
+                      f"the '+' terms, so the factor's columns stay correlated there. Write "
+                      f"'(1 | {term.group}) + (0 + factor | {term.group})' for lme4's model",
+                      UserWarning, stacklevel=4)
     return RandomBlock(group=term.group, terms=terms, correlated=term.correlated, X=X,
                        codes=codes, levels=levels, term=term, _evaluator=common)
+
+
+def _has_factor(common) -> bool:
+    """True when a term of the evaluated model matrix involves a categorical variable."""
+    return any(getattr(var, "kind", None) == "categoric"
+               for term in common.terms.values() for var in getattr(term, "components", ())
+               ) or any("[" in str(name) for name in common.as_dataframe().columns)
+
+
+def _check_overlapping_bars(blocks: list[RandomBlock]) -> None:
+    """Two bars on one grouping factor must not share a coefficient: (1 | g) + (1 + x | g)
+    has two intercept variances that the data cannot tell apart."""
+    seen: dict[tuple[str, str], RandomBlock] = {}
+    for block in blocks:
+        for name in block.terms:
+            other = seen.get((block.group, name))
+            if other is not None:
+                raise FormulaError(f"the random terms {other.term.text} (position {other.term.position}) "
+                                   f"and {block.term.text} (position {block.term.position}) both give "
+                                   f"'{block.group}' a '{name}' effect: the two variances could not be "
+                                   f"told apart; keep it in one of them")
+            seen[(block.group, name)] = block
 
 
 def _check_random_sizes(blocks: list[RandomBlock], nobs: int) -> None:

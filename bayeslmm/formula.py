@@ -18,7 +18,11 @@ from dataclasses import dataclass
 
 from .errors import FormulaError
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+# Column names as Python (and formulae) read them: letters of any script, digits, _ and .
+_IDENTIFIER = re.compile(r"^(?:[^\W\d]|\.)[\w.]*$")
+_NAME = re.compile(r"(?:[^\W\d]|\.(?![\d]))[\w.]*")
+_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_BINARY = ("**", "*", ":", "/", "^", "%in%")
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,10 @@ def parse_formula(text: str) -> ParsedFormula:
         With the 0-based position of the problem: unbalanced parentheses, a missing or
         repeated ``~``, an empty term, a bar with nothing on one side.
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise FormulaError(f"the formula must be a string like 'y ~ x + (1 | g)', "
+                           f"not {type(text).__name__}")
+    if not text.strip():
         raise FormulaError("the formula is empty; write it like 'y ~ x + (1 | g)'")
     _check_parentheses(text)
     tildes = [i for i, depth in _top_level(text) if text[i] == "~" and depth == 0]
@@ -106,8 +113,10 @@ def parse_formula(text: str) -> ParsedFormula:
                                    f"{_point(text, start)}")
             random_terms.extend(_parse_bar(text, piece, start))
         else:
+            _check_product(text, start, start + len(piece))
             fixed_pieces.append(piece if sign == "+" else f"- {piece}")
 
+    _check_duplicates(text, random_terms)
     fixed = " + ".join(p for p in fixed_pieces if not p.startswith("-"))
     removals = " ".join(p for p in fixed_pieces if p.startswith("-"))
     fixed = (fixed or "1") + (f" {removals}" if removals else "")
@@ -222,7 +231,11 @@ def _parse_bar(text: str, piece: str, start: int) -> list[RandomTerm]:
         raise FormulaError(f"no grouping factor right of '|' in {piece} (position {bar_position})"
                            f"{_point(text, bar_position)}")
     if "|" in group_text:
-        raise FormulaError(f"more than one '|' in {piece} (position {start})")
+        where = start + 1 + bar + (2 if double else 1) + inner[bar + (2 if double else 1):].index("|")
+        raise FormulaError(f"more than one '|' in {piece} (position {where}); write each random "
+                           f"term in its own parentheses, like '(1 | g) + (1 | h)'{_point(text, where)}")
+    expr_start = start + 1 + (len(inner[:bar]) - len(inner[:bar].lstrip()))
+    _check_sum(text, expr_start, expr_start + len(expr))
     correlated = not double
     return [RandomTerm(expr=expr, group=name, group_vars=vars_, correlated=correlated,
                        text=piece, position=start)
@@ -240,9 +253,10 @@ def _expand_groups(text: str, group_text: str, position: int) -> list[tuple[str,
             for p in parts_here:
                 if not _IDENTIFIER.match(p):
                     where = position + max(group_text.find(p), 0)
-                    what = f"'{p}'" if p else "an empty name"
-                    raise FormulaError(f"the grouping factor {what} in '{group_text}' (position {where}) "
-                                       f"must be a column name (or a:b, a/b of column names)"
+                    what = (f"'{p}' (position {where}) is not a column name" if p else
+                            f"in '{group_text}' (position {where}) has an empty name")
+                    raise FormulaError(f"the grouping factor {what}: "
+                                       f"write a column name, or a:b, a/b of column names"
                                        f"{_point(text, where)}")
             parts.extend(parts_here)
         if depth == 1:
@@ -253,3 +267,120 @@ def _expand_groups(text: str, group_text: str, position: int) -> list[tuple[str,
             ordered = tuple(parts[-n_inner:] + parts[:-n_inner][::-1])
             result.append((":".join(ordered), ordered))
     return result
+
+
+# ---------------------------------------------------------------- expression checks
+# formulae silently ignores some malformed input (``y ~ x f`` fits ``y ~ x``) and reports
+# other input without a position; these checks catch it first and point at the spot.
+def _check_duplicates(text: str, terms: list[RandomTerm]) -> None:
+    seen: dict[tuple, RandomTerm] = {}
+    for term in terms:
+        key = (re.sub(r"\s+", "", term.expr), term.group, term.correlated)
+        if key in seen:
+            first = seen[key]
+            raise FormulaError(f"the random term {term.text} (position {term.position}) repeats "
+                               f"{first.text} (position {first.position}) on '{term.group}': "
+                               f"the two variances could not be told apart; remove one"
+                               f"{_point(text, term.position)}")
+        seen[key] = term
+
+
+def _matching(text: str, open_at: int) -> int:
+    """Index of the ')' that closes the '(' at ``open_at`` (parentheses are balanced)."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(text) - 1  # unreachable after _check_parentheses
+
+
+def _tokens(text: str, begin: int, end: int):
+    """Yield (kind, token, position) over text[begin:end]: kind is 'operand', 'sum' (+ -)
+    or 'binary' (* : / ** ^ %in%). Parenthesized groups are checked recursively; the
+    arguments of a function call are Python code and are left to the evaluator."""
+    i = begin
+    while i < end:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+            continue
+        name = _NAME.match(text, i, end)
+        number = _NUMBER.match(text, i, end)
+        if number and (not name or number.start() == i and ch.isdigit() or ch == "."):
+            yield "operand", number.group(), i
+            i = number.end()
+        elif name:
+            j = name.end()
+            k = j
+            while k < end and text[k].isspace():
+                k += 1
+            if k < end and text[k] == "(":  # a function call: skip its arguments
+                close = _matching(text, k)
+                yield "operand", text[i:close + 1], i
+                i = close + 1
+            else:
+                if not name.group().strip("."):
+                    raise FormulaError(f"'.' (all other columns) at position {i} is not supported: "
+                                       f"name the columns{_point(text, i)}")
+                yield "operand", name.group(), i
+                i = j
+        elif ch == "(":
+            close = _matching(text, i)
+            if not text[i + 1:close].strip():
+                raise FormulaError(f"empty parentheses at position {i}{_point(text, i)}")
+            _check_sum(text, i + 1, close)
+            yield "operand", text[i:close + 1], i
+            i = close + 1
+        elif ch in "+-":
+            yield "sum", ch, i
+            i += 1
+        elif text.startswith("%in%", i):
+            yield "binary", "%in%", i
+            i += 4
+        elif text.startswith("**", i):
+            yield "binary", "**", i
+            i += 2
+        elif ch in "*:/^":
+            yield "binary", ch, i
+            i += 1
+        elif ch == "|":
+            raise FormulaError(f"'|' at position {i} is outside a random-effect term: write each one "
+                               f"in its own parentheses, like '(1 | g)'{_point(text, i)}")
+        elif ch == "~":
+            raise FormulaError(f"unexpected '~' at position {i}{_point(text, i)}")
+        else:
+            raise FormulaError(f"unexpected character {ch!r} at position {i}{_point(text, i)}")
+
+
+def _check_sum(text: str, begin: int, end: int) -> None:
+    """Check that text[begin:end] is operands joined by operators (a leading sign allowed)."""
+    previous, previous_at, token_text = "start", begin, ""
+    for kind, token, at in _tokens(text, begin, end):
+        if kind == "operand":
+            if previous == "operand":
+                raise FormulaError(f"missing operator between '{token_text}' and '{token}' at position "
+                                   f"{at}: join terms with '+' (or ':' / '*' for interactions)"
+                                   f"{_point(text, at)}")
+        elif kind == "sum":
+            if previous in ("sum", "binary"):
+                raise FormulaError(f"empty term at position {at}: '{token}' follows '{token_text}'"
+                                   f"{_point(text, at)}")
+        else:  # binary
+            if previous != "operand":
+                raise FormulaError(f"'{token}' at position {at} has nothing on its left{_point(text, at)}")
+        previous, previous_at, token_text = kind, at, token
+    if previous == "start":
+        where = min(begin, len(text) - 1)
+        raise FormulaError(f"empty term at position {where}{_point(text, where)}")
+    if previous != "operand":
+        what = "empty term" if previous == "sum" else f"'{token_text}' has nothing on its right"
+        raise FormulaError(f"{what} at position {previous_at}{_point(text, previous_at)}")
+
+
+def _check_product(text: str, begin: int, end: int) -> None:
+    """One term of a sum (no top-level + or -): operands joined by * : / ** ^."""
+    _check_sum(text, begin, end)
