@@ -232,9 +232,8 @@ def _work(blob):
     qmax = 1
     for k in range(K):
         qmax = max(qmax, int(blob[bars + 6 * k]))
-    lams = [np.zeros((qmax, qmax)) for _ in range(K)]
-    chols = [np.zeros((qmax, qmax)) for _ in range(K)]
-    return lams, chols, mmax
+    # (K, qmax, qmax) arrays rather than lists of arrays: much less code to compile
+    return np.zeros((K, qmax, qmax)), np.zeros((K, qmax, qmax)), mmax
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -463,7 +462,7 @@ def logp_grad(x, grad, blob):
     log_sigma = x[si]
     sigma = math.exp(log_sigma)
     value = _factors(x, blob, lams, chols)
-    g_lams = [np.zeros_like(lams[k]) for k in range(K)]
+    g_lams = np.zeros_like(lams)
     beta = x[:p]
     grad_beta = np.zeros(p)
     ll, g_ls = _marginal_core(x, blob, beta, sigma, lams, grad_beta, g_lams, True, mmax)
@@ -522,7 +521,7 @@ def loglik_value(x, blob):
     lams, chols, mmax = _work(blob)
     sigma = math.exp(x[int(blob[H_SIGMA])])
     _factors(x, blob, lams, chols)
-    g_lams = [np.zeros_like(lams[k]) for k in range(K)]
+    g_lams = np.zeros_like(lams)
     value, _ = _marginal_core(x, blob, x[:p], sigma, lams, np.zeros(p), g_lams, False, mmax)
     return value
 
