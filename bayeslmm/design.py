@@ -158,6 +158,9 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     """
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
+    if not formula.random:
+        raise FormulaError(f"the formula {formula.text!r} has no random-effect term: add one like "
+                           "'(1 | g)' (a model without one is a linear model, not a mixed model)")
     if len(data) == 0:
         raise DataError("the data are empty (0 rows)")
     used = _used_columns(formula, data)
@@ -327,7 +330,9 @@ def _formulae(formula_text: str, data: pd.DataFrame, what: str, position: int | 
 
 
 def _evaluate_fixed(formula: ParsedFormula, data: pd.DataFrame):
-    matrices = _formulae(formula.fixed_formula, data, "the fixed part", formula.text.find("~") + 1)
+    tilde = formula.text.find("~")
+    first = tilde + 1 + len(formula.text[tilde + 1:]) - len(formula.text[tilde + 1:].lstrip())
+    matrices = _formulae(formula.fixed_formula, data, "the fixed part", first)
     response = matrices.response
     if response is None:
         raise FormulaError(f"the formula {formula.text!r} has no response")

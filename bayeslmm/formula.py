@@ -168,8 +168,11 @@ def _split_terms(text: str, start: int) -> list[tuple[str, str, int]]:
         if not piece:
             # "- 1" at the very start is the only place a sign may open the side
             if not (not pieces and sign == "+" and next_sign == "-" and begin == start):
-                raise FormulaError(f"empty term at position {min(where, rhs_end - 1)}: "
-                                   f"{_point(text, min(where, rhs_end - 1))}")
+                if begin > start:  # the sign before the gap has nothing after it
+                    at, what = begin - 1, f"'{sign}' has no term after it"
+                else:
+                    at, what = end, f"'{next_sign}' has no term before it"
+                raise FormulaError(f"empty term at position {at}: {what}{_point(text, at)}")
         else:
             pieces.append((sign, piece, where))
         sign, begin = next_sign, end + 1
@@ -366,9 +369,12 @@ def _check_sum(text: str, begin: int, end: int) -> None:
                                    f"{at}: join terms with '+' (or ':' / '*' for interactions)"
                                    f"{_point(text, at)}")
         elif kind == "sum":
-            if previous in ("sum", "binary"):
-                raise FormulaError(f"empty term at position {at}: '{token}' follows '{token_text}'"
-                                   f"{_point(text, at)}")
+            if previous == "sum":
+                raise FormulaError(f"empty term at position {previous_at}: '{token_text}' has no term "
+                                   f"after it{_point(text, previous_at)}")
+            if previous == "binary":
+                raise FormulaError(f"'{token_text}' has nothing on its right at position {previous_at}"
+                                   f"{_point(text, previous_at)}")
         else:  # binary
             if previous != "operand":
                 raise FormulaError(f"'{token}' at position {at} has nothing on its left{_point(text, at)}")
@@ -377,8 +383,11 @@ def _check_sum(text: str, begin: int, end: int) -> None:
         where = min(begin, len(text) - 1)
         raise FormulaError(f"empty term at position {where}{_point(text, where)}")
     if previous != "operand":
-        what = "empty term" if previous == "sum" else f"'{token_text}' has nothing on its right"
-        raise FormulaError(f"{what} at position {previous_at}{_point(text, previous_at)}")
+        if previous == "sum":
+            raise FormulaError(f"empty term at position {previous_at}: '{token_text}' has no term after "
+                               f"it{_point(text, previous_at)}")
+        raise FormulaError(f"'{token_text}' has nothing on its right at position {previous_at}"
+                           f"{_point(text, previous_at)}")
 
 
 def _check_product(text: str, begin: int, end: int) -> None:

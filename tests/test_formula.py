@@ -83,12 +83,16 @@ def test_nesting_keeps_one_text_and_position_for_both_bars():
 @pytest.mark.parametrize("text, message", [
     ("y ~ x + (1 | g", r"unbalanced parenthesis: '\(' at position 8 is never closed"),
     ("y ~ x) + (1 | g)", r"unbalanced parenthesis: '\)' at position 5 has no matching '\('"),
-    ("y ~ x + + (1 | g)", r"empty term at position 8"),
-    ("y ~ x + (1 | g) +", r"empty term at position 16"),
-    ("y ~ + x", r"empty term at position 4"),
+    ("y ~ x + + (1 | g)", r"empty term at position 6: '\+' has no term after it"),
+    ("y ~ x + (1 | g) +", r"empty term at position 16: '\+' has no term after it"),
+    ("y ~ + x", r"empty term at position 4: '\+' has no term before it"),
+    ("y ~ x - - z", r"empty term at position 6: '-' has no term after it"),
     ("y ~ x + (1 | )", r"no grouping factor right of '\|' in \(1 \| \) \(position 11\)"),
     ("y ~ x + ( | g)", r"nothing left of '\|' in \( \| g\) \(position 10\)"),
-    ("y ~ x + (1 + | g)", r"empty term at position 11"),
+    ("y ~ x + (1 + | g)", r"empty term at position 11: '\+' has no term after it"),
+    ("y ~ x + (x + z + | g)", r"empty term at position 15: '\+' has no term after it"),
+    ("y ~ x + (x : | g)", r"':' has nothing on its right at position 11"),
+    ("y ~ (a + + b):c", r"empty term at position 7: '\+' has no term after it"),
     ("y ~ x + 1 | g", r"'\|' at position 10 is outside a random-effect term"),
     ("y ~ x + (1 | g) (1 | h)", r"more than one '\|' in \(1 \| g\) \(1 \| h\) \(position 19\)"),
     ("y ~ x z + (1 | g)", r"missing operator between 'x' and 'z' at position 6"),
@@ -120,4 +124,4 @@ def test_the_message_draws_a_caret_under_the_position():
         parse_formula("y ~ x + + (1 | g)")
     lines = str(info.value).splitlines()
     assert lines[1] == "    y ~ x + + (1 | g)"
-    assert lines[2] == "    " + " " * 8 + "^"
+    assert lines[2] == "    " + " " * 6 + "^"

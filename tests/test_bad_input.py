@@ -1,0 +1,315 @@
+"""Bad input through the user's entry point ``LMM(formula, data)``: each case asserts the
+exact message a user sees, raised as a BayesLMMError subclass (never a raw formulae, NumPy
+or PyTensor error). Also: inputs that must still work (scale, odd level names)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeslmm as blm
+from bayeslmm.errors import BayesLMMError, DataError, FormulaError
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def toy() -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    return pd.DataFrame({
+        "y": rng.normal(size=N) + 5.0, "x": rng.normal(size=N),
+        "f": np.repeat(["a", "b", "c"], 20), "g": np.repeat(np.arange(1, 11), 6),
+        "text": np.tile(["lo", "hi"], 30), "one": ["t"] * N, "id": np.arange(N),
+    })
+
+
+def raises_exactly(error, message: str, formula, data):
+    """LMM(formula, data) raises ``error`` whose first line is exactly ``message``."""
+    with pytest.raises(error) as info:
+        blm.LMM(formula, data)
+    assert isinstance(info.value, BayesLMMError)
+    assert str(info.value).splitlines()[0] == message
+    return info.value
+
+
+def with_values(data: pd.DataFrame, column: str, rows: list[int], value) -> pd.DataFrame:
+    out = data.copy()
+    out[column] = out[column].astype(float if isinstance(value, float) else object)
+    out.loc[rows, column] = value
+    return out
+
+
+# ---------------------------------------------------------------- the data
+def test_data_not_a_dataframe(toy):
+    raises_exactly(DataError, "data must be a pandas DataFrame, not dict", "y ~ x + (1 | g)",
+                   toy.to_dict())
+    raises_exactly(DataError, "data must be a pandas DataFrame, not ndarray", "y ~ x + (1 | g)",
+                   toy.to_numpy())
+
+
+def test_empty_data(toy):
+    raises_exactly(DataError, "the data are empty (0 rows)", "y ~ x + (1 | g)", toy.iloc[:0])
+
+
+def test_unknown_column_with_suggestion(toy):
+    raises_exactly(DataError, "unknown column 'xx' in the formula (position 4): the data have y, x, f, "
+                   "g, text, one, id; did you mean 'x'?", "y ~ xx + (1 | g)", toy)
+    raises_exactly(DataError, "unknown column 'G' in the formula (position 13): the data have y, x, f, "
+                   "g, text, one, id; did you mean 'g'?", "y ~ x + (1 | G)", toy)
+    raises_exactly(DataError, "unknown column 'Y' in the formula (position 0): the data have y, x, f, "
+                   "g, text, one, id; did you mean 'y'?", "Y ~ x + (1 | g)", toy)
+
+
+def test_random_slope_on_a_column_absent_from_the_data(toy):
+    raises_exactly(DataError, "unknown column 'days' in the formula (position 9): the data have y, x, "
+                   "f, g, text, one, id", "y ~ x + (days | g)", toy)
+
+
+def test_unknown_column_inside_a_transform(toy):
+    raises_exactly(DataError, "unknown column 'grade' in the formula (position 6): the data have y, x, "
+                   "f, g, text, one, id", "y ~ I(grade - 5) + (1 | g)", toy)
+
+
+@pytest.mark.parametrize("column, kind, examples", [
+    ("text", "str", "'lo', 'hi'"),
+    ("one", "str", "'t'"),
+])
+def test_response_not_numeric(toy, column, kind, examples):
+    raises_exactly(DataError, f"the response '{column}' is not numeric (column of type {kind}, values "
+                   f"like {examples}); a linear mixed model needs a numeric response",
+                   f"{column} ~ x + (1 | g)", toy)
+
+
+def test_categorical_response_not_numeric(toy):
+    data = toy.assign(y=pd.Categorical(toy["f"]))
+    raises_exactly(DataError, "the response 'y' is not numeric (column of type category, values like "
+                   "'a', 'b', 'c'); a linear mixed model needs a numeric response", "y ~ x + (1 | g)", data)
+
+
+def test_constant_response(toy):
+    raises_exactly(DataError, "the response 'y' is constant (every value is 3.5): there is no "
+                   "variation to model", "y ~ x + (1 | g)", toy.assign(y=3.5))
+
+
+def test_response_transform_producing_nan(toy):
+    data = toy.assign(y=toy["y"] - 5.0)
+    n_bad = int((data["y"] <= 0).sum())
+    raises_exactly(DataError, f"the response 'np.log(y)' has {n_bad} non-finite value(s) after "
+                   "transformation (a log of zero or a negative number?)", "np.log(y) ~ x + (1 | g)", data)
+
+
+def test_predictor_transform_producing_nan(toy):
+    rows = np.flatnonzero(toy["x"] < 0)
+    shown = ", ".join(str(r) for r in rows[:5])
+    raises_exactly(DataError, f"the fixed-effect column 'np.log(x)' has {len(rows)} NaN or infinite "
+                   f"value(s) after transformation (rows {shown} ...): a log or square root of zero "
+                   "or a negative number?", "y ~ np.log(x) + (1 | g)", toy)
+    raises_exactly(DataError, f"the random term (0 + sqrt(x) | g): column 'sqrt(x)' has {len(rows)} "
+                   f"NaN or infinite value(s) after transformation (rows {shown} ...): a log or square "
+                   "root of zero or a negative number?", "y ~ 1 + (0 + sqrt(x) | g)", toy)
+
+
+@pytest.mark.parametrize("column", ["y", "x", "g"])
+def test_infinite_values_rejected_with_the_column(toy, column):
+    data = with_values(toy, column, [3, 7], np.inf)
+    raises_exactly(DataError, f"column '{column}' has 2 infinite value(s); remove or recode them (only "
+                   "missing values are dropped automatically)", "y ~ x + (1 | g)", data)
+
+
+@pytest.mark.parametrize("column", ["y", "x", "g", "f"])
+def test_missing_values_dropped_with_a_count(toy, column):
+    data = with_values(toy, column, [3, 7, 11], np.nan if column != "f" else None)
+    with pytest.warns(UserWarning, match=rf"^dropped 3 of 60 rows with missing values in: {column} \(3\)$"):
+        model = blm.LMM("y ~ x + f + (1 | g)", data)
+    assert model.design.nobs == 57 and model.design.n_dropped == 3
+    assert 3 not in model.design.data.index
+
+
+def test_every_row_missing(toy):
+    data = toy.assign(x=np.nan)
+    with pytest.warns(UserWarning, match="dropped 60 of 60 rows"):
+        raises_exactly(DataError, "every one of the 60 rows has a missing value in: x (60)",
+                       "y ~ x + (1 | g)", data)
+
+
+def test_column_of_unsupported_objects(toy):
+    data = toy.assign(x=[{"a": 1}] * N)
+    raises_exactly(DataError, "column 'x' holds 60 value(s) of type dict (e.g. {'a': 1}); give numbers "
+                   "or text", "y ~ x + (1 | g)", data)
+
+
+# ---------------------------------------------------------------- grouping factors
+def test_grouping_factor_with_one_level(toy):
+    raises_exactly(DataError, "grouping factor 'one' in (1 | one) has only one level ('t'); a random "
+                   "effect needs at least two groups", "y ~ x + (1 | one)", toy)
+
+
+def test_one_level_left_after_dropping_missing_values(toy):
+    data = toy.assign(g=np.where(toy["g"] == 1, 1.0, np.nan))
+    with pytest.warns(UserWarning, match="dropped 54 of 60 rows"):
+        raises_exactly(DataError, "grouping factor 'g' in (1 | g) has only one level ('1'); a random "
+                       "effect needs at least two groups", "y ~ x + (1 | g)", data)
+
+
+def test_as_many_levels_as_observations(toy):
+    raises_exactly(DataError, "grouping factor 'id' has 60 levels for 60 observations: the number of "
+                   "levels must be less than the number of observations (every group needs "
+                   "replicates)", "y ~ x + (1 | id)", toy)
+
+
+def test_more_random_effects_than_observations(toy):
+    data = toy.assign(pair=np.repeat(np.arange(30), 2), x2=toy["x"] ** 2)
+    raises_exactly(DataError, "the random term (x + x2 | pair) has 90 random effects (30 levels x 3 "
+                   "terms) for 60 observations: more random effects than observations; simplify it",
+                   "y ~ x + (x + x2 | pair)", data)
+
+
+@pytest.mark.parametrize("values, levels", [
+    (np.repeat(np.linspace(0.5, 5.0, 10), 6), ("0.5", "1.0", "1.5", "2.0")),
+    (np.repeat([True, False], 30), ("False", "True")),
+])
+def test_float_and_boolean_grouping_columns_are_factors(toy, values, levels):
+    model = blm.LMM("y ~ x + (1 | grp)", toy.assign(grp=values))
+    assert model.design.blocks[0].levels[:len(levels)] == levels
+
+
+def test_level_names_with_spaces_and_non_ascii_fit(toy):
+    names = ["École Saint-Michel", "group 1", "Zürich Nord", "a:b c", "学校"]
+    model = blm.LMM("y ~ x + (1 | school)", toy.assign(school=np.repeat(names, 12)))
+    (block,) = model.design.blocks
+    # text levels sort by code point, as R does in the C locale
+    assert block.levels == ("Zürich Nord", "a:b c", "group 1", "École Saint-Michel", "学校")
+    ranef = model.fit().ranef()["school"]
+    assert list(ranef.index) == list(block.levels) and ranef.shape == (5, 1)
+    # conditional modes of a random intercept sum to zero over equal-sized groups
+    assert abs(float(ranef.to_numpy().sum())) < 1e-8
+    new = pd.DataFrame({"school": ["group 1", "École Saint-Michel", "nowhere"]})
+    assert list(model.design.new_codes(block, new)) == [2, 3, -1]
+
+
+def test_non_ascii_column_names(toy):
+    data = toy.rename(columns={"x": "écart", "g": "école"})
+    model = blm.LMM("y ~ écart + (écart | école)", data)
+    assert model.design.fixed_names == ("(Intercept)", "écart")
+    assert model.design.blocks[0].group == "école"
+
+
+# ---------------------------------------------------------------- the formula
+def test_formula_not_a_string(toy):
+    raises_exactly(FormulaError, "the formula must be a string like 'y ~ x + (1 | g)', not int", 3, toy)
+    raises_exactly(FormulaError, "the formula must be a string like 'y ~ x + (1 | g)', not list",
+                   ["y ~ x + (1 | g)"], toy)
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("y ~ x + (1 | g", "unbalanced parenthesis: '(' at position 8 is never closed:"),
+    ("y ~ x + (1 | g))", "unbalanced parenthesis: ')' at position 15 has no matching '(':"),
+    ("y ~ (x + (1 | g)", "unbalanced parenthesis: '(' at position 4 is never closed:"),
+    ("y ~ x + + (1 | g)", "empty term at position 6: '+' has no term after it"),
+    ("y ~ x + (1 | g) + ", "empty term at position 16: '+' has no term after it"),
+    ("y ~ + x + (1 | g)", "empty term at position 4: '+' has no term before it"),
+    ("y ~ x + (1 + | g)", "empty term at position 11: '+' has no term after it"),
+    ("y ~ x + (1 | g) + (x * | g)", "'*' has nothing on its right at position 21"),
+    ("y ~ x + (1 | )", "no grouping factor right of '|' in (1 | ) (position 11)"),
+    ("y ~ x + ( | g)", "nothing left of '|' in ( | g) (position 10): write '(1 | g)' for a random "
+                       "intercept"),
+    ("y ~ x + 1 | g", "'|' at position 10 is outside a random-effect term: write each one in its own "
+                      "parentheses, like '(1 | g)'"),
+    ("y ~ x f + (1 | g)", "missing operator between 'x' and 'f' at position 6: join terms with '+' "
+                          "(or ':' / '*' for interactions)"),
+    ("y x + (1 | g)", "the formula 'y x + (1 | g)' has no '~': write the response on its left, like "
+                      "'y ~ x + (1 | g)'"),
+    ("y ~ x + (1 | g) + (1 | g)", "the random term (1 | g) (position 18) repeats (1 | g) (position 8) "
+                                  "on 'g': the two variances could not be told apart; remove one"),
+    ("y ~ x", "the formula 'y ~ x' has no random-effect term: add one like '(1 | g)' (a model without "
+              "one is a linear model, not a mixed model)"),
+    ("y ~ x + (0 | g)", "the random term (0 | g) (position 8) has no columns"),
+])
+def test_formula_errors(toy, formula, message):
+    raises_exactly(FormulaError, message, formula, toy)
+
+
+def test_overlapping_bars_on_one_factor(toy):
+    raises_exactly(FormulaError, "the random terms (1 | g) (position 8) and (1 + x | g) (position 18) "
+                   "both give 'g' a '(Intercept)' effect: the two variances could not be told apart; "
+                   "keep it in one of them", "y ~ x + (1 | g) + (1 + x | g)", toy)
+
+
+def test_unknown_function(toy):
+    raises_exactly(FormulaError, "unknown function 'lg' in the formula (position 4): use numpy's as "
+                   "np.name (np.log, np.sqrt, ...), or abs, exp, log, log10, log1p, log2, sqrt, I(), C(), "
+                   "center(), scale(), poly()", "y ~ lg(x) + (1 | g)", toy)
+    raises_exactly(FormulaError, "unknown function 'np.lg' in the formula (position 0): use numpy's as "
+                   "np.name (np.log, np.sqrt, ...), or abs, exp, log, log10, log1p, log2, sqrt, I(), C(), "
+                   "center(), scale(), poly()", "np.lg(y) ~ x + (1 | g)", toy)
+
+
+def test_double_bar_with_a_factor_warns_how_it_differs_from_lme4(toy):
+    with pytest.warns(UserWarning, match=re.escape(
+            "'||' in (f || g) with a factor: bayeslmm gives every coefficient ((Intercept), fb, fc) its "
+            "own independent variance; lme4 instead splits only the '+' terms, so the factor's columns "
+            "stay correlated there. Write '(1 | g) + (0 + factor | g)' for lme4's model")):
+        model = blm.LMM("y ~ x + (f || g)", toy)
+    (block,) = model.design.blocks
+    assert block.terms == ("(Intercept)", "fb", "fc") and not block.correlated
+
+
+def test_double_bar_with_numbers_does_not_warn(toy):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = blm.LMM("y ~ x + (x || g)", toy)
+    assert not model.design.blocks[0].correlated
+
+
+def test_formulae_errors_are_wrapped_with_the_position(toy):
+    # formulae cannot parse a list literal in C(); the user sees a FormulaError, not ParseError
+    error = raises_exactly(FormulaError, "cannot evaluate the fixed part 'y ~ C(f, levels=['c', 'b'])' "
+                           "(position 4): ParseError: Don't know how to parse '['",
+                           "y ~ C(f, levels=['c', 'b']) + (1 | g)", toy)
+    assert type(error.__cause__).__module__.startswith("formulae")
+
+
+# ---------------------------------------------------------------- rank deficiency
+def test_rank_deficient_fixed_effects_dropped_with_a_warning(toy):
+    data = toy.assign(x2=3.0 * toy["x"] - 1.0)
+    with pytest.warns(UserWarning, match=re.escape(
+            "fixed-effect model matrix is rank deficient so dropping 1 column(s) / coefficient(s): x2")):
+        model = blm.LMM("y ~ x + x2 + (1 | g)", data)
+    fit = model.fit()
+    assert list(fit.fixef().index) == ["(Intercept)", "x"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = blm.LMM("y ~ x + (1 | g)", data).fit()
+    assert np.allclose(fit.fixef()["estimate"], reference.fixef()["estimate"], rtol=1e-10)
+
+
+# ---------------------------------------------------------------- scale
+@pytest.fixture(scope="module")
+def sleep_fits():
+    data = blm.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    fits = {s: blm.LMM(formula, data.assign(Reaction=data["Reaction"] * s)).fit()
+            for s in (1.0, 1e9, 1e-9)}
+    return fits
+
+
+@pytest.mark.parametrize("scale", [1e9, 1e-9])
+def test_huge_and_tiny_response_scales_fit_the_same_model(sleep_fits, scale):
+    base, fit = sleep_fits[1.0], sleep_fits[scale]
+    assert np.allclose(fit.fixef()["estimate"], base.fixef()["estimate"] * scale, rtol=1e-6, atol=0)
+    assert np.allclose(fit.fixef()["std_error"], base.fixef()["std_error"] * scale, rtol=1e-6, atol=0)
+    assert np.allclose(fit.fixef()["t_value"], base.fixef()["t_value"], rtol=1e-6)
+    vc, vb = fit.varcorr(), base.varcorr()
+    sd_rows = vc["var2"].isna().to_numpy()
+    assert np.allclose(vc["sdcor"][sd_rows], vb["sdcor"][sd_rows] * scale, rtol=1e-6, atol=0)
+    assert np.allclose(vc["vcov"][sd_rows], vb["vcov"][sd_rows] * scale**2, rtol=2e-6, atol=0)
+    # the correlation is scale-free; it moves only within the optimizer's tolerance (see report)
+    assert np.allclose(vc["sdcor"][~sd_rows], vb["sdcor"][~sd_rows], rtol=1e-4)
+    # the criterion shifts by exactly (n - p) * 2 log(scale)
+    n_eff = fit.nobs - 2
+    assert fit.criterion == pytest.approx(base.criterion + 2 * n_eff * np.log(scale), abs=1e-5)
+    assert not fit.is_singular
