@@ -298,6 +298,9 @@ class MarginalProblem:
 
     def split_effects(self, flat: np.ndarray) -> list[np.ndarray]:
         """Per bar (S, levels, q) from the group-slot layout."""
+        if len(self.bars) == 1 and self.width == self.bars[0].q and len(self.bars[0].levels) == self.n_groups \
+                and np.array_equal(self.bars[0].group_of_level, np.arange(self.n_groups)):
+            return [flat.reshape(len(flat), self.n_groups, self.width)]  # one level per group: a view
         out = []
         for bar in self.bars:
             idx = (bar.group_of_level * self.width + bar.offset)[:, None] + np.arange(bar.q)[None, :]

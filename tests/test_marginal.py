@@ -85,6 +85,7 @@ def dense_marginal(design, problem, x):
 CASES = [("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
          ("Reaction ~ Days + (Days || Subject)", "sleepstudy"),
          ("Reaction ~ Days + (1 | Subject)", "sleepstudy"),
+         ("Reaction ~ 0 + Days + (Days | Subject)", "sleepstudy"),  # no intercept: nothing centered
          ("strength ~ 1 + (1 | batch/cask)", "pastes"),
          ("normexam ~ standLRT + sex + (standLRT + sex | school)", "exam20"),
          ("normexam ~ standLRT + (1 | school) + (0 + standLRT | school)", "exam20")]
@@ -242,7 +243,7 @@ def test_arrays_entry_point_equals_design_entry_point():
     np.testing.assert_allclose(a.pack(prior_set), b.pack(prior_set))
 
 
-@pytest.mark.parametrize("formula,name", [CASES[0], CASES[3]])
+@pytest.mark.parametrize("formula,name", [CASES[0], CASES[4]])
 def test_effect_draws_follow_the_exact_conditional(formula, name):
     """b | y, theta ~ N(G Z' V^-1 (y - X beta), G - G Z' V^-1 Z G) (dense, user's scale)."""
     design, prior_set = case_design(formula, name)
