@@ -1,0 +1,90 @@
+"""The bayeslmm command: model files, --data/--formula, outputs, and clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bayeslmm as blm
+from bayeslmm.cli import main
+from bayeslmm.modelfile import read_model_file
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def test_datasets_lists_every_bundled_set(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in blm.datasets.DATASETS:
+        assert name in out
+    assert "73421 rows" in out
+
+
+def test_every_model_file_parses_and_builds():
+    for path in sorted(MODELS.glob("*.toml")):
+        spec = read_model_file(path)
+        model = blm.LMM(spec.formula, spec.load_data(), priors=spec.priors or None)
+        assert model.design.nobs > 0, path
+    assert {p.stem for p in MODELS.glob("*.toml")} >= {"sleepstudy", "exam", "minneapolis", "dyestuff2",
+                                                       "penicillin", "pastes", "insteval"}
+
+
+def test_fit_model_file_writes_the_report_folder(tmp_path, capsys):
+    out = tmp_path / "sleep"
+    assert main(["fit", str(MODELS / "sleepstudy.toml"), "--out", str(out), "--fast", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "REML criterion at convergence: 1743.6" in printed
+    assert "posterior by NUTS" in printed
+    summary = (out / "summary.txt").read_text()
+    assert "Point estimates (REML)" in summary and "Posterior" in summary
+    for name in ("shrinkage", "group_effects", "icc", "ppc", "residuals"):
+        assert (out / f"{name}.png").stat().st_size > 10_000, name
+    html = (out / "report.html").read_text()
+    assert html.count("<img") == 5 and "data:image/png;base64," in html
+    assert "ICC (Nakagawa)" in html and "<table" in html
+    loaded = blm.load(out / "posterior.nc")
+    assert loaded.design.formula.text == "Reaction ~ Days + (Days | Subject)"
+
+
+def test_fit_from_csv_and_formula(tmp_path, capsys):
+    csv = tmp_path / "dye.csv"
+    blm.datasets.load("dyestuff").to_csv(csv, index=False)
+    assert main(["fit", "--data", str(csv), "--formula", "Yield ~ 1 + (1 | Batch)", "--method", "reml"]) == 0
+    assert "Batch    (Intercept)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["fit", "no/such/model.toml"], "model file no/such/model.toml does not exist"),
+    (["fit", "--data", "sleepstudy", "--formula", "Reaction ~ Days + (Days | Subject"], "unbalanced parenthesis"),
+    (["fit", "--data", "sleepstudy", "--formula", "Reaction ~ Dayz + (1 | Subject)"], "unknown column 'Dayz'"),
+    (["fit", "--data", "nosuch.csv", "--formula", "y ~ 1 + (1 | g)"], "does not exist"),
+    (["fit", "--data", "sleepstudy"], "give a model file, or both --data and --formula"),
+])
+def test_errors_exit_nonzero_with_a_message(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_model_file(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('data = "sleepstudy"\nformula = "Reaction ~ Days + (1 | Subject)"\nmethod = "bayes"\n')
+    assert main(["fit", str(bad)]) == 2
+    assert "method must be one of" in capsys.readouterr().err
+    bad.write_text('data = "sleepstudy"\nformula = "Reaction ~ Days + (1 | Subject)"\n'
+                   '[priors]\nsd = { dist = "Cauchy", sigma = 1 }\n')
+    assert main(["fit", str(bad)]) == 2
+    assert "unknown dist 'Cauchy'" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs():
+    """The installed script, as a user types it."""
+    done = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "fit", "--data", "dyestuff2", "--formula",
+                           "Yield ~ 1 + (1 | Batch)", "--method", "map"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "maximum a posteriori" in done.stdout
+    failed = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "fit", "missing.toml"], capture_output=True, text=True)
+    assert failed.returncode == 2 and "does not exist" in failed.stderr
