@@ -34,6 +34,7 @@ _FORMULAE_NAMES = {"True", "False", "None"}
 _FUNCTIONS = set(_NAMESPACE) | set(TRANSFORMS) | set(ENCODINGS)
 # names of any script (column 'école'); string literals are blanked out before the search
 _IDENT = re.compile(r"(?<![\w.])([^\W\d][\w.]*)")
+_QUOTED = re.compile(r"`([^`]*)`")
 _STRING = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
@@ -164,6 +165,7 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     if len(data) == 0:
         raise DataError("the data are empty (0 rows)")
     used = _used_columns(formula, data)
+    _check_column_types(formula, data, used)
     data = _drop_missing(data, used)
     n_dropped_total = data.attrs.pop("n_dropped", 0)
     _reject_infinite(data, used)
@@ -186,8 +188,9 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
 def _identifiers(expr: str, calls: list | None = None) -> list[str]:
     """Names in an expression that are not function calls, keyword arguments or text in
     quotes; the called names go to ``calls`` as (name, offset) when it is given."""
-    blanked = _STRING.sub(lambda m: " " * len(m.group()), expr)
-    names = []
+    names = [m.group(1) for m in _QUOTED.finditer(expr)]  # `my column`
+    blanked = _QUOTED.sub(lambda m: " " * len(m.group()), expr)
+    blanked = _STRING.sub(lambda m: " " * len(m.group()), blanked)
     for match in _IDENT.finditer(blanked):
         name = match.group(1)
         rest = blanked[match.end():].lstrip()
@@ -220,7 +223,8 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
               (formula.fixed, formula.text.find("~") + 1)]
     for term in formula.random:
         pieces.append((term.expr, term.position))
-        pieces.extend((var, term.position) for var in term.group_vars)
+        # grouping columns are names already (`my school` was unquoted by the parser)
+        pieces.extend((f"`{var}`", term.position) for var in term.group_vars)
     used: list[str] = []
     for expr, position in pieces:
         calls: list = []
@@ -283,10 +287,30 @@ def _reject_infinite(data: pd.DataFrame, used: list[str]) -> None:
                                 "recode them (only missing values are dropped automatically)")
 
 
+def _check_column_types(formula: ParsedFormula, data: pd.DataFrame, used: list[str]) -> None:
+    """Duplicate names, complex numbers and dates are the user's to resolve; grouping
+    columns may be of any type (they are factors)."""
+    group_vars = {var for term in formula.random for var in term.group_vars}
+    for column in used:
+        count = int(sum(str(c) == column for c in data.columns))
+        if count > 1:
+            raise DataError(f"the data have {count} columns named '{column}'; rename them")
+        values = data[column]
+        if pd.api.types.is_complex_dtype(values):
+            raise DataError(f"column '{column}' holds complex numbers; give real numbers")
+        is_time = (pd.api.types.is_datetime64_any_dtype(values)
+                   or pd.api.types.is_timedelta64_dtype(values))
+        if is_time and column not in group_vars:
+            raise DataError(f"column '{column}' holds dates or durations ({values.dtype}); convert it "
+                            "to numbers (e.g. days since the start) or to text for a factor")
+
+
 def _check_response_column(formula: ParsedFormula, data: pd.DataFrame) -> None:
     """A response given as a bare column must be numbers (a text column would otherwise be
     dummy-coded by formulae and reported in a confusing way)."""
     name = formula.response.strip()
+    if len(name) > 2 and name[0] == name[-1] == "`":
+        name = name[1:-1]
     if name not in data.columns:
         return
     values = data[name]
@@ -368,6 +392,8 @@ def _full_rank(common, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...],
     basis = np.empty((X.shape[0], 0))
     for j in range(X.shape[1]):
         column = X[:, j]
+        peak = np.max(np.abs(column))
+        column = column / peak if peak > 0 else column  # no overflow in the norm of 1e200s
         residual = column - basis @ (basis.T @ column) if basis.shape[1] else column
         scale = np.linalg.norm(column)
         if scale > 0 and np.linalg.norm(residual) > 1e-7 * scale:

@@ -91,8 +91,9 @@ def parse_formula(text: str) -> ParsedFormula:
                            f"not {type(text).__name__}")
     if not text.strip():
         raise FormulaError("the formula is empty; write it like 'y ~ x + (1 | g)'")
-    _check_parentheses(text)
-    tildes = [i for i, depth in _top_level(text) if text[i] == "~" and depth == 0]
+    scan = _mask_backticks(text)
+    _check_parentheses(text, scan)
+    tildes = [i for i, depth in _top_level(scan) if scan[i] == "~" and depth == 0]
     if not tildes:
         raise FormulaError(f"the formula {text!r} has no '~': write the response on its left, "
                            "like 'y ~ x + (1 | g)'")
@@ -106,12 +107,12 @@ def parse_formula(text: str) -> ParsedFormula:
 
     fixed_pieces: list[str] = []
     random_terms: list[RandomTerm] = []
-    for sign, piece, start in _split_terms(text, split + 1):
-        if _is_bar(piece):
+    for sign, piece, start in _split_terms(text, split + 1, scan):
+        if _is_bar(scan[start:start + len(piece)]):
             if sign == "-":
                 raise FormulaError(f"a random-effect term cannot be subtracted (position {start}): "
                                    f"{_point(text, start)}")
-            random_terms.extend(_parse_bar(text, piece, start))
+            random_terms.extend(_parse_bar(text, piece, start, scan[start:start + len(piece)]))
         else:
             _check_product(text, start, start + len(piece))
             fixed_pieces.append(piece if sign == "+" else f"- {piece}")
@@ -139,9 +140,25 @@ def _point(text: str, position: int) -> str:
     return f"\n    {text}\n    {' ' * position}^"
 
 
-def _check_parentheses(text: str) -> None:
-    opened: list[int] = []
+def _mask_backticks(text: str) -> str:
+    """``text`` with the inside of every `quoted name` replaced by '_' (same length), so that
+    structure is found on the mask while names are read from the original."""
+    out, inside, opened = [], False, -1
     for i, ch in enumerate(text):
+        if ch == "`":
+            inside, opened = not inside, i
+            out.append(ch)
+        else:
+            out.append("_" if inside else ch)
+    if inside:
+        raise FormulaError(f"unclosed '`' at position {opened}: quote a column name like `my column`"
+                           f"{_point(text, opened)}")
+    return "".join(out)
+
+
+def _check_parentheses(text: str, scan: str) -> None:
+    opened: list[int] = []
+    for i, ch in enumerate(scan):
         if ch == "(":
             opened.append(i)
         elif ch == ")":
@@ -154,7 +171,7 @@ def _check_parentheses(text: str) -> None:
                            f"{_point(text, opened[-1])}")
 
 
-def _split_terms(text: str, start: int) -> list[tuple[str, str, int]]:
+def _split_terms(text: str, start: int, scan: str) -> list[tuple[str, str, int]]:
     """Split the right-hand side at top-level + and - into (sign, piece, position)."""
     pieces: list[tuple[str, str, int]] = []
     sign, begin, depth = "+", start, 0
@@ -179,7 +196,7 @@ def _split_terms(text: str, start: int) -> list[tuple[str, str, int]]:
 
     i = start
     while i < rhs_end:
-        ch = text[i]
+        ch = scan[i]
         if ch == "(":
             depth += 1
         elif ch == ")":
@@ -212,10 +229,10 @@ def _is_bar(piece: str) -> bool:
     return False
 
 
-def _parse_bar(text: str, piece: str, start: int) -> list[RandomTerm]:
-    inner = piece[1:-1]
+def _parse_bar(text: str, piece: str, start: int, scan: str) -> list[RandomTerm]:
+    inner, scan_inner = piece[1:-1], scan[1:-1]
     depth, bar = 0, -1
-    for i, ch in enumerate(inner):
+    for i, ch in enumerate(scan_inner):
         if ch == "(":
             depth += 1
         elif ch == ")":
@@ -223,7 +240,7 @@ def _parse_bar(text: str, piece: str, start: int) -> list[RandomTerm]:
         elif ch == "|" and depth == 0:
             bar = i
             break
-    double = inner[bar + 1: bar + 2] == "|"
+    double = scan_inner[bar + 1: bar + 2] == "|"
     expr = inner[:bar].strip()
     group_text = inner[bar + (2 if double else 1):].strip()
     bar_position = start + 1 + bar
@@ -233,8 +250,9 @@ def _parse_bar(text: str, piece: str, start: int) -> list[RandomTerm]:
     if not group_text:
         raise FormulaError(f"no grouping factor right of '|' in {piece} (position {bar_position})"
                            f"{_point(text, bar_position)}")
-    if "|" in group_text:
-        where = start + 1 + bar + (2 if double else 1) + inner[bar + (2 if double else 1):].index("|")
+    scan_group = scan_inner[bar + (2 if double else 1):]
+    if "|" in scan_group:
+        where = start + 1 + bar + (2 if double else 1) + scan_group.index("|")
         raise FormulaError(f"more than one '|' in {piece} (position {where}); write each random "
                            f"term in its own parentheses, like '(1 | g) + (1 | h)'{_point(text, where)}")
     expr_start = start + 1 + (len(inner[:bar]) - len(inner[:bar].lstrip()))
@@ -242,31 +260,51 @@ def _parse_bar(text: str, piece: str, start: int) -> list[RandomTerm]:
     correlated = not double
     return [RandomTerm(expr=expr, group=name, group_vars=vars_, correlated=correlated,
                        text=piece, position=start)
-            for name, vars_ in _expand_groups(text, group_text, start + 1 + inner.index(group_text))]
+            for name, vars_ in _expand_groups(text, start + 1 + bar + (2 if double else 1)
+                                              + len(scan_group) - len(scan_group.lstrip()),
+                                              len(group_text))]
 
 
-def _expand_groups(text: str, group_text: str, position: int) -> list[tuple[str, tuple[str, ...]]]:
-    """``a/b/c`` -> a, b:a, c:b:a (lme4's names); ``a:b`` -> one factor."""
-    nested = [part.strip() for part in group_text.split("/")]
+def _split_at(text: str, begin: int, end: int, scan: str, sep: str) -> list[tuple[int, int]]:
+    """(begin, end) spans of text[begin:end] between the separators found on ``scan``."""
+    spans, left = [], begin
+    for i in range(begin, end):
+        if scan[i] == sep:
+            spans.append((left, i))
+            left = i + 1
+    spans.append((left, end))
+    return spans
+
+
+def _expand_groups(text: str, position: int, length: int) -> list[tuple[str, tuple[str, ...]]]:
+    """``a/b/c`` -> a, b:a, c:b:a (lme4's names); ``a:b`` -> one factor; `a b` quoted."""
+    scan = _mask_backticks(text)
+    group_text = text[position:position + length]
+    nested: list[list[str]] = []
+    for left, right in _split_at(text, position, position + length, scan, "/"):
+        names = []
+        for a, b in _split_at(text, left, right, scan, ":"):
+            raw = text[a:b].strip()
+            where = a + len(text[a:b]) - len(text[a:b].lstrip())
+            quoted = len(raw) > 2 and raw[0] == raw[-1] == "`"
+            if not (quoted or _IDENTIFIER.match(raw)):
+                what = (f"'{raw}' (position {where}) is not a column name" if raw else
+                        f"in '{group_text}' (position {min(where, len(text) - 1)}) has an empty name")
+                raise FormulaError(f"the grouping factor {what}: "
+                                   f"write a column name, or a:b, a/b of column names"
+                                   f"{_point(text, min(where, len(text) - 1))}")
+            names.append(raw[1:-1] if quoted else raw)
+        nested.append(names)
     result = []
     for depth in range(1, len(nested) + 1):
         parts: list[str] = []
         for level in nested[:depth]:
-            parts_here = [p.strip() for p in level.split(":")]
-            for p in parts_here:
-                if not _IDENTIFIER.match(p):
-                    where = position + max(group_text.find(p), 0)
-                    what = (f"'{p}' (position {where}) is not a column name" if p else
-                            f"in '{group_text}' (position {where}) has an empty name")
-                    raise FormulaError(f"the grouping factor {what}: "
-                                       f"write a column name, or a:b, a/b of column names"
-                                       f"{_point(text, where)}")
-            parts.extend(parts_here)
+            parts.extend(level)
         if depth == 1:
             result.append((":".join(parts), tuple(parts)))
         else:
             # lme4 names the nested factor innermost first: batch/cask -> cask:batch
-            n_inner = len(nested[depth - 1].split(":"))
+            n_inner = len(nested[depth - 1])
             ordered = tuple(parts[-n_inner:] + parts[:-n_inner][::-1])
             result.append((":".join(ordered), ordered))
     return result
@@ -291,10 +329,11 @@ def _check_duplicates(text: str, terms: list[RandomTerm]) -> None:
 def _matching(text: str, open_at: int) -> int:
     """Index of the ')' that closes the '(' at ``open_at`` (parentheses are balanced)."""
     depth = 0
+    scan = _mask_backticks(text)
     for i in range(open_at, len(text)):
-        if text[i] == "(":
+        if scan[i] == "(":
             depth += 1
-        elif text[i] == ")":
+        elif scan[i] == ")":
             depth -= 1
             if depth == 0:
                 return i
@@ -310,6 +349,13 @@ def _tokens(text: str, begin: int, end: int):
         ch = text[i]
         if ch.isspace():
             i += 1
+            continue
+        if ch == "`":
+            close = text.index("`", i + 1)
+            if close == i + 1:
+                raise FormulaError(f"empty `` at position {i}{_point(text, i)}")
+            yield "operand", text[i:close + 1], i
+            i = close + 1
             continue
         name = _NAME.match(text, i, end)
         number = _NUMBER.match(text, i, end)

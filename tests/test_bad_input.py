@@ -142,6 +142,37 @@ def test_column_of_unsupported_objects(toy):
                    "or text", "y ~ x + (1 | g)", data)
 
 
+def test_duplicate_column_names(toy):
+    data = pd.concat([toy, toy[["x"]]], axis=1)
+    raises_exactly(DataError, "the data have 2 columns named 'x'; rename them", "y ~ x + (1 | g)", data)
+
+
+def test_complex_numbers(toy):
+    raises_exactly(DataError, "column 'y' holds complex numbers; give real numbers", "y ~ x + (1 | g)",
+                   toy.assign(y=toy["y"] + 1j))
+
+
+def test_dates_as_predictors_but_not_as_groups(toy):
+    when = pd.Timestamp("2024-01-01") + pd.to_timedelta(toy["g"], unit="D")
+    raises_exactly(DataError, "column 'when' holds dates or durations (datetime64[us]); convert it to "
+                   "numbers (e.g. days since the start) or to text for a factor", "y ~ when + (1 | g)",
+                   toy.assign(when=when))
+    model = blm.LMM("y ~ x + (1 | when)", toy.assign(when=when))
+    assert model.design.blocks[0].levels[:2] == ("2024-01-02", "2024-01-03")
+
+
+def test_quoted_column_names_with_spaces(toy):
+    data = toy.rename(columns={"y": "my y", "x": "my x", "g": "my school"})
+    model = blm.LMM("`my y` ~ `my x` + (`my x` | `my school`)", data)
+    assert model.design.fixed_names == ("(Intercept)", "my x")
+    (block,) = model.design.blocks
+    assert (block.group, block.terms, block.n_levels) == ("my school", ("(Intercept)", "my x"), 10)
+    assert np.array_equal(model.design.y, data["my y"].to_numpy())
+    raises_exactly(DataError, "unknown column 'my z' in the formula (position 10): the data have my y, "
+                   "my x, f, my school, text, one, id; did you mean 'my y'?",
+                   "`my y` ~ `my z` + (1 | `my school`)", data)
+
+
 # ---------------------------------------------------------------- grouping factors
 def test_grouping_factor_with_one_level(toy):
     raises_exactly(DataError, "grouping factor 'one' in (1 | one) has only one level ('t'); a random "

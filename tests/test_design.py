@@ -195,6 +195,13 @@ def test_rank_deficient_columns_dropped_later_first(toy):
     assert d.new_fixed_matrix(data.head(2)).shape == (2, 2)
 
 
+def test_columns_on_a_huge_scale_are_not_taken_for_aliased(toy):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = design("y ~ x + big + (1 | g)", toy.assign(big=toy["z"] * 1e200))
+    assert d.fixed_names == ("(Intercept)", "x", "big") and d.aliased == ()
+
+
 # ---------------------------------------------------------------- new data
 def test_new_data_codes_and_columns(toy):
     d = design("y ~ x * f + (x | g)", toy)

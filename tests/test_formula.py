@@ -38,6 +38,10 @@ def bars(text: str) -> list[tuple[str, str, tuple[str, ...], bool]]:
     # no spaces, unicode column names
     ("y~x+(x|g)", [("x", "g", ("g",), True)]),
     ("note ~ écart + (1 | école)", [("1", "école", ("école",), True)]),
+    # quoted names: spaces, parentheses, '|' and '/' inside backticks are part of the name
+    ("`my y` ~ `my x` + (`my x` | `my school`)", [("`my x`", "my school", ("my school",), True)]),
+    ("y ~ (1 | `a/b`/`c|d`)", [("1", "a/b", ("a/b",), True), ("1", "c|d:a/b", ("c|d", "a/b"), True)]),
+    ("y ~ `f(x)` + (1 | `g:h`:k)", [("1", "g:h:k", ("g:h", "k"), True)]),
 ])
 def test_bars(text, expected):
     assert bars(text) == expected
@@ -105,7 +109,11 @@ def test_nesting_keeps_one_text_and_position_for_both_bars():
     ("y ~ ()", r"empty parentheses at position 4"),
     ("y ~ . + (1 | g)", r"'\.' \(all other columns\) at position 4 is not supported"),
     ("y ~ x - (1 | g)", r"a random-effect term cannot be subtracted \(position 8\)"),
-    ("y ~ (1 | g:)", r"the grouping factor in 'g:' \(position 9\) has an empty name"),
+    ("y ~ (1 | g:)", r"the grouping factor in 'g:' \(position 11\) has an empty name"),
+    ("y ~ (1 | a//b)", r"the grouping factor in 'a//b' \(position 11\) has an empty name"),
+    ("y ~ (1 | a b)", r"the grouping factor 'a b' \(position 9\) is not a column name"),
+    ("`y ~ x + (1 | g)", r"unclosed '`' at position 0: quote a column name like `my column`"),
+    ("y ~ `` + (1 | g)", r"empty `` at position 4"),
     ("y ~ (1 | 3)", r"the grouping factor '3' \(position 9\) is not a column name"),
     ("y ~ (1 | g) + (1 | g)", r"the random term \(1 \| g\) \(position 14\) repeats \(1 \| g\) "
                               r"\(position 4\) on 'g'"),

@@ -174,7 +174,7 @@ def test_invalid_formulas_raise_bayeslmm_error(case, mutation, k):
         build(text)
 
 
-FORMULA_CHARS = "yx123fg ~+-*/:|()01I.,"
+FORMULA_CHARS = "yx123fg ~+-*/:|()01I.,`"
 
 
 @SETTINGS
@@ -189,7 +189,7 @@ def test_any_text_builds_or_raises_bayeslmm_error(text):
 
 
 @SETTINGS
-@given(valid_formulas(), st.integers(0, 200), st.sampled_from(list("()|+~*:/ ")))
+@given(valid_formulas(), st.integers(0, 200), st.sampled_from(list("()|+~*:/ `")))
 def test_one_character_edits_build_or_raise_bayeslmm_error(case, where, char):
     """Delete or insert one character of a valid formula: never another exception type."""
     text = case[0]
