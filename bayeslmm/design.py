@@ -457,7 +457,7 @@ def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
                       f"({', '.join(terms)}) its own independent variance; lme4 instead splits only "
                       f"the '+' terms, so the factor's columns stay correlated there. Write "
                       f"'(1 | {term.group}) + (0 + factor | {term.group})' for lme4's model",
-                      UserWarning, stacklevel=4)
+                      UserWarning, stacklevel=5)
     return RandomBlock(group=term.group, terms=terms, correlated=term.correlated, X=X,
                        codes=codes, levels=levels, term=term, _evaluator=common)
 

@@ -330,6 +330,7 @@ def sleep_fits():
 
 @pytest.mark.parametrize("scale", [1e9, 1e-9])
 def test_huge_and_tiny_response_scales_fit_the_same_model(sleep_fits, scale):
+    """REML standardizes y internally and reports on the user's scale: the fit scales exactly."""
     base, fit = sleep_fits[1.0], sleep_fits[scale]
     assert np.allclose(fit.fixef()["estimate"], base.fixef()["estimate"] * scale, rtol=1e-6, atol=0)
     assert np.allclose(fit.fixef()["std_error"], base.fixef()["std_error"] * scale, rtol=1e-6, atol=0)
@@ -344,3 +345,30 @@ def test_huge_and_tiny_response_scales_fit_the_same_model(sleep_fits, scale):
     n_eff = fit.nobs - 2
     assert fit.criterion == pytest.approx(base.criterion + 2 * n_eff * np.log(scale), abs=1e-5)
     assert not fit.is_singular
+
+
+@pytest.mark.parametrize("scale", [1e9, 1e-9])
+def test_huge_and_tiny_response_scales_map(scale):
+    """The default priors scale with the data, so the MAP estimate scales with it too."""
+    data = blm.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = blm.LMM(formula, data).fit(method="map")
+        fit = blm.LMM(formula, data.assign(Reaction=data["Reaction"] * scale)).fit(method="map")
+    assert np.allclose(fit.fixef()["estimate"], base.fixef()["estimate"] * scale, rtol=1e-6, atol=0)
+    factor = np.where(fit.varcorr()["var2"].isna(), scale, 1.0)
+    assert np.allclose(fit.varcorr()["sdcor"], base.varcorr()["sdcor"] * factor, rtol=1e-6, atol=0)
+
+
+def test_design_warnings_point_at_the_callers_line(toy):
+    """Dropped rows, aliased columns and '||' on a factor are reported at the user's LMM(...) call."""
+    data = with_values(toy, "x", [0], np.nan).assign(x2=lambda d: 2.0 * d["x"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blm.LMM("y ~ x + x2 + (f || g)", data)
+    messages = [str(w.message).split(":")[0] for w in caught]
+    assert messages == ["dropped 1 of 60 rows with missing values in",
+                        "fixed-effect model matrix is rank deficient so dropping 1 column(s) / coefficient(s)",
+                        "'||' in (f || g) with a factor"]
+    assert {w.filename for w in caught} == {__file__}
