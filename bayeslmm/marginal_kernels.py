@@ -236,7 +236,7 @@ def _work(blob):
     return np.zeros((K, qmax, qmax)), np.zeros((K, qmax, qmax)), mmax
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})  # keeps inf/nan semantics
 def _core_single(blob, beta, sigma, lam, grad_beta, G, need_grad):
     """The per-group sums of :func:`_marginal_core` for one bar with q <= 2 and one level
     per group: Lt is shared, so the group loop is straight-line scalar code (about ten
@@ -526,7 +526,7 @@ def loglik_value(x, blob):
     return value
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})  # keeps inf/nan semantics
 def _draw_single(blob, beta, sigma, lam, eps, out):
     """:func:`draw_effects` for one bar with q <= 2 and one level per group, in closed form."""
     p = int(blob[H_P])
