@@ -158,7 +158,8 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     observations raise :class:`~bayeslmm.errors.DataError`.
     """
     if not isinstance(data, pd.DataFrame):
-        raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
+        raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}: "
+                        "wrap it with pandas.DataFrame(...)")
     if not formula.random:
         raise FormulaError(f"the formula {formula.text!r} has no random-effect term: add one like "
                            "'(1 | g)' (a model without one is a linear model, not a mixed model)")
@@ -250,7 +251,7 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
                 at = formula.text.find(name, max(position, 0))
                 raise DataError(f"unknown column '{name}' in the formula (position {at}): the data "
                                 f"have {', '.join(columns[:12])}{' ...' if len(columns) > 12 else ''}"
-                                f"{hint_text}")
+                                f"{hint_text}{_point(formula.text, at)}")
     return used
 
 
@@ -426,7 +427,8 @@ def _group_labels(data: pd.DataFrame, group_vars: tuple[str, ...]) -> list[str]:
     parts = []
     for var in group_vars:
         if var not in data.columns:
-            raise DataError(f"grouping column '{var}' is not in the data")
+            raise DataError(f"grouping column '{var}' is not in the data (columns: "
+                            f"{', '.join(str(c) for c in data.columns[:12])})")
         parts.append(_level_names(data[var]).to_numpy())
     return [":".join(items) for items in zip(*parts)]
 
@@ -498,6 +500,15 @@ def _check_random_sizes(blocks: list[RandomBlock], nobs: int) -> None:
 
 
 def _evaluate_new(evaluator, data: pd.DataFrame, expr: str) -> np.ndarray:
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"new data must be a pandas DataFrame, not {type(data).__name__}")
+    columns = {str(c) for c in data.columns}
+    missing = [name for name in dict.fromkeys(_identifiers(expr))
+               if name not in columns and name.split(".")[0] not in _NAMESPACE
+               and name not in _FORMULAE_NAMES]
+    if missing:
+        raise DataError(f"the new data lack column(s) {', '.join(repr(m) for m in missing)}, "
+                        f"needed by '{expr}'")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -45,9 +45,11 @@ def with_values(data: pd.DataFrame, column: str, rows: list[int], value) -> pd.D
 
 # ---------------------------------------------------------------- the data
 def test_data_not_a_dataframe(toy):
-    raises_exactly(DataError, "data must be a pandas DataFrame, not dict", "y ~ x + (1 | g)",
+    raises_exactly(DataError, "data must be a pandas DataFrame, not dict: wrap it with "
+                   "pandas.DataFrame(...)", "y ~ x + (1 | g)",
                    toy.to_dict())
-    raises_exactly(DataError, "data must be a pandas DataFrame, not ndarray", "y ~ x + (1 | g)",
+    raises_exactly(DataError, "data must be a pandas DataFrame, not ndarray: wrap it "
+                   "with pandas.DataFrame(...)", "y ~ x + (1 | g)",
                    toy.to_numpy())
 
 
@@ -372,3 +374,20 @@ def test_design_warnings_point_at_the_callers_line(toy):
                         "fixed-effect model matrix is rank deficient so dropping 1 column(s) / coefficient(s)",
                         "'||' in (f || g) with a factor"]
     assert {w.filename for w in caught} == {__file__}
+
+
+def test_new_data_errors_name_the_column():
+    model = blm.LMM("normexam ~ standLRT + sex + (standLRT | school)", blm.datasets.load("exam"))
+    design, block = model.design, model.design.blocks[0]
+    with pytest.raises(DataError, match=r"^the new data lack column\(s\) 'standLRT', needed by "
+                                        r"'standLRT \+ sex'$"):
+        design.new_fixed_matrix(pd.DataFrame({"sex": ["M"]}))
+    with pytest.raises(DataError, match=r"^the new data lack column\(s\) 'standLRT', needed by 'standLRT'$"):
+        block.new_columns(pd.DataFrame({"sex": ["M"]}))
+    with pytest.raises(DataError, match=r"^grouping column 'school' is not in the data \(columns: sex\)$"):
+        design.new_codes(block, pd.DataFrame({"sex": ["M"]}))
+    with pytest.raises(DataError, match=r"^cannot evaluate 'standLRT \+ sex' on the new data: The levels "
+                                        r"\(X\) in 'sex' are not present in the original data set\.$"):
+        design.new_fixed_matrix(pd.DataFrame({"standLRT": [0.1], "sex": ["X"]}))
+    with pytest.raises(DataError, match=r"^new data must be a pandas DataFrame, not dict$"):
+        design.new_fixed_matrix({"standLRT": [0.1], "sex": ["M"]})
