@@ -172,9 +172,10 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     _reject_infinite(data, used)
     _check_response_column(formula, data)
 
-    y, fixed = _evaluate_fixed(formula, data)
+    frame = _for_formulae(data, used)
+    y, fixed = _evaluate_fixed(formula, frame)
     X, fixed_names, fixed_all_names, aliased = _full_rank(fixed, data)
-    blocks = [_build_block(term, data) for term in formula.random]
+    blocks = [_build_block(term, frame) for term in formula.random]
     # lme4 orders the bars by decreasing number of levels (a stable sort)
     blocks.sort(key=lambda block: -block.n_levels)
     _check_overlapping_bars(blocks)
@@ -354,6 +355,19 @@ def _formulae(formula_text: str, data: pd.DataFrame, what: str, position: int | 
                            f"{type(exc).__name__}: {exc}") from exc
 
 
+def _for_formulae(data: pd.DataFrame, used: list[str]) -> pd.DataFrame:
+    """The data as formulae should see them: formulae sorts the categories of an unordered
+    Categorical alphabetically, R keeps a factor's level order (the first is the reference)
+    and drops unused levels; an ordered Categorical keeps its order in formulae."""
+    out = None
+    for column in used:
+        values = data[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            out = data.copy() if out is None else out
+            out[column] = values.cat.remove_unused_categories().cat.as_ordered()
+    return data if out is None else out
+
+
 def _evaluate_fixed(formula: ParsedFormula, data: pd.DataFrame):
     tilde = formula.text.find("~")
     first = tilde + 1 + len(formula.text[tilde + 1:]) - len(formula.text[tilde + 1:].lstrip())
@@ -410,7 +424,10 @@ def _full_rank(common, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...],
 
 # ---------------------------------------------------------------- random part
 def _natural_key(values: pd.Series) -> list:
-    """lme4 sorts numeric grouping columns numerically and text ones alphabetically."""
+    """lme4 sorts numeric grouping columns numerically and text ones alphabetically; a
+    pandas Categorical keeps its categories' order, as an R factor keeps its levels'."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return list(values.cat.codes)
     numeric = pd.to_numeric(values, errors="coerce")
     if numeric.notna().all():
         return list(numeric)
@@ -435,12 +452,19 @@ def _group_labels(data: pd.DataFrame, group_vars: tuple[str, ...]) -> list[str]:
 
 def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
     labels = _group_labels(data, term.group_vars)
-    frame = pd.DataFrame({var: data[var].to_numpy() for var in term.group_vars})
-    frame["label"] = labels
-    unique = frame.drop_duplicates("label")
-    keys = [_natural_key(unique[var]) for var in term.group_vars]
-    order = sorted(range(len(unique)), key=lambda i: tuple(k[i] for k in keys))
-    levels = tuple(unique["label"].iloc[i] for i in order)
+    # a level is a combination of values (not its printed label: 'a:b' + 'c' vs 'a' + 'b:c')
+    names = [_level_names(data[var]).to_numpy() for var in term.group_vars]
+    keys = [_natural_key(data[var]) for var in term.group_vars]
+    first: dict[tuple, int] = {}
+    for i, combo in enumerate(zip(*names)):
+        first.setdefault(combo, i)
+    order = sorted(first, key=lambda combo: tuple(k[first[combo]] for k in keys))
+    levels = tuple(":".join(combo) for combo in order)
+    if len(set(levels)) < len(levels):
+        clash = next(level for level in levels if levels.count(level) > 1)
+        raise DataError(f"grouping factor '{term.group}': different combinations of "
+                        f"{', '.join(term.group_vars)} print as the same level '{clash}' (a ':' inside "
+                        "a level name); rename those levels")
     if len(levels) < 2:
         raise DataError(f"grouping factor '{term.group}' in {term.text} has only one level "
                         f"({levels[0]!r}); a random effect needs at least two groups")

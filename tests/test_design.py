@@ -153,6 +153,30 @@ def test_level_order(values, levels):
     assert len(labels) == 12
 
 
+def test_categorical_keeps_its_order_like_an_r_factor():
+    rng = np.random.default_rng(3)
+    data = pd.DataFrame({"y": rng.normal(size=48), "c": pd.Categorical(
+        np.tile(["lo", "mid", "hi"], 16), categories=["lo", "mid", "hi", "unused"])})
+    data["school"] = pd.Categorical(np.repeat(list("abcdefgh"), 6), categories=list("hgfedcba"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the unused category is dropped, not aliased
+        d = design("y ~ c + (c | school)", data)
+    # the first category is the reference (formulae alone would pick 'hi', the first in sort order)
+    assert d.fixed_names == ("(Intercept)", "cmid", "chi")
+    assert d.blocks[0].terms == ("(Intercept)", "cmid", "chi")
+    assert d.blocks[0].levels == tuple("hgfedcba")
+    assert np.array_equal(d.new_fixed_matrix(pd.DataFrame({"c": ["hi", "lo"]})), [[1, 0, 1], [1, 0, 0]])
+    assert isinstance(d.data["c"].dtype, pd.CategoricalDtype) and not d.data["c"].cat.ordered
+
+
+def test_levels_are_combinations_not_printed_labels():
+    data = pd.DataFrame({"y": np.arange(40.0) ** 0.5, "a": np.repeat(["a:b", "a"], 20),
+                         "b": np.tile(["c", "b:c"], 20)})
+    with pytest.raises(blm.DataError, match=r"^grouping factor 'a:b': different combinations of a, b "
+                                            r"print as the same level 'a:b:c'"):
+        design("y ~ 1 + (1 | a:b)", data)
+
+
 # ---------------------------------------------------------------- missing values
 def test_missing_values_are_dropped_with_a_count(toy):
     data = toy.copy()
