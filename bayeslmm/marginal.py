@@ -17,11 +17,18 @@ NUTS (nutpie) samples beta (centered predictors), log sds, the correlations (Sta
 canonical partial-correlation transform, LKJ prior) and log sigma under exactly the
 priors of the full model. The density and its analytic gradient are generic compiled
 kernels (:mod:`bayeslmm.marginal_kernels`, numba with an on-disk cache) that read the
-model from one packed array, so a new model needs no compilation, and nutpie calls them
-through a C pointer, so chains run in parallel. Afterwards the group effects are drawn exactly from their conditional
-Gaussian given each posterior draw, so the result has the full model's layout.
-Crossed factors (Penicillin, InstEval) do not split by group: they fall back to the full
-model.
+model from one packed array, so a new model needs no compilation (numba compiles them
+once per installation, ~10 s), and nutpie calls them through a C pointer, so chains run
+in parallel. Afterwards the group effects are drawn exactly from their conditional
+Gaussian given each posterior draw, and the pointwise log-likelihood is computed given
+those draws, so the result has the full model's layout.
+
+Crossed factors (Penicillin, InstEval) do not split by group: ``LMM.sample`` falls back
+to the full model with a warning (and ``attrs["marginal_fallback"]``).
+
+Entry points: :func:`sample_marginal` (a Design, as ``LMM.sample`` uses it) and, for data
+too large for a DataFrame, ``MarginalProblem.from_arrays`` + :func:`run_marginal` +
+:func:`posterior_dataset` (the same sampler, see benchmarks/bench_marginal.py).
 """
 
 from __future__ import annotations
