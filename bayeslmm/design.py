@@ -152,10 +152,39 @@ class Design:
 def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     """Turn a parsed formula and a DataFrame into a :class:`Design`.
 
-    Rows with a missing value in any column the formula uses are dropped with a
-    warning that counts them; infinite values, unknown columns, a non-numeric or
-    constant response, a grouping factor with one level and more random effects than
-    observations raise :class:`~bayeslmm.errors.DataError`.
+    Parameters
+    ----------
+    formula : ParsedFormula
+        From :func:`~bayeslmm.formula.parse_formula`.
+    data : pandas.DataFrame
+        Grouping columns of any type are factors (numbers sort numerically, a
+        Categorical keeps its category order); a Categorical in the fixed or random part
+        keeps its order too, so its first category is the reference level, as in R.
+
+    Returns
+    -------
+    Design
+
+    Raises
+    ------
+    DataError
+        Data not a DataFrame or empty; an unknown column (with the closest name); a
+        duplicated column name; complex numbers, dates in a predictor, or objects that are
+        neither numbers nor text; infinite values (the column named); a response that is
+        not numeric or is constant; NaN or inf made by a transform (column and rows
+        named); every row missing; a grouping factor with one level, with as many levels
+        as observations, or a bar with more random effects than observations.
+    FormulaError
+        No random-effect term; an unknown function; overlapping bars on one factor; a
+        bar or fixed part with no columns; anything else ``formulae`` cannot evaluate
+        (its message, with the position of the part).
+
+    Warns
+    -----
+    UserWarning
+        Rows dropped for missing values (counted per column); aliased fixed-effect
+        columns dropped (later columns first, as lme4); ``||`` on a factor, whose meaning
+        differs from lme4's.
     """
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}: "
@@ -200,8 +229,8 @@ def _identifiers(expr: str, calls: list | None = None) -> list[str]:
             if calls is not None:
                 calls.append((name, match.start()))
             continue
-        if keyword.iskeyword(name) or (rest.startswith("=") and not rest.startswith("==")):
-            continue
+        if rest.startswith("=") and not rest.startswith("=="):
+            continue  # a keyword argument; Python keywords are sorted out by the caller
         names.append(name)
     return names
 
@@ -240,10 +269,10 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
                                    f"center(), scale(), poly(){_point(formula.text, at)}")
         for name in names:
             root = name.split(".")[0]
-            if name in columns:
+            if name in columns:  # a column may be called 'class' or 'in'
                 if name not in used:
                     used.append(name)
-            elif root in _NAMESPACE or name in _FORMULAE_NAMES:
+            elif root in _NAMESPACE or name in _FORMULAE_NAMES or keyword.iskeyword(name):
                 continue
             else:
                 hint = difflib.get_close_matches(name, columns, n=1)
@@ -529,7 +558,7 @@ def _evaluate_new(evaluator, data: pd.DataFrame, expr: str) -> np.ndarray:
     columns = {str(c) for c in data.columns}
     missing = [name for name in dict.fromkeys(_identifiers(expr))
                if name not in columns and name.split(".")[0] not in _NAMESPACE
-               and name not in _FORMULAE_NAMES]
+               and name not in _FORMULAE_NAMES and not keyword.iskeyword(name)]
     if missing:
         raise DataError(f"the new data lack column(s) {', '.join(repr(m) for m in missing)}, "
                         f"needed by '{expr}'")

@@ -9,6 +9,12 @@ Supported: ``(1 | g)``, ``(x | g)``, ``(1 + x | g)``, ``(0 + x | g)``, ``(x || g
 ``(1 | a/b)`` (nesting: ``(1 | a) + (1 | b:a)``, named as lme4 names it), ``(1 | a:b)``,
 any number of bars on one or several (crossed) factors, and anything ``formulae``
 understands in the fixed part (``a * b``, ``I(x - 5)``, ``np.log(y)``, ``0 +``, ``- 1``).
+Column names may be quoted with backticks (```my column```, as in R).
+
+The whole formula is checked here, before ``formulae`` sees it, because formulae ignores
+some malformed input silently (``y ~ x z`` fits ``y ~ x``) and reports the rest without a
+position: every :class:`~bayeslmm.errors.FormulaError` raised here names the 0-based
+character position and draws a caret under it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from .errors import FormulaError
 _IDENTIFIER = re.compile(r"^(?:[^\W\d]|\.)[\w.]*$")
 _NAME = re.compile(r"(?:[^\W\d]|\.(?![\d]))[\w.]*")
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_BINARY = ("**", "*", ":", "/", "^", "%in%")
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,12 @@ def parse_formula(text: str) -> ParsedFormula:
     Raises
     ------
     FormulaError
-        With the 0-based position of the problem: unbalanced parentheses, a missing or
-        repeated ``~``, an empty term, a bar with nothing on one side.
+        With the 0-based position of the problem: not a string, unbalanced parentheses or
+        backticks, a missing or repeated ``~``, no response, an empty term or empty
+        parentheses, an operator with nothing on one side, two terms with no operator
+        between them, a ``|`` outside parentheses, a bar with nothing on one side or
+        two ``|`` in one bar, a grouping factor that is not a column name, a subtracted
+        bar, the same bar twice, ``.`` for all columns, a character formulas do not use.
     """
     if not isinstance(text, str):
         raise FormulaError(f"the formula must be a string like 'y ~ x + (1 | g)', "

@@ -175,6 +175,13 @@ def test_quoted_column_names_with_spaces(toy):
                    "`my y` ~ `my z` + (1 | `my school`)", data)
 
 
+def test_python_keyword_as_a_column_name(toy):
+    data = with_values(toy.rename(columns={"x": "class"}), "class", [4], np.nan)
+    with pytest.warns(UserWarning, match=r"^dropped 1 of 60 rows with missing values in: class \(1\)$"):
+        model = blm.LMM("y ~ class + (1 | g)", data)
+    assert model.design.fixed_names == ("(Intercept)", "class") and model.design.nobs == 59
+
+
 # ---------------------------------------------------------------- grouping factors
 def test_grouping_factor_with_one_level(toy):
     raises_exactly(DataError, "grouping factor 'one' in (1 | one) has only one level ('t'); a random "
