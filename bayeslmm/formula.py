@@ -27,6 +27,7 @@ from .errors import FormulaError
 # Column names as Python (and formulae) read them: letters of any script, digits, _ and .
 _IDENTIFIER = re.compile(r"^(?:[^\W\d]|\.)[\w.]*$")
 _NAME = re.compile(r"(?:[^\W\d]|\.(?![\d]))[\w.]*")
+_MAX_DEPTH = 50
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
@@ -170,6 +171,9 @@ def _check_parentheses(text: str, scan: str) -> None:
     for i, ch in enumerate(scan):
         if ch == "(":
             opened.append(i)
+            if len(opened) > _MAX_DEPTH:  # the checks below recurse once per level
+                raise FormulaError(f"parentheses nested more than {_MAX_DEPTH} deep at position {i}"
+                                   f"{_point(text, i)}")
         elif ch == ")":
             if not opened:
                 raise FormulaError(f"unbalanced parenthesis: ')' at position {i} has no matching '(':"

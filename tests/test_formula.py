@@ -117,6 +117,7 @@ def test_nesting_keeps_one_text_and_position_for_both_bars():
     ("y ~ (1 | 3)", r"the grouping factor '3' \(position 9\) is not a column name"),
     ("y ~ (1 | g) + (1 | g)", r"the random term \(1 \| g\) \(position 14\) repeats \(1 \| g\) "
                               r"\(position 4\) on 'g'"),
+    ("y ~ " + "(" * 60 + "x" + ")" * 60, r"parentheses nested more than 50 deep at position 54"),
     ("", r"the formula is empty"),
     (None, r"the formula must be a string like 'y ~ x \+ \(1 \| g\)', not NoneType"),
     (3, r"the formula must be a string like 'y ~ x \+ \(1 \| g\)', not int"),
