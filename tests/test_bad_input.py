@@ -398,3 +398,12 @@ def test_new_data_errors_name_the_column():
         design.new_fixed_matrix(pd.DataFrame({"standLRT": [0.1], "sex": ["X"]}))
     with pytest.raises(DataError, match=r"^new data must be a pandas DataFrame, not dict$"):
         design.new_fixed_matrix({"standLRT": [0.1], "sex": ["M"]})
+
+
+def test_dropped_rows_and_aliased_columns_reach_the_summary(toy):
+    data = with_values(toy, "x", [0, 1], np.nan).assign(x2=lambda d: 2.0 * d["x"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = blm.LMM("y ~ x + x2 + (1 | g)", data).fit().summary()
+    assert "(2 rows dropped for missing values)" in text
+    assert "fixed-effect model matrix is rank deficient so dropping 1 column(s) / coefficient(s): x2" in text
