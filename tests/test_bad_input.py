@@ -268,6 +268,8 @@ def test_formula_not_a_string(toy):
     ("y ~ x", "the formula 'y ~ x' has no random-effect term: add one like '(1 | g)' (a model without "
               "one is a linear model, not a mixed model)"),
     ("y ~ x + (0 | g)", "the random term (0 | g) (position 8) has no columns"),
+    ("y ~ 0 + (1 | g)", "the fixed part has no columns; write '1' for an intercept-only model"),
+    ("y ~ x − 1 + (1 | g)", "unexpected character '−' at position 6"),
 ])
 def test_formula_errors(toy, formula, message):
     raises_exactly(FormulaError, message, formula, toy)

@@ -37,6 +37,7 @@ def bars(text: str) -> list[tuple[str, str, tuple[str, ...], bool]]:
     ("y ~ I(x - 4.5) + (I(x - 4.5) || g)", [("I(x - 4.5)", "g", ("g",), False)]),
     # no spaces, unicode column names
     ("y~x+(x|g)", [("x", "g", ("g",), True)]),
+    ("y ~ x +\n\t(1 + x |\n g)", [("1 + x", "g", ("g",), True)]),
     ("note ~ écart + (1 | école)", [("1", "école", ("école",), True)]),
     # quoted names: spaces, parentheses, '|' and '/' inside backticks are part of the name
     ("`my y` ~ `my x` + (`my x` | `my school`)", [("`my x`", "my school", ("my school",), True)]),
