@@ -51,8 +51,35 @@ def model_coords(design: Design) -> dict[str, list[str]]:
     return coords
 
 
-def build_model(design: Design, prior_set: PriorSet):
-    """The PyMC model of ``design`` under ``prior_set`` (full, non-centered parametrization)."""
+def sufficient_pays(design: Design) -> bool:
+    """True when the cross-product form of the likelihood costs fewer flops per gradient
+    than the pointwise one (always for nested designs with many rows per level; not for
+    large crossed designs, whose between-bar cross-products are dense)."""
+    sizes = [block.n_levels * block.n_terms for block in design.blocks]
+    p = design.X.shape[1]
+    cost = sum(block.n_levels * block.n_terms ** 2 for block in design.blocks) + p * sum(sizes) + p * p
+    cost += sum(sizes[k] * sizes[m] for k in range(len(sizes)) for m in range(k + 1, len(sizes)))
+    return cost < design.nobs * (p + sum(block.n_terms for block in design.blocks))
+
+
+def build_model(design: Design, prior_set: PriorSet, likelihood: str = "pointwise"):
+    """The PyMC model of ``design`` under ``prior_set`` (full, non-centered parametrization).
+
+    Parameters
+    ----------
+    likelihood : {"pointwise", "sufficient", "auto"}
+        ``"pointwise"``: an observed ``y`` (needed for prior predictive draws, and read
+        from the ``y_observed`` data container). ``"sufficient"``: the same Gaussian
+        log-likelihood written with cross-products precomputed once (see
+        :func:`_sufficient_loglik`), as a ``Potential``: its cost per gradient no longer
+        grows with the number of observations. ``"auto"`` (what ``LMM.sample`` uses):
+        the sufficient form where :func:`sufficient_pays`. The pointwise log-likelihood of
+        the posterior is computed after sampling either way.
+    """
+    if likelihood not in ("pointwise", "sufficient", "auto"):
+        raise BayesLMMError(f"likelihood must be 'pointwise', 'sufficient' or 'auto', not {likelihood!r}")
+    if likelihood == "auto":
+        likelihood = "sufficient" if sufficient_pays(design) else "pointwise"
     import pymc as pm
     import pytensor.tensor as pt
 
@@ -72,6 +99,7 @@ def build_model(design: Design, prior_set: PriorSet):
             mu = mu + intercept_c
             beta_parts[names.index("(Intercept)")] = intercept_c - (pt.dot(means, b_rest) if slopes else 0.0)
         pm.Deterministic("beta", pt.stack([beta_parts[j] for j in range(len(names))]), dims="term")
+        effects_per_bar = []
 
         for k, (label, block) in enumerate(zip(bar_labels(design), design.blocks)):
             q = block.n_terms
@@ -88,13 +116,63 @@ def build_model(design: Design, prior_set: PriorSet):
             z = pm.Normal(f"_z_{label}", 0.0, 1.0, dims=(f"{label}__level", f"{label}__term"))
             effects = pt.dot(z, chol.T) if chol is not None else z * sd
             pm.Deterministic(f"r_{label}", effects, dims=(f"{label}__level", f"{label}__term"))
-            mu = mu + pt.sum(pt.as_tensor_variable(block.X) * effects[block.codes], axis=1)
+            effects_per_bar.append(effects)
+            if likelihood == "pointwise":
+                mu = mu + pt.sum(pt.as_tensor_variable(block.X) * effects[block.codes], axis=1)
 
         sigma = prior_set.sigma.to_pymc("sigma")
-        # a data container, so a compiled model can be reused on new responses (SBC)
-        y_observed = pm.Data("y_observed", design.y, dims="obs")
-        pm.Normal("y", mu=mu, sigma=sigma, observed=y_observed, dims="obs")
+        if likelihood == "pointwise":
+            # a data container, so a compiled model can be reused on new responses (SBC)
+            y_observed = pm.Data("y_observed", design.y, dims="obs")
+            pm.Normal("y", mu=mu, sigma=sigma, observed=y_observed, dims="obs")
+        else:
+            fixed = ([intercept_c] if has_intercept else []) + slopes
+            pm.Potential("_loglik", _sufficient_loglik(design, Xc, has_intercept, fixed, effects_per_bar, sigma))
     return model
+
+
+def _sufficient_loglik(design: Design, Xc: np.ndarray, has_intercept: bool, fixed: list, effects: list, sigma):
+    """Gaussian log-likelihood from cross-products computed once.
+
+    With r = y - F f - sum_k Z_k u_k (F: the intercept column and the centered
+    predictors, f their coefficients, u_k the effects of bar k stacked by level),
+    r'r = y'y - 2 f'F'y + f'F'F f - 2 sum_k u_k'Z_k'y + 2 sum_k f'F'Z_k u_k
+          + sum_k u_k'Z_k'Z_k u_k + 2 sum_{k<l} u_k'Z_k'Z_l u_l.
+    Within a bar each row belongs to one level, so Z_k'Z_k is block diagonal (one q x q
+    block per level): J q^2 terms instead of n q. y is centered first (the intercept
+    absorbs the shift) so that the expanded sum does not lose digits.
+    """
+    import pytensor.tensor as pt
+
+    n = design.nobs
+    F = np.column_stack([np.ones(n), Xc]) if has_intercept else Xc
+    shift = float(design.y.mean()) if has_intercept else 0.0
+    y = design.y - shift
+    rss = float(y @ y)
+    f = None
+    if fixed:
+        f = pt.stack([fixed[0] - shift] + fixed[1:]) if has_intercept else pt.stack(fixed)
+        rss = rss - 2.0 * pt.dot(f, F.T @ y) + pt.dot(f, pt.dot(F.T @ F, f))
+    for block, b in zip(design.blocks, effects):
+        Zy = np.zeros((block.n_levels, block.n_terms))
+        np.add.at(Zy, block.codes, block.X * y[:, None])
+        ZZ = np.zeros((block.n_levels, block.n_terms, block.n_terms))
+        np.add.at(ZZ, block.codes, block.X[:, :, None] * block.X[:, None, :])
+        rss = rss - 2.0 * pt.sum(b * Zy) + pt.sum(b[:, :, None] * ZZ * b[:, None, :])
+        if f is not None:
+            FZ = np.zeros((block.n_levels, block.n_terms, F.shape[1]))  # (Z_k'F) by level and term
+            np.add.at(FZ, block.codes, block.X[:, :, None] * F[:, None, :])
+            rss = rss + 2.0 * pt.sum(pt.sum(b[:, :, None] * FZ, axis=(0, 1)) * f)
+    for k in range(len(effects)):
+        for m in range(k + 1, len(effects)):
+            bk, bm = design.blocks[k], design.blocks[m]
+            cross = np.zeros((bk.n_levels, bk.n_terms, bm.n_levels, bm.n_terms))  # Z_k'Z_m
+            for t in range(bk.n_terms):
+                for s in range(bm.n_terms):
+                    np.add.at(cross[:, t, :, s], (bk.codes, bm.codes), bk.X[:, t] * bm.X[:, s])
+            flat = cross.reshape(bk.n_levels * bk.n_terms, bm.n_levels * bm.n_terms)
+            rss = rss + 2.0 * pt.dot(effects[k].ravel(), pt.dot(flat, effects[m].ravel()))
+    return -n * pt.log(sigma) - 0.5 * n * np.log(2.0 * np.pi) - 0.5 * rss / sigma ** 2
 
 
 def _correlated_factor(label: str, q: int, sd_priors, eta: float):

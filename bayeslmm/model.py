@@ -139,7 +139,7 @@ class LMM:
                 raise BayesLMMError(f"the marginal parametrization does not apply here: {reason}")
             warnings.warn(f"{reason}.", UserWarning, stacklevel=2)
             fallback = reason
-        model = build_model(self.design, prior_set)
+        model = build_model(self.design, prior_set, likelihood="auto")
         raw = run_sampler(model, sampler, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                           target_accept=target_accept, progressbar=progressbar, **kwargs)
         idata = to_inference_data(self.design, raw, prior_set, sampler=sampler, parametrization="full")

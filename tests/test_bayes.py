@@ -63,6 +63,27 @@ def test_intercept_only_and_uncorrelated_bars_have_independent_scales():
     assert "cor_Subject" not in {v.name for v in pm_model.deterministics}
 
 
+@pytest.mark.parametrize("formula, data", [
+    (SLEEP, "sleepstudy"),
+    ("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin"),              # crossed
+    ("normexam ~ standLRT + sex + (standLRT | school) + (1 | sex)", "exam"),  # two bars, shared rows
+    ("Reaction ~ 0 + Days + (Days || Subject)", "sleepstudy"),                # no intercept
+])
+def test_sufficient_likelihood_equals_pointwise(formula, data):
+    """The cross-product likelihood is the pointwise one: same log density and gradient."""
+    model = blm.LMM(formula, blm.datasets.load(data))
+    prior_set = model.resolved_priors()
+    pointwise = build_model(model.design, prior_set)
+    sufficient = build_model(model.design, prior_set, likelihood="sufficient")
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        point = {k: v + 0.3 * rng.normal(size=np.shape(v)) for k, v in pointwise.initial_point().items()}
+        a, b = pointwise.compile_logp()(point), sufficient.compile_logp()(point)
+        assert b == pytest.approx(a, rel=1e-12, abs=1e-8)
+        np.testing.assert_allclose(sufficient.compile_dlogp()(point), pointwise.compile_dlogp()(point),
+                                   rtol=1e-9, atol=1e-9)
+
+
 def test_prior_overrides_land_on_their_variable():
     """A per-term sd prior reaches that term's sd (and only it): prior draws of the model."""
     model = blm.LMM(SLEEP, blm.datasets.load("sleepstudy"),
