@@ -260,7 +260,7 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
     for expr, position in pieces:
         calls: list = []
         names = _identifiers(expr, calls)
-        for name, offset in calls:
+        for name, _ in calls:
             if not _known_function(name):
                 at = formula.text.find(name, max(position, 0))
                 known = ", ".join(sorted(set(_NAMESPACE) - {"np", "numpy"}))
@@ -520,8 +520,7 @@ def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
 def _has_factor(common) -> bool:
     """True when a term of the evaluated model matrix involves a categorical variable."""
     return any(getattr(var, "kind", None) == "categoric"
-               for term in common.terms.values() for var in getattr(term, "components", ())
-               ) or any("[" in str(name) for name in common.as_dataframe().columns)
+               for term in common.terms.values() for var in getattr(term, "components", ()))
 
 
 def _check_overlapping_bars(blocks: list[RandomBlock]) -> None:

@@ -409,3 +409,13 @@ def test_dropped_rows_and_aliased_columns_reach_the_summary(toy):
         text = blm.LMM("y ~ x + x2 + (1 | g)", data).fit().summary()
     assert "(2 rows dropped for missing values)" in text
     assert "fixed-effect model matrix is rank deficient so dropping 1 column(s) / coefficient(s): x2" in text
+
+
+@pytest.mark.parametrize("expr, warns", [("f", True), ("0 + x:f", True), ("C(k) + x", True), ("C(text)", True),
+                                         ("x", False), ("I(x ** 2)", False)])
+def test_double_bar_warning_detects_factors_by_type(toy, expr, warns):
+    data = toy.assign(h=np.tile(np.arange(12), 5), k=np.tile([1, 2], 30))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blm.LMM(f"y ~ x + ({expr} || h)", data)
+    assert any("with a factor" in str(w.message) for w in caught) is warns
