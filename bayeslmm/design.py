@@ -187,8 +187,12 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
         differs from lme4's.
     """
     if not isinstance(data, pd.DataFrame):
-        raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}: "
-                        "wrap it with pandas.DataFrame(...)")
+        kind = type(data)
+        where = kind.__module__.split(".")[0]
+        name = kind.__name__ if where == "builtins" else f"{where}.{kind.__name__}"
+        fix = ("convert it with .to_pandas()" if hasattr(data, "to_pandas")
+               else "wrap it with pandas.DataFrame(...)")
+        raise DataError(f"data must be a pandas DataFrame, not {name}: {fix}")
     if not formula.random:
         raise FormulaError(f"the formula {formula.text!r} has no random-effect term: add one like "
                            "'(1 | g)' (a model without one is a linear model, not a mixed model)")

@@ -48,9 +48,18 @@ def test_data_not_a_dataframe(toy):
     raises_exactly(DataError, "data must be a pandas DataFrame, not dict: wrap it with "
                    "pandas.DataFrame(...)", "y ~ x + (1 | g)",
                    toy.to_dict())
-    raises_exactly(DataError, "data must be a pandas DataFrame, not ndarray: wrap it "
+    raises_exactly(DataError, "data must be a pandas DataFrame, not numpy.ndarray: wrap it "
                    "with pandas.DataFrame(...)", "y ~ x + (1 | g)",
                    toy.to_numpy())
+
+    class DataFrame:  # stands in for another library's frame (polars is not installed)
+        __module__ = "polars.dataframe.frame"
+
+        def to_pandas(self):
+            return toy
+
+    raises_exactly(DataError, "data must be a pandas DataFrame, not polars.DataFrame: convert "
+                   "it with .to_pandas()", "y ~ x + (1 | g)", DataFrame())
 
 
 def test_empty_data(toy):
