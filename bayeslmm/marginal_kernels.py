@@ -25,6 +25,7 @@ Blob layout (integers stored as floats), see ``marginal.pack``::
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -330,10 +331,11 @@ def _core_single(blob, beta, sigma, lam, grad_beta, G, need_grad):
 
 
 @numba.njit(cache=True)
-def _marginal_core(x, blob, beta, sigma, lams, grad_beta, g_lams, need_grad, mmax):
-    """Marginal log-likelihood (standardized scale) summed over groups; fills the
-    gradients in beta and in each lambda_k (scaled by 1/sigma inside), returns
-    (value, d value / d log sigma at fixed Lt)."""
+def _general_core(blob, beta, sigma, lams, grad_beta, g_lams, need_grad, mmax):
+    """Per-group sums for any layout (several bars, nested factors, any q): returns
+    (sum log|M_j|, sum u_j'w_j), or (-inf, 0) if some M_j is not positive definite;
+    accumulates -sum ZX_j' Lt w_j into ``grad_beta`` and the gradient in each lambda_k
+    (per unit of Lt) into ``g_lams``."""
     p = int(blob[H_P])
     J = int(blob[H_J])
     gm, gs, gv = int(blob[H_GM]), int(blob[H_GSOFF]), int(blob[H_GVOFF])
@@ -354,9 +356,6 @@ def _marginal_core(x, blob, beta, sigma, lams, grad_beta, g_lams, need_grad, mma
     s2 = sigma * sigma
     logdet = 0.0
     uw = 0.0
-    if blob[H_SINGLE] == 1.0 and int(blob[bars]) <= 2:
-        logdet, uw = _core_single(blob, beta, sigma, lams[0], grad_beta, g_lams[0], need_grad)
-        J = 0  # skip the general loop
     for j in range(J):
         m = _group_factor(blob, j, lams, sigma, Lt)
         so = S0 + int(blob[gs + j])
@@ -428,6 +427,15 @@ def _marginal_core(x, blob, beta, sigma, lams, grad_beta, g_lams, need_grad, mma
                     for l in range(m):
                         t += SL[ar, l] * Minv[l, bc]
                     G[r, cc] += (c[ar] * w[bc] - SLw[ar] * w[bc]) / s2 - t
+    return logdet, uw
+
+
+@numba.njit(cache=True)
+def _finish(blob, beta, sigma, logdet, uw, grad_beta, need_grad):
+    """Marginal log-likelihood (standardized scale) from the per-group sums, and
+    d/d log sigma at fixed Lt; completes ``grad_beta``."""
+    p = int(blob[H_P])
+    s2 = sigma * sigma
     n = blob[H_N]
     yy = blob[H_YY]
     Xy0, XX0 = int(blob[H_XY]), int(blob[H_XX])
@@ -448,27 +456,58 @@ def _marginal_core(x, blob, beta, sigma, lams, grad_beta, g_lams, need_grad, mma
 
 
 @numba.njit(cache=True)
+def _prologue(x, blob):
+    """Per-bar factors at ``x`` and zeroed gradient accumulators."""
+    lams, chols, mmax = _work(blob)
+    sigma = math.exp(x[int(blob[H_SIGMA])])
+    extra = _factors(x, blob, lams, chols)
+    return lams, chols, np.zeros_like(lams), np.zeros(int(blob[H_P])), mmax, sigma, extra
+
+
+@numba.njit(cache=True)
+def logp_single(x, grad, blob):
+    """:func:`logp_grad` for the one-bar layout (q <= 2, one level per group)."""
+    lams, chols, g_lams, grad_beta, mmax, sigma, extra = _prologue(x, blob)
+    logdet, uw = _core_single(blob, x[:int(blob[H_P])], sigma, lams[0], grad_beta, g_lams[0], True)
+    return _posterior(x, grad, blob, lams, chols, g_lams, grad_beta, sigma, extra, logdet, uw)
+
+
+@numba.njit(cache=True)
+def logp_general(x, grad, blob):
+    """:func:`logp_grad` for any layout."""
+    lams, chols, g_lams, grad_beta, mmax, sigma, extra = _prologue(x, blob)
+    logdet, uw = _general_core(blob, x[:int(blob[H_P])], sigma, lams, grad_beta, g_lams, True, mmax)
+    return _posterior(x, grad, blob, lams, chols, g_lams, grad_beta, sigma, extra, logdet, uw)
+
+
+@numba.njit(cache=True)
 def logp_grad(x, grad, blob):
     """Log posterior density (up to a constant) at unconstrained ``x``; fills ``grad``."""
+    if blob[H_SINGLE] == 1.0:
+        return logp_single(x, grad, blob)
+    return logp_general(x, grad, blob)
+
+
+@numba.njit(cache=True)
+def _posterior(x, grad, blob, lams, chols, g_lams, grad_beta, sigma, extra, logdet, uw):
+    """Likelihood + priors + Jacobians, and the chain rule from (beta, Lt, sigma) to the
+    unconstrained parameters."""
     p = int(blob[H_P])
     K = int(blob[H_K])
     ndim = int(blob[H_NDIM])
     s = blob[H_SCALE]
     si = int(blob[H_SIGMA])
     bars = int(blob[H_BARS])
-    lams, chols, mmax = _work(blob)
     for i in range(ndim):
         grad[i] = 0.0
+    if not np.isfinite(logdet):
+        return -np.inf
     log_sigma = x[si]
-    sigma = math.exp(log_sigma)
-    value = _factors(x, blob, lams, chols)
-    g_lams = np.zeros_like(lams)
     beta = x[:p]
-    grad_beta = np.zeros(p)
-    ll, g_ls = _marginal_core(x, blob, beta, sigma, lams, grad_beta, g_lams, True, mmax)
+    ll, g_ls = _finish(blob, beta, sigma, logdet, uw, grad_beta, True)
     if not np.isfinite(ll):
         return -np.inf
-    value += ll
+    value = extra + ll
     for a in range(p):
         grad[a] = grad_beta[a]
     # priors (user's scale: v = shift + s * theta) and Jacobians of the log transforms
@@ -516,14 +555,15 @@ def logp_grad(x, grad, blob):
 @numba.njit(cache=True)
 def loglik_value(x, blob):
     """The marginal log-likelihood alone (standardized scale), for tests."""
-    p = int(blob[H_P])
-    K = int(blob[H_K])
-    lams, chols, mmax = _work(blob)
-    sigma = math.exp(x[int(blob[H_SIGMA])])
-    _factors(x, blob, lams, chols)
-    g_lams = np.zeros_like(lams)
-    value, _ = _marginal_core(x, blob, x[:p], sigma, lams, np.zeros(p), g_lams, False, mmax)
-    return value
+    lams, chols, g_lams, grad_beta, mmax, sigma, extra = _prologue(x, blob)
+    beta = x[:int(blob[H_P])]
+    if blob[H_SINGLE] == 1.0:
+        logdet, uw = _core_single(blob, beta, sigma, lams[0], grad_beta, g_lams[0], False)
+    else:
+        logdet, uw = _general_core(blob, beta, sigma, lams, grad_beta, g_lams, False, mmax)
+    if not np.isfinite(logdet):
+        return -np.inf
+    return _finish(blob, beta, sigma, logdet, uw, grad_beta, False)[0]
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})  # keeps inf/nan semantics
@@ -579,6 +619,17 @@ def _draw_single(blob, beta, sigma, lam, eps, out):
 
 
 @numba.njit(cache=True)
+def draw_effects_single(xs, blob, normals, out):
+    """:func:`draw_effects` for the one-bar layout (q <= 2, one level per group)."""
+    lams, chols, mmax = _work(blob)
+    for sidx in range(xs.shape[0]):
+        x = xs[sidx]
+        sigma = math.exp(x[int(blob[H_SIGMA])])
+        _factors(x, blob, lams, chols)
+        _draw_single(blob, x, sigma, lams[0], normals[sidx], out[sidx])
+
+
+@numba.njit(cache=True)
 def draw_effects(xs, blob, normals, out):
     """Exact draws of the group effects: for each row s of ``xs`` and each group j,
     u_j ~ N(M_j^{-1} Lt' c_j, sigma^2 M_j^{-1}), b_j = Lt u_j (standardized scale),
@@ -597,14 +648,10 @@ def draw_effects(xs, blob, normals, out):
     u = np.zeros(mmax)
     w = np.zeros(mmax)
     z = np.zeros(mmax)
-    single = blob[H_SINGLE] == 1.0 and int(blob[int(blob[H_BARS])]) <= 2
     for sidx in range(xs.shape[0]):
         x = xs[sidx]
         sigma = math.exp(x[int(blob[H_SIGMA])])
         _factors(x, blob, lams, chols)
-        if single:
-            _draw_single(blob, x, sigma, lams[0], normals[sidx], out[sidx])
-            continue
         for j in range(J):
             m = _group_factor(blob, j, lams, sigma, Lt)
             so = S0 + int(blob[gs + j])
@@ -650,45 +697,6 @@ def draw_effects(xs, blob, normals, out):
 
 
 @numba.njit(cache=True)
-def group_cross_products(y, X, Z, group, J):
-    """Per-group n_j, y'y, X'y, X'X, Z'y, Z'X, Z'Z in one pass over the rows."""
-    n_rows, p = X.shape
-    m = Z.shape[1]
-    n = np.zeros(J)
-    yy = np.zeros(J)
-    Xy = np.zeros((J, p))
-    XX = np.zeros((J, p, p))
-    Zy = np.zeros((J, m))
-    ZX = np.zeros((J, m, p))
-    ZZ = np.zeros((J, m, m))
-    for i in range(n_rows):
-        j = group[i]
-        yi = y[i]
-        n[j] += 1.0
-        yy[j] += yi * yi
-        for a in range(p):
-            xa = X[i, a]
-            Xy[j, a] += xa * yi
-            for b in range(a + 1):
-                XX[j, a, b] += xa * X[i, b]
-        for a in range(m):
-            za = Z[i, a]
-            Zy[j, a] += za * yi
-            for b in range(p):
-                ZX[j, a, b] += za * X[i, b]
-            for b in range(a + 1):
-                ZZ[j, a, b] += za * Z[i, b]
-    for j in range(J):
-        for a in range(p):
-            for b in range(a):
-                XX[j, b, a] = XX[j, a, b]
-        for a in range(m):
-            for b in range(a):
-                ZZ[j, b, a] = ZZ[j, a, b]
-    return n, yy, Xy, XX, Zy, ZX, ZZ
-
-
-@numba.njit(cache=True)
 def pointwise_loglik(y, X, Z, group, width, beta, sigma, effects, out):
     """out[s, i] = log N(y_i | X_i beta_s + Z_i b_s[group_i], sigma_s) for every draw s
     (``effects`` in the group-slot layout, (S, J * width))."""
@@ -715,8 +723,7 @@ _EXPAND_SIG = numba.types.int64(numba.types.uint64, numba.types.uint64, numba.ty
                                 numba.types.CPointer(numba.types.double), numba.types.CPointer(numba.types.double))
 
 
-@numba.cfunc(_LOGP_SIG, cache=True)
-def logp_cfunc(dim, x_, grad_, logp_, blob_):
+def _logp_c_single(dim, x_, grad_, logp_, blob_):
     """nutpie's C interface: (dim, x, gradient out, logp out, user data) -> status."""
     head = numba.carray(blob_, (1,))
     blob = numba.carray(blob_, (int(head[0]),))
@@ -725,7 +732,7 @@ def logp_cfunc(dim, x_, grad_, logp_, blob_):
     x = numba.carray(x_, (dim,))
     grad = numba.carray(grad_, (dim,))
     out = numba.carray(logp_, (1,))
-    value = logp_grad(x, grad, blob)
+    value = logp_single(x, grad, blob)
     out[0] = value
     if not np.isfinite(value):
         return 4
@@ -735,8 +742,26 @@ def logp_cfunc(dim, x_, grad_, logp_, blob_):
     return 0
 
 
-@numba.cfunc(_EXPAND_SIG, cache=True)
-def expand_cfunc(dim, n_expanded, x_, out_, blob_):
+def _logp_c_general(dim, x_, grad_, logp_, blob_):
+    """As :func:`_logp_c_single`, for any layout."""
+    head = numba.carray(blob_, (1,))
+    blob = numba.carray(blob_, (int(head[0]),))
+    if dim != int(blob[H_NDIM]):
+        return -1
+    x = numba.carray(x_, (dim,))
+    grad = numba.carray(grad_, (dim,))
+    out = numba.carray(logp_, (1,))
+    value = logp_general(x, grad, blob)
+    out[0] = value
+    if not np.isfinite(value):
+        return 4
+    for i in range(dim):
+        if not np.isfinite(grad[i]):
+            return 3
+    return 0
+
+
+def _expand_c(dim, n_expanded, x_, out_, blob_):
     """The stored draw is the unconstrained point itself; :mod:`bayeslmm.marginal`
     transforms all draws at once afterwards."""
     x = numba.carray(x_, (dim,))
@@ -744,3 +769,12 @@ def expand_cfunc(dim, n_expanded, x_, out_, blob_):
     for i in range(dim):
         out[i] = x[i]
     return 0
+
+
+@functools.cache
+def nutpie_functions(single: bool):
+    """(log density, expand) C callbacks for nutpie, compiled on first use (and cached on
+    disk): the one-bar fast path and the general path are separate, so a model compiles
+    only the one it needs the first time."""
+    logp = numba.cfunc(_LOGP_SIG, cache=True)(_logp_c_single if single else _logp_c_general)
+    return logp, numba.cfunc(_EXPAND_SIG, cache=True)(_expand_c)

@@ -230,7 +230,7 @@ def test_fast_one_bar_path_equals_general_path():
         np.testing.assert_allclose(g1, g2, atol=1e-9)
         normals = np.random.default_rng(2).standard_normal((3, problem.n_groups * problem.width))
         out1, out2 = np.empty_like(normals), np.empty_like(normals)
-        K.draw_effects(np.tile(x, (3, 1)), fast, normals, out1)
+        K.draw_effects_single(np.tile(x, (3, 1)), fast, normals, out1)
         K.draw_effects(np.tile(x, (3, 1)), general, normals, out2)
         np.testing.assert_allclose(out1, out2, atol=1e-12)
 
