@@ -473,6 +473,13 @@ def _level_names(values: pd.Series) -> pd.Series:
     return values.astype(str)
 
 
+def _factor(values: pd.Series) -> tuple[np.ndarray, np.ndarray, list]:
+    """One grouping column: the code of each row, and the name and sort key of each code."""
+    codes, uniques = pd.factorize(values, sort=False)
+    distinct = pd.Series(uniques)
+    return codes, _level_names(distinct).to_numpy(), _natural_key(distinct)
+
+
 def _group_labels(data: pd.DataFrame, group_vars: tuple[str, ...]) -> list[str]:
     parts = []
     for var in group_vars:
@@ -484,15 +491,23 @@ def _group_labels(data: pd.DataFrame, group_vars: tuple[str, ...]) -> list[str]:
 
 
 def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
-    labels = _group_labels(data, term.group_vars)
-    # a level is a combination of values (not its printed label: 'a:b' + 'c' vs 'a' + 'b:c')
-    names = [_level_names(data[var]).to_numpy() for var in term.group_vars]
-    keys = [_natural_key(data[var]) for var in term.group_vars]
-    first: dict[tuple, int] = {}
-    for i, combo in enumerate(zip(*names)):
-        first.setdefault(combo, i)
-    order = sorted(first, key=lambda combo: tuple(k[first[combo]] for k in keys))
-    levels = tuple(":".join(combo) for combo in order)
+    # a level is a combination of values (not its printed label: 'a:b' + 'c' vs 'a' + 'b:c');
+    # work on the distinct values of each column, not on every row (InstEval: 73,421 rows)
+    parts = [_factor(data[var]) for var in term.group_vars]
+    flat = np.zeros(len(data), dtype=np.int64)  # mixed-radix number of each row's combination
+    for codes, names, _ in parts:
+        flat = flat * len(names) + codes
+    distinct, inverse = np.unique(flat, return_inverse=True)
+    combos = np.empty((len(distinct), len(parts)), dtype=np.int64)
+    for k in reversed(range(len(parts))):
+        combos[:, k] = distinct % len(parts[k][1])
+        distinct = distinct // len(parts[k][1])
+    order = sorted(range(len(combos)),
+                   key=lambda i: tuple(keys[combos[i, k]] for k, (_, _, keys) in enumerate(parts)))
+    rank = np.empty(len(combos), dtype=np.int64)
+    rank[order] = np.arange(len(combos))
+    codes = rank[np.ravel(inverse)]
+    levels = tuple(":".join(names[combos[i, k]] for k, (_, names, _) in enumerate(parts)) for i in order)
     if len(set(levels)) < len(levels):
         clash = next(level for level in levels if levels.count(level) > 1)
         raise DataError(f"grouping factor '{term.group}': different combinations of "
@@ -501,8 +516,6 @@ def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
     if len(levels) < 2:
         raise DataError(f"grouping factor '{term.group}' in {term.text} has only one level "
                         f"({levels[0]!r}); a random effect needs at least two groups")
-    lookup = {level: j for j, level in enumerate(levels)}
-    codes = np.array([lookup[label] for label in labels], dtype=np.int64)
 
     matrices = _formulae(term.expr, data, f"the random term {term.text}", term.position)
     common = matrices.common
