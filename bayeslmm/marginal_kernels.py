@@ -732,7 +732,15 @@ def _logp_c_single(dim, x_, grad_, logp_, blob_):
     x = numba.carray(x_, (dim,))
     grad = numba.carray(grad_, (dim,))
     out = numba.carray(logp_, (1,))
-    value = logp_single(x, grad, blob)
+    # logp_single spelled out: every level of calls is optimized again when numba links
+    # it, so a flat body compiles noticeably faster
+    lams, chols, mmax = _work(blob)
+    sigma = math.exp(x[int(blob[H_SIGMA])])
+    extra = _factors(x, blob, lams, chols)
+    g_lams = np.zeros_like(lams)
+    grad_beta = np.zeros(int(blob[H_P]))
+    logdet, uw = _core_single(blob, x[:int(blob[H_P])], sigma, lams[0], grad_beta, g_lams[0], True)
+    value = _posterior(x, grad, blob, lams, chols, g_lams, grad_beta, sigma, extra, logdet, uw)
     out[0] = value
     if not np.isfinite(value):
         return 4
@@ -751,7 +759,13 @@ def _logp_c_general(dim, x_, grad_, logp_, blob_):
     x = numba.carray(x_, (dim,))
     grad = numba.carray(grad_, (dim,))
     out = numba.carray(logp_, (1,))
-    value = logp_general(x, grad, blob)
+    lams, chols, mmax = _work(blob)  # logp_general spelled out, as above
+    sigma = math.exp(x[int(blob[H_SIGMA])])
+    extra = _factors(x, blob, lams, chols)
+    g_lams = np.zeros_like(lams)
+    grad_beta = np.zeros(int(blob[H_P]))
+    logdet, uw = _general_core(blob, x[:int(blob[H_P])], sigma, lams, grad_beta, g_lams, True, mmax)
+    value = _posterior(x, grad, blob, lams, chols, g_lams, grad_beta, sigma, extra, logdet, uw)
     out[0] = value
     if not np.isfinite(value):
         return 4
