@@ -108,11 +108,11 @@ def parse_formula(text: str) -> ParsedFormula:
         raise FormulaError(f"the formula {text!r} has no '~': write the response on its left, "
                            "like 'y ~ x + (1 | g)'")
     if len(tildes) > 1:
-        raise FormulaError(f"the formula has a second '~' at position {tildes[1]}: {_point(text, tildes[1])}")
+        raise FormulaError(f"the formula has a second '~' at position {tildes[1]}{_point(text, tildes[1])}")
     split = tildes[0]
     response = text[:split].strip()
     if not response:
-        raise FormulaError(f"the formula has no response left of '~' (position {split}): "
+        raise FormulaError(f"the formula has no response left of '~' (position {split})"
                            f"{_point(text, split)}")
 
     fixed_pieces: list[str] = []
@@ -120,7 +120,7 @@ def parse_formula(text: str) -> ParsedFormula:
     for sign, piece, start in _split_terms(text, split + 1, scan):
         if _is_bar(scan[start:start + len(piece)]):
             if sign == "-":
-                raise FormulaError(f"a random-effect term cannot be subtracted (position {start}): "
+                raise FormulaError(f"a random-effect term cannot be subtracted (position {start})"
                                    f"{_point(text, start)}")
             random_terms.extend(_parse_bar(text, piece, start, scan[start:start + len(piece)]))
         else:
@@ -176,11 +176,11 @@ def _check_parentheses(text: str, scan: str) -> None:
                                    f"{_point(text, i)}")
         elif ch == ")":
             if not opened:
-                raise FormulaError(f"unbalanced parenthesis: ')' at position {i} has no matching '(':"
+                raise FormulaError(f"unbalanced parenthesis: ')' at position {i} has no matching '('"
                                    f"{_point(text, i)}")
             opened.pop()
     if opened:
-        raise FormulaError(f"unbalanced parenthesis: '(' at position {opened[-1]} is never closed:"
+        raise FormulaError(f"unbalanced parenthesis: '(' at position {opened[-1]} is never closed"
                            f"{_point(text, opened[-1])}")
 
 

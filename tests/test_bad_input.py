@@ -255,9 +255,9 @@ def test_formula_not_a_string(toy):
 
 
 @pytest.mark.parametrize("formula, message", [
-    ("y ~ x + (1 | g", "unbalanced parenthesis: '(' at position 8 is never closed:"),
-    ("y ~ x + (1 | g))", "unbalanced parenthesis: ')' at position 15 has no matching '(':"),
-    ("y ~ (x + (1 | g)", "unbalanced parenthesis: '(' at position 4 is never closed:"),
+    ("y ~ x + (1 | g", "unbalanced parenthesis: '(' at position 8 is never closed"),
+    ("y ~ x + (1 | g))", "unbalanced parenthesis: ')' at position 15 has no matching '('"),
+    ("y ~ (x + (1 | g)", "unbalanced parenthesis: '(' at position 4 is never closed"),
     ("y ~ x + + (1 | g)", "empty term at position 6: '+' has no term after it"),
     ("y ~ x + (1 | g) + ", "empty term at position 16: '+' has no term after it"),
     ("y ~ + x + (1 | g)", "empty term at position 4: '+' has no term before it"),
