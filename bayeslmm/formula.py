@@ -124,7 +124,7 @@ def parse_formula(text: str) -> ParsedFormula:
                                    f"{_point(text, start)}")
             random_terms.extend(_parse_bar(text, piece, start, scan[start:start + len(piece)]))
         else:
-            _check_product(text, start, start + len(piece))
+            _check_sum(text, start, start + len(piece))
             fixed_pieces.append(piece if sign == "+" else f"- {piece}")
 
     _check_duplicates(text, random_terms)
@@ -372,7 +372,7 @@ def _tokens(text: str, begin: int, end: int):
             continue
         name = _NAME.match(text, i, end)
         number = _NUMBER.match(text, i, end)
-        if number and (not name or number.start() == i and ch.isdigit() or ch == "."):
+        if number:  # a name cannot start with a digit or '.<digit>', so at most one matches
             yield "operand", number.group(), i
             i = number.end()
         elif name:
@@ -447,8 +447,3 @@ def _check_sum(text: str, begin: int, end: int) -> None:
                                f"it{_point(text, previous_at)}")
         raise FormulaError(f"'{token_text}' has nothing on its right at position {previous_at}"
                            f"{_point(text, previous_at)}")
-
-
-def _check_product(text: str, begin: int, end: int) -> None:
-    """One term of a sum (no top-level + or -): operands joined by * : / ** ^."""
-    _check_sum(text, begin, end)
