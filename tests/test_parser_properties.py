@@ -204,3 +204,22 @@ def test_one_character_edits_build_or_raise_bayeslmm_error(case, where, char):
 def test_the_entry_point_raises_the_same_way():
     with pytest.raises(blm.FormulaError):
         blm.LMM("y ~ x1 + (1 | g1", DATA)
+
+
+NAME_CHARS = "abcXYZéüß_ -.0123"
+column_names = st.builds(lambda head, tail: head + tail, st.sampled_from("abXéß"),
+                         st.text(alphabet=NAME_CHARS, max_size=8))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(column_names, min_size=3, max_size=3, unique=True))
+def test_any_column_name_can_be_quoted(names):
+    """Column names with spaces, dots, dashes or accents work when quoted with backticks."""
+    response, predictor, group = names
+    data = pd.DataFrame({response: DATA["y"], predictor: DATA["x1"], group: DATA["g1"]})
+    design = build_design(parse_formula(f"`{response}` ~ `{predictor}` + (`{predictor}` | `{group}`)"),
+                          data)
+    assert design.fixed_names == ("(Intercept)", predictor)
+    (block,) = design.blocks
+    assert (block.group, block.n_levels) == (group, 8)
+    assert np.array_equal(design.X[:, 1], DATA["x1"].to_numpy())
