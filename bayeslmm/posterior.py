@@ -282,8 +282,6 @@ def to_inference_data(design: Design, idata, prior_set: PriorSet, sampler: str, 
     the table would be too large), observed data and attrs."""
     import arviz as az
     import xarray as xr
-    from scipy.stats import norm
-
     from . import __version__
 
     keep = ["beta", "sigma"] + [name for label in bar_labels(design)
@@ -302,7 +300,13 @@ def to_inference_data(design: Design, idata, prior_set: PriorSet, sampler: str, 
     n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
     if loglik and n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
         mu = result.fitted_draws()
-        loglik = norm.logpdf(design.y[None, :], mu, result.sigma_draws()[:, None])
+        sigma = result.sigma_draws()
+        # the normal log density in place (scipy's norm.logpdf takes ~10x longer on 16M cells)
+        loglik = np.subtract(design.y[None, :], mu, out=mu)
+        loglik /= sigma[:, None]
+        loglik *= loglik
+        loglik *= -0.5
+        loglik -= (np.log(sigma) + 0.5 * np.log(2.0 * np.pi))[:, None]
         out.add_groups({"log_likelihood": xr.Dataset(
             {"y": (("chain", "draw", "obs"), loglik.reshape(n_chain, n_draw, design.nobs))},
             coords={"chain": posterior.chain, "draw": posterior.draw, "obs": np.arange(design.nobs)})})
