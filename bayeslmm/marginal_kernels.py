@@ -43,7 +43,7 @@ FLAT, NORMAL, STUDENT_T, HALF_STUDENT_T, HALF_NORMAL, EXPONENTIAL, GAMMA, LOGNOR
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def prior_logp(code, a, b, c, v):
     """(log density, derivative) of a prior at ``v``; -inf outside the support."""
     if code == FLAT:
@@ -78,7 +78,7 @@ def prior_logp(code, a, b, c, v):
             -1.0 / v - (lv - a) / (b * b * v))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def cpc_cholesky(y, q, L):
     """Stan's canonical-partial-correlation transform into ``L`` (q x q, lower); returns
     log |Jacobian| + nothing else."""
@@ -104,7 +104,7 @@ def cpc_cholesky(y, q, L):
     return log_jac
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def cpc_gradient(y, q, eta, GL, out):
     """Gradient in ``y`` of sum(GL * L(y)) + log|Jacobian| + LKJ(eta) log density, by
     forward differentiation of each row's recurrence (rows depend on their own y only)."""
@@ -140,7 +140,7 @@ def cpc_gradient(y, q, eta, GL, out):
         k0 += i
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _cholesky(M, m, C):
     """Lower Cholesky factor of the leading m x m block of M into C; False if not SPD."""
     for j in range(m):
@@ -160,7 +160,7 @@ def _cholesky(M, m, C):
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _solve(C, m, b, out):
     """Solve (C C') out = b for the leading m x m lower factor C."""
     for i in range(m):
@@ -175,7 +175,7 @@ def _solve(C, m, b, out):
         out[i] = t / C[i, i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _factors(x, blob, lams, chols):
     """Per bar: lambda_k = diag(sd'_k) L_k (standardized scale) into ``lams[k]``, the
     correlation Cholesky factor into ``chols[k]``; returns the correlation log-Jacobians
@@ -205,7 +205,7 @@ def _factors(x, blob, lams, chols):
     return extra
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _group_factor(blob, j, lams, sigma, Lt):
     """Lt = blockdiag(lambda_k per level in group j) / sigma into the leading m_j block."""
     m = int(blob[int(blob[H_GM]) + j])
@@ -225,7 +225,7 @@ def _group_factor(blob, j, lams, sigma, Lt):
     return m
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _work(blob):
     K = int(blob[H_K])
     mmax = max(int(blob[H_MMAX]), 1)
@@ -237,7 +237,7 @@ def _work(blob):
     return np.zeros((K, qmax, qmax)), np.zeros((K, qmax, qmax)), mmax
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})  # keeps inf/nan semantics
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"})  # keeps inf/nan semantics
 def _core_single(blob, beta, sigma, lam, grad_beta, G, need_grad):
     """The per-group sums of :func:`_marginal_core` for one bar with q <= 2 and one level
     per group: Lt is shared, so the group loop is straight-line scalar code (about ten
@@ -330,7 +330,7 @@ def _core_single(blob, beta, sigma, lam, grad_beta, G, need_grad):
     return logdet + math.log(prod), uw
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _general_core(blob, beta, sigma, lams, grad_beta, g_lams, need_grad, mmax):
     """Per-group sums for any layout (several bars, nested factors, any q): returns
     (sum log|M_j|, sum u_j'w_j), or (-inf, 0) if some M_j is not positive definite;
@@ -430,7 +430,7 @@ def _general_core(blob, beta, sigma, lams, grad_beta, g_lams, need_grad, mmax):
     return logdet, uw
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _finish(blob, beta, sigma, logdet, uw, grad_beta, need_grad):
     """Marginal log-likelihood (standardized scale) from the per-group sums, and
     d/d log sigma at fixed Lt; completes ``grad_beta``."""
@@ -455,7 +455,7 @@ def _finish(blob, beta, sigma, logdet, uw, grad_beta, need_grad):
     return value, Q - n
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _prologue(x, blob):
     """Per-bar factors at ``x`` and zeroed gradient accumulators."""
     lams, chols, mmax = _work(blob)
@@ -464,7 +464,7 @@ def _prologue(x, blob):
     return lams, chols, np.zeros_like(lams), np.zeros(int(blob[H_P])), mmax, sigma, extra
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def logp_single(x, grad, blob):
     """:func:`logp_grad` for the one-bar layout (q <= 2, one level per group)."""
     lams, chols, g_lams, grad_beta, mmax, sigma, extra = _prologue(x, blob)
@@ -472,7 +472,7 @@ def logp_single(x, grad, blob):
     return _posterior(x, grad, blob, lams, chols, g_lams, grad_beta, sigma, extra, logdet, uw)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def logp_general(x, grad, blob):
     """:func:`logp_grad` for any layout."""
     lams, chols, g_lams, grad_beta, mmax, sigma, extra = _prologue(x, blob)
@@ -480,7 +480,7 @@ def logp_general(x, grad, blob):
     return _posterior(x, grad, blob, lams, chols, g_lams, grad_beta, sigma, extra, logdet, uw)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def logp_grad(x, grad, blob):
     """Log posterior density (up to a constant) at unconstrained ``x``; fills ``grad``."""
     if blob[H_SINGLE] == 1.0:
@@ -488,7 +488,7 @@ def logp_grad(x, grad, blob):
     return logp_general(x, grad, blob)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _posterior(x, grad, blob, lams, chols, g_lams, grad_beta, sigma, extra, logdet, uw):
     """Likelihood + priors + Jacobians, and the chain rule from (beta, Lt, sigma) to the
     unconstrained parameters."""
@@ -552,7 +552,7 @@ def _posterior(x, grad, blob, lams, chols, g_lams, grad_beta, sigma, extra, logd
     return value
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def loglik_value(x, blob):
     """The marginal log-likelihood alone (standardized scale), for tests."""
     lams, chols, g_lams, grad_beta, mmax, sigma, extra = _prologue(x, blob)
@@ -566,7 +566,7 @@ def loglik_value(x, blob):
     return _finish(blob, beta, sigma, logdet, uw, grad_beta, False)[0]
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})  # keeps inf/nan semantics
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"})  # keeps inf/nan semantics
 def _draw_single(blob, beta, sigma, lam, eps, out):
     """:func:`draw_effects` for one bar with q <= 2 and one level per group, in closed form."""
     p = int(blob[H_P])
@@ -618,7 +618,7 @@ def _draw_single(blob, beta, sigma, lam, eps, out):
         out[2 * j + 1] = b * v0 + d * v1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def draw_effects_single(xs, blob, normals, out):
     """:func:`draw_effects` for the one-bar layout (q <= 2, one level per group)."""
     lams, chols, mmax = _work(blob)
@@ -629,7 +629,7 @@ def draw_effects_single(xs, blob, normals, out):
         _draw_single(blob, x, sigma, lams[0], normals[sidx], out[sidx])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def draw_effects(xs, blob, normals, out):
     """Exact draws of the group effects: for each row s of ``xs`` and each group j,
     u_j ~ N(M_j^{-1} Lt' c_j, sigma^2 M_j^{-1}), b_j = Lt u_j (standardized scale),
@@ -696,7 +696,7 @@ def draw_effects(xs, blob, normals, out):
                 out[sidx, vo + a] = t
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def pointwise_loglik(y, X, Z, group, width, beta, sigma, effects, out):
     """out[s, i] = log N(y_i | X_i beta_s + Z_i b_s[group_i], sigma_s) for every draw s
     (``effects`` in the group-slot layout, (S, J * width))."""
@@ -790,5 +790,5 @@ def nutpie_functions(single: bool):
     """(log density, expand) C callbacks for nutpie, compiled on first use (and cached on
     disk): the one-bar fast path and the general path are separate, so a model compiles
     only the one it needs the first time."""
-    logp = numba.cfunc(_LOGP_SIG, cache=True)(_logp_c_single if single else _logp_c_general)
-    return logp, numba.cfunc(_EXPAND_SIG, cache=True)(_expand_c)
+    logp = numba.cfunc(_LOGP_SIG, cache=True, error_model="numpy")(_logp_c_single if single else _logp_c_general)
+    return logp, numba.cfunc(_EXPAND_SIG, cache=True, error_model="numpy")(_expand_c)

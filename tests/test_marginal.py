@@ -411,3 +411,31 @@ def test_bad_parametrization_is_rejected():
     model = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy"))
     with pytest.raises(blm.BayesLMMError, match="parametrization"):
         model.sample(parametrization="collapsed")
+
+
+def test_extreme_parameters_give_minus_infinity_not_an_exception():
+    """A division by zero inside the compiled density (an sd underflowing to 0) must give
+    -inf, which NUTS rejects, never a Python exception swallowed in the C callback."""
+    from bayeslmm import marginal_kernels as K
+    from bayeslmm.marginal import MarginalProblem
+
+    model = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy"))
+    problem = MarginalProblem.from_design(model.design)
+    blob = problem.pack(model.resolved_priors())
+    grad = np.zeros(problem.ndim)
+    assert K.logp_grad(np.full(problem.ndim, -800.0), grad, blob) == -np.inf
+
+
+def test_extreme_points_give_minus_infinity_not_an_exception():
+    """nutpie's C callback cannot raise: an underflowing sigma or overflowing sd must come
+    back as a non-finite density (a rejected step), not a ZeroDivisionError."""
+    design, prior_set = design_of("Reaction ~ Days + (Days | Subject)", "sleepstudy")
+    problem = MarginalProblem.from_design(design)
+    for single in (1.0, 0.0):
+        blob = problem.pack(prior_set)
+        blob[K.H_SINGLE] = single
+        _, _, sigma_index = problem.slices()
+        for index, value in ((sigma_index, -1000.0), (problem.p, 800.0)):
+            x = problem.initial_point(np.random.default_rng(0))
+            x[index] = value
+            assert not np.isfinite(K.logp_grad(x, np.zeros(problem.ndim), blob))
