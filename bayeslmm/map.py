@@ -191,7 +191,10 @@ def fit_map(design: Design, priors: dict | None = None):
     prior_set = P.resolve_priors(design, priors, for_map=True)
     deviance = ProfiledDeviance(design, reml=False)
     objective = MapObjective(deviance, prior_set)
-    theta, opt = optimize_deviance(objective, deviance.layout.initial(), deviance.layout.lower)
+    # optimize on the internally scaled theta, as REML does
+    internal, opt = optimize_deviance(lambda t: objective(deviance.from_internal(t)), deviance.layout.initial(),
+                                      deviance.layout.lower, counter=deviance)
+    theta = deviance.from_internal(internal)
     best = objective.solve(theta)
     return point_result(deviance, theta, opt, method="map", beta=best["beta"], sigma=best["sigma"],
                         criterion=best["ml_deviance"], priors_used=prior_set.describe(design))

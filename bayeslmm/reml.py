@@ -17,7 +17,7 @@ Every cross-product is computed once, so an evaluation costs nothing in ``n``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -87,12 +87,13 @@ class ThetaLayout:
 
 
 # ---------------------------------------------------------------- sparse helpers
-def _block_z(block: RandomBlock) -> sp.csc_matrix:
-    """The ``n x (levels * terms)`` random-effects matrix of one bar, level-major."""
-    n, q = block.X.shape
+def _block_z(block: RandomBlock, X: np.ndarray) -> sp.csc_matrix:
+    """The ``n x (levels * terms)`` random-effects matrix of one bar with columns ``X``,
+    level-major."""
+    n, q = X.shape
     rows = np.repeat(np.arange(n), q)
     cols = (block.codes[:, None] * q + np.arange(q)[None, :]).ravel()
-    return sp.csc_matrix((block.X.ravel(), (rows, cols)), shape=(n, block.n_levels * q))
+    return sp.csc_matrix((X.ravel(), (rows, cols)), shape=(n, block.n_levels * q))
 
 
 def _lambda_pattern(blocks, layout: ThetaLayout, first: int):
@@ -134,6 +135,8 @@ class PLSSolution:
     RX_lower: np.ndarray
     u: np.ndarray
     factors: list[np.ndarray]
+    internal_theta: np.ndarray = field(repr=False)
+    internal_factors: list[np.ndarray] = field(repr=False)
     L11: np.ndarray = field(repr=False)
     Lrr: np.ndarray | None = field(repr=False)
 
@@ -149,8 +152,11 @@ class ProfiledDeviance:
 
     Notes
     -----
-    The response is divided by its standard deviation internally (``theta`` does not
-    change, the criterion is corrected exactly), so data on any scale fit alike.
+    ``theta`` is lme4's (the relative covariance factors of the columns as the user gave
+    them). Internally the response is divided by its standard deviation (the criterion
+    is corrected exactly) and each bar's columns by their root mean square, with
+    ``theta`` rescaled to match (``to_internal``), so that predictors and responses on any
+    scale give a well-conditioned problem and an optimizer with sensible step sizes.
     """
 
     def __init__(self, design: Design, reml: bool = True):
@@ -162,8 +168,26 @@ class ProfiledDeviance:
         self.q_sizes = [block.n_terms for block in design.blocks]
         self.n, self.p = design.X.shape
         self.y_scale = float(np.std(design.y)) or 1.0
+        # b~ = diag(c) b for columns X / c: Lambda~ = diag(c) Lambda, row by row
+        self.term_scales = []
+        for block in design.blocks:
+            rms = np.sqrt(np.mean(block.X**2, axis=0))
+            self.term_scales.append(np.where(rms > 0, rms, 1.0))
+        self._X = [block.X / scale for block, scale in zip(design.blocks, self.term_scales)]
+        self.theta_scale = np.concatenate([scale[rows] for scale, rows in zip(self.term_scales, self.layout.rows)])
         self.evaluations = 0
         self._precompute()
+
+    def to_internal(self, theta: np.ndarray) -> np.ndarray:
+        """lme4's theta -> theta of the internally scaled columns."""
+        return np.asarray(theta, dtype=float) * self.theta_scale
+
+    def from_internal(self, theta: np.ndarray) -> np.ndarray:
+        return np.asarray(theta, dtype=float) / self.theta_scale
+
+    def internal_objective(self, theta_internal: np.ndarray) -> float:
+        """The criterion as a function of the internal theta (what the optimizers see)."""
+        return self(self.from_internal(theta_internal))
 
     # -- cross-products, once
     def _precompute(self) -> None:
@@ -171,16 +195,17 @@ class ProfiledDeviance:
         first = blocks[0]
         self.q1, self.J1 = first.n_terms, first.n_levels
         XY = np.column_stack([self.design.X, self.design.y / self.y_scale])
-        Z1 = _block_z(first)
+        X1 = self._X[0]
+        Z1 = _block_z(first, X1)
         # the first block's Z'Z is block diagonal: one q1 x q1 block per level
-        outer = first.X[:, :, None] * first.X[:, None, :]
+        outer = X1[:, :, None] * X1[:, None, :]
         A11 = np.zeros((self.J1, self.q1, self.q1))
         np.add.at(A11, first.codes, outer)
         self.A11 = A11
         self.Ax1 = np.asarray((Z1.T @ XY).T)  # (p+1) x J1 q1
         self.Axx = XY.T @ XY
         if len(blocks) > 1:
-            Zr = sp.hstack([_block_z(b) for b in blocks[1:]]).tocsc()
+            Zr = sp.hstack([_block_z(b, X) for b, X in zip(blocks[1:], self._X[1:])]).tocsc()
             self.qr = Zr.shape[1]
             self.Arr = (Zr.T @ Zr).toarray()
             self.Ar1 = (Zr.T @ Z1).tocsr()
@@ -231,7 +256,8 @@ class ProfiledDeviance:
         ``beta_fixed`` (standardized scale) gives the conditional modes at that ``beta``
         instead of at its profiled value (the MAP back end needs it).
         """
-        theta = np.asarray(theta, dtype=float)
+        theta_user = np.asarray(theta, dtype=float)
+        theta = self.to_internal(theta_user)
         self.evaluations += 1
         lambdas = self.layout.factors(theta, self.q_sizes)
         lam1 = lambdas[0]
@@ -285,9 +311,11 @@ class ProfiledDeviance:
         u = np.concatenate([u1, ur])
 
         objective = self._objective(logdet, logdet_RX, pwrss)
-        return PLSSolution(theta=theta, objective=objective, beta=beta, pwrss=pwrss,
+        user_factors = [lam / scale[:, None] for lam, scale in zip(lambdas, self.term_scales)]
+        return PLSSolution(theta=theta_user, objective=objective, beta=beta, pwrss=pwrss,
                            logdet_L=logdet, logdet_RX=logdet_RX, RX_lower=Lxx, u=u,
-                           factors=lambdas, L11=L11, Lrr=Lrr)
+                           factors=user_factors, internal_theta=theta, internal_factors=lambdas,
+                           L11=L11, Lrr=Lrr)
 
     def _congruence(self, lam_r: sp.csr_matrix, lower: np.ndarray) -> np.ndarray:
         """``Lambda_r' X Lambda_r`` from the lower triangle of symmetric ``X``."""
@@ -343,8 +371,9 @@ class OptSummary:
     message: str
 
 
-def optimize_deviance(objective, start: np.ndarray, lower: np.ndarray) -> tuple[np.ndarray, OptSummary]:
-    """Minimize ``objective(theta)`` subject to ``theta >= lower``.
+def optimize_deviance(objective, start: np.ndarray, lower: np.ndarray, counter=None) -> tuple[np.ndarray, OptSummary]:
+    """Minimize ``objective(theta)`` subject to ``theta >= lower``; ``counter`` (default
+    ``objective``) is what holds the ``evaluations`` count.
 
     COBYQA, the derivative-free trust-region successor of the BOBYQA that lme4 uses, with
     bounds; Nelder-Mead with bounds takes over if it fails. (Bounded quasi-Newton on
@@ -352,7 +381,8 @@ def optimize_deviance(objective, start: np.ndarray, lower: np.ndarray) -> tuple[
     Exam model, so it is not used.)
     """
     t0 = time.perf_counter()
-    count0 = getattr(objective, "evaluations", 0)
+    counter = objective if counter is None else counter
+    count0 = getattr(counter, "evaluations", 0)
     start = np.asarray(start, dtype=float)
     bounds = Bounds(lower, np.full(len(lower), np.inf))
     name = "COBYQA (scipy)"
@@ -367,7 +397,7 @@ def optimize_deviance(objective, start: np.ndarray, lower: np.ndarray) -> tuple[
         raise FitError("the optimizer found no point with a finite criterion")
     summary = OptSummary(optimizer=name, initial=np.array(start), final=np.array(result.x),
                          objective=float(result.fun),
-                         evaluations=getattr(objective, "evaluations", 0) - count0,
+                         evaluations=getattr(counter, "evaluations", 0) - count0,
                          seconds=time.perf_counter() - t0, converged=bool(result.success),
                          message=str(result.message))
     return np.asarray(result.x), summary
@@ -381,14 +411,13 @@ def conditional_variances(deviance: ProfiledDeviance, solution: PLSSolution) -> 
     """
     design = deviance.design
     q1, J1 = deviance.q1, deviance.J1
-    lambdas = solution.factors
-    lam1 = lambdas[0]
+    lam1 = solution.internal_factors[0]
     L11_inv = np.linalg.inv(solution.L11)
     M11_inv = np.einsum("jki,jkl->jil", L11_inv, L11_inv)
     inner = M11_inv
     out_rest: list[np.ndarray] = []
     if deviance.qr:
-        lam_r = deviance.lambda_rest(solution.theta)
+        lam_r = deviance.lambda_rest(solution.internal_theta)
         # L_r1 L11^{-1} = Lambda_r' A_r1 blockdiag(lam1 M_j^{-1})
         right = np.einsum("ik,jkl->jil", lam1, M11_inv)
         R = sp.bsr_matrix((right, np.arange(J1), np.arange(J1 + 1)), shape=(J1 * q1, J1 * q1))
@@ -404,7 +433,8 @@ def conditional_variances(deviance: ProfiledDeviance, solution: PLSSolution) -> 
             out_rest.append(full[idx[:, :, None], idx[:, None, :]])
             offset += J * q
     first = np.einsum("ik,jkl,ml->jim", lam1, inner, lam1)
-    return [first] + out_rest
+    # back from the scaled columns: Var(b) = diag(1/c) Var(b~) diag(1/c)
+    return [v / np.outer(scale, scale) for v, scale in zip([first] + out_rest, deviance.term_scales)]
 
 
 def fit_profiled(design: Design, reml: bool = True):
@@ -413,7 +443,10 @@ def fit_profiled(design: Design, reml: bool = True):
     from .results import PointResult
 
     deviance = make_deviance(design, reml=reml)
-    theta, opt = optimize_deviance(deviance, deviance.layout.initial(), deviance.layout.lower)
+    internal, opt = optimize_deviance(deviance.internal_objective, deviance.layout.initial(),
+                                      deviance.layout.lower, counter=deviance)
+    theta = deviance.from_internal(internal)
+    opt = replace(opt, initial=deviance.from_internal(opt.initial), final=theta)
     return point_result(deviance, theta, opt, method="reml" if reml else "ml")
 
 

@@ -138,3 +138,21 @@ def test_conditional_variances_single_factor():
     lam = fit.theta[0]
     expected = fit.sigma * np.sqrt(lam**2 / (lam**2 * 5 + 1))
     assert np.allclose(tidy["std_error"], expected)
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1e3, 1e6])
+def test_rescaled_slope_predictor_gives_the_rescaled_fit(factor):
+    """A slope column on another scale (theta entries of 1e-4 and below) fits as well as the
+    original: estimates, sds and correlation rescale exactly (the columns are scaled
+    internally, so the optimizer's step sizes do not depend on the user's units)."""
+    import bayeslmm as blm
+
+    data = blm.datasets.load("sleepstudy")
+    base = reference_fit("sleep_rs")
+    fit = blm.LMM("Reaction ~ Days + (Days | Subject)", data.assign(Days=data["Days"] * factor)).fit()
+    expected = base.varcorr()["sdcor"].to_numpy().copy()
+    expected[1] /= factor  # the Days sd
+    np.testing.assert_allclose(fit.varcorr()["sdcor"], expected, rtol=2e-5)
+    np.testing.assert_allclose(fit.fixef()["estimate"], base.fixef()["estimate"] * np.array([1, 1 / factor]), rtol=1e-6)
+    # REML's log|R_X|^2 moves by 2 log(factor); nothing else does
+    assert fit.criterion - base.criterion == pytest.approx(2 * np.log(factor), abs=1e-4)
