@@ -220,6 +220,21 @@ def jax_available() -> bool:
     return True
 
 
+#: Newest minor versions of the JAX samplers PyMC 5.28's glue works with: blackjax 1.4
+#: passes PyMC's ``progress_bar`` on to the NUTS kernel, which then fails with a TypeError.
+JAX_SAMPLER_MAX_VERSION = {"blackjax": (1, 3), "numpyro": (0, 22)}
+
+
+def check_jax_sampler_version(sampler: str, version: str) -> None:
+    """Raise a BayesLMMError for a JAX sampler newer than PyMC's glue supports."""
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
+    newest = JAX_SAMPLER_MAX_VERSION[sampler]
+    if tuple(parts + [0] * (2 - len(parts))) > newest:
+        pin = ".".join(map(str, newest))
+        raise BayesLMMError(f"sampler={sampler!r}: {sampler} {version} is newer than PyMC 5.28 supports "
+                            f"(up to {pin}.x): pip install '{sampler}~={pin}.0', or pip install 'bayeslmm[jax]'")
+
+
 #: nutpie's backend for the full model. Measured (benchmarks/bench_sampling.py, 2 busy
 #: cores, 4 x 1000 draws, sleep_rs): numba compiles in ~9 s with a warm PyTensor cache and
 #: then samples in ~8 s; JAX compiles in ~2 s but every gradient crosses into Python, so
@@ -284,10 +299,11 @@ def run_sampler(model, sampler: str, draws: int, tune: int, chains: int, random_
         if not jax_available():
             raise BayesLMMError(f"sampler={sampler!r} needs JAX: pip install 'bayeslmm[jax]'")
         try:
-            __import__(sampler)
+            module = __import__(sampler)
         except ImportError as exc:
             raise BayesLMMError(f"sampler={sampler!r} needs the {sampler} package: "
                                 f"pip install 'bayeslmm[jax]' (or pip install {sampler})") from exc
+        check_jax_sampler_version(sampler, getattr(module, "__version__", "0"))
     if sampler == "pymc":
         # PyMC's default init jitters every chain's start by U(-1, 1) on the unconstrained
         # scale; on exam_rs one chain of two then stuck with ~500 divergences (R-hat 2.2).

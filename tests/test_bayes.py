@@ -185,6 +185,36 @@ def test_jax_samplers_need_their_packages(monkeypatch):
             model.sample(sampler=sampler, parametrization="full", progressbar=False)
 
 
+@pytest.mark.parametrize("sampler", ["numpyro", "blackjax"])
+def test_jax_samplers_sample_the_same_posterior(sampler, sleep_full):
+    """PyMC's JAX samplers (the test extra installs them): same layout, reproducible, and
+    fixed effects near lme4's (251.405 (se 6.82), 10.467 (se 1.55)) and the nutpie run's."""
+    model = blm.LMM(SLEEP, blm.datasets.load("sleepstudy"))
+    post = quiet_sample(model, sampler=sampler, draws=300, tune=300, chains=2, random_seed=3)
+    again = quiet_sample(model, sampler=sampler, draws=300, tune=300, chains=2, random_seed=3)
+    assert post.idata.posterior.attrs["sampler"] == sampler
+    assert post.idata.posterior.attrs["parametrization"] == "full"
+    assert post.idata.posterior["r_Subject"].shape == (2, 300, 18, 2)
+    assert post.idata.log_likelihood["y"].shape == (2, 300, 180)
+    np.testing.assert_array_equal(post.idata.posterior["sigma"].values, again.idata.posterior["sigma"].values)
+    assert post.divergences == 0
+    fixef = post.fixef()["mean"]
+    assert abs(fixef["(Intercept)"] - 251.405) < 3.0 and abs(fixef["Days"] - 10.467) < 0.8
+    sigma = post.idata.posterior["sigma"].values.mean()
+    assert abs(sigma - sleep_full.idata.posterior["sigma"].values.mean()) < 1.5  # posterior sd ~1.5
+
+
+def test_jax_sampler_versions_newer_than_pymc_supports_are_refused():
+    from bayeslmm.bayes import check_jax_sampler_version
+
+    check_jax_sampler_version("blackjax", "1.3.0")
+    check_jax_sampler_version("numpyro", "0.22.0")
+    with pytest.raises(blm.BayesLMMError, match=r"blackjax 1\.4\.0 is newer than PyMC 5\.28 supports .*blackjax~=1\.3\.0"):
+        check_jax_sampler_version("blackjax", "1.4.0")
+    with pytest.raises(blm.BayesLMMError, match="numpyro 1.0 is newer"):
+        check_jax_sampler_version("numpyro", "1.0")
+
+
 # ------------------------------------------------------------------ diagnostics
 def test_diagnostics_warning_names_parameters_and_remedies():
     model = blm.LMM(SLEEP, blm.datasets.load("sleepstudy"))
