@@ -338,7 +338,7 @@ def _general_core(blob, beta, sigma, lams, grad_beta, g_lams, need_grad, mmax):
     (per unit of Lt) into ``g_lams``."""
     p = int(blob[H_P])
     J = int(blob[H_J])
-    gm, gs, gv = int(blob[H_GM]), int(blob[H_GSOFF]), int(blob[H_GVOFF])
+    gs, gv = int(blob[H_GSOFF]), int(blob[H_GVOFF])
     S0, Zy0, ZX0 = int(blob[H_S]), int(blob[H_ZY]), int(blob[H_ZX])
     gptr, ent, bars = int(blob[H_GPTR]), int(blob[H_ENT]), int(blob[H_BARS])
     Lt = np.zeros((mmax, mmax))
@@ -637,7 +637,7 @@ def draw_effects(xs, blob, normals, out):
     standard normal deviates of the same shape as ``out``."""
     p = int(blob[H_P])
     J = int(blob[H_J])
-    gm, gs, gv = int(blob[H_GM]), int(blob[H_GSOFF]), int(blob[H_GVOFF])
+    gs, gv = int(blob[H_GSOFF]), int(blob[H_GVOFF])
     S0, Zy0, ZX0 = int(blob[H_S]), int(blob[H_ZY]), int(blob[H_ZX])
     lams, chols, mmax = _work(blob)
     Lt = np.zeros((mmax, mmax))

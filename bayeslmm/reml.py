@@ -440,8 +440,6 @@ def conditional_variances(deviance: ProfiledDeviance, solution: PLSSolution) -> 
 def fit_profiled(design: Design, reml: bool = True):
     """Fit by REML (``reml=True``) or ML: optimize the profiled deviance and build the
     :class:`~bayeslmm.results.PointResult` (lme4's ``optimizeLmer -> mkMerMod``)."""
-    from .results import PointResult
-
     deviance = make_deviance(design, reml=reml)
     internal, opt = optimize_deviance(deviance.internal_objective, deviance.layout.initial(),
                                       deviance.layout.lower, counter=deviance)

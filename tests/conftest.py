@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
 import matplotlib
 import pytest
+
+import bayeslmm as blm
 
 matplotlib.use("Agg")
 
@@ -62,3 +65,57 @@ def sleepstudy():
     import bayeslmm as blm
 
     return blm.datasets.load("sleepstudy")
+
+
+# ------------------------------------------------------------------ brms reference runs
+BRMS_DATASET = {"sleep_rs": "sleepstudy", "exam_rs": "exam", "exam_sex": "exam"}
+
+
+def brms_priors(case: str) -> dict:
+    """brms's default priors of a reference case (its ``priors`` field), through the priors API."""
+    text = brms_reference(case)["priors"]
+
+    def student_t(entry):
+        nu, mu, scale = re.findall(r"student_t\(([^,]+), ([^,]+), ([^)]+)\)", text[entry])[0]
+        return float(nu), float(mu), float(scale)
+
+    assert text["b"] == "flat" and text["cor"] == "lkj(1)"
+    nu, mu, scale = student_t("Intercept")
+    return {"Intercept": blm.StudentT(nu=nu, mu=mu, sigma=scale), "b": blm.Flat(),
+            "sd": blm.HalfStudentT(nu=student_t("sd")[0], sigma=student_t("sd")[2]),
+            "sigma": blm.HalfStudentT(nu=student_t("sigma")[0], sigma=student_t("sigma")[2]),
+            "cor": blm.LKJ(eta=1.0)}
+
+
+def brms_model(case: str):
+    """The reference case's model under brms's default priors."""
+    return blm.LMM(brms_reference(case)["formula"], blm.datasets.load(BRMS_DATASET[case]), priors=brms_priors(case))
+
+
+def posterior_table(post) -> dict[str, tuple[float, float]]:
+    """brms's variable names -> (posterior mean, posterior sd) of a bayeslmm posterior."""
+    out = {}
+    brms_term = lambda term: "Intercept" if term == "(Intercept)" else term  # noqa: E731
+    for term, row in post.fixef().iterrows():
+        out[f"b_{brms_term(term)}"] = (row["mean"], row["sd"])
+    for row in post.varcorr().itertuples():
+        if row.group == "Residual":
+            out["sigma"] = (row.sdcor, row.sdcor_sd)
+        elif not isinstance(row.var2, str):
+            out[f"sd_{row.group}__{brms_term(row.var1)}"] = (row.sdcor, row.sdcor_sd)
+        else:
+            out[f"cor_{row.group}__{brms_term(row.var1)}__{row.var2}"] = (row.sdcor, row.sdcor_sd)
+    return out
+
+
+def assert_agrees_with_brms(post, case: str) -> None:
+    """The issues' criterion, not loosened: means within 0.2 posterior sd of brms's, sds within
+    15%, zero divergences."""
+    ours = posterior_table(post)
+    reference = brms_reference(case)["brms"]["summary"]
+    assert {row["variable"] for row in reference} == set(ours)
+    for row in reference:
+        mean, sd = ours[row["variable"]]
+        assert abs(mean - row["mean"]) <= 0.2 * row["sd"], (row["variable"], mean, row["mean"], row["sd"])
+        assert sd == pytest.approx(row["sd"], rel=0.15), (row["variable"], sd, row["sd"])
+    assert post.divergences == 0

@@ -2,84 +2,26 @@
 
 The issue's criterion, not loosened: every posterior mean within 0.2 posterior sd of brms's,
 every posterior sd within 15%, zero divergences, for sleep_rs, exam_rs and exam_sex. Both
-parametrizations are held to it: the full non-centered PyMC model (bayeslmm.bayes) and the
-default ``LMM.sample()`` path (the collapsed sampler where it applies). 4 chains x 1000
+parametrizations are held to it: the full non-centered PyMC model (bayeslmm.bayes) here, the
+default ``LMM.sample()`` path (the collapsed sampler) in test_marginal.py. 4 chains x 1000
 draws: the Monte Carlo error of each mean is then ~sd / sqrt(ESS) with ESS >= ~400, a
 quarter of the 0.2 sd allowance after adding brms's own error.
 """
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
 import bayeslmm as blm
-from conftest import brms_reference
-
-DATASET = {"sleep_rs": "sleepstudy", "exam_rs": "exam", "exam_sex": "exam"}
-
-
-def brms_priors(case: str) -> dict:
-    """brms's default priors of a reference case (its ``priors`` field), through the priors API."""
-    text = brms_reference(case)["priors"]
-
-    def student_t(entry):
-        nu, mu, scale = re.findall(r"student_t\(([^,]+), ([^,]+), ([^)]+)\)", text[entry])[0]
-        return float(nu), float(mu), float(scale)
-
-    assert text["b"] == "flat" and text["cor"] == "lkj(1)"
-    nu, mu, scale = student_t("Intercept")
-    return {"Intercept": blm.StudentT(nu=nu, mu=mu, sigma=scale), "b": blm.Flat(),
-            "sd": blm.HalfStudentT(nu=student_t("sd")[0], sigma=student_t("sd")[2]),
-            "sigma": blm.HalfStudentT(nu=student_t("sigma")[0], sigma=student_t("sigma")[2]),
-            "cor": blm.LKJ(eta=1.0)}
-
-
-def brms_model(case: str) -> blm.LMM:
-    return blm.LMM(brms_reference(case)["formula"], blm.datasets.load(DATASET[case]), priors=brms_priors(case))
-
-
-def posterior_table(post) -> dict[str, tuple[float, float]]:
-    """brms's variable names -> (posterior mean, posterior sd) of a bayeslmm posterior."""
-    out = {}
-    brms_term = lambda term: "Intercept" if term == "(Intercept)" else term  # noqa: E731
-    for term, row in post.fixef().iterrows():
-        out[f"b_{brms_term(term)}"] = (row["mean"], row["sd"])
-    for row in post.varcorr().itertuples():
-        if row.group == "Residual":
-            out["sigma"] = (row.sdcor, row.sdcor_sd)
-        elif not isinstance(row.var2, str):
-            out[f"sd_{row.group}__{brms_term(row.var1)}"] = (row.sdcor, row.sdcor_sd)
-        else:
-            out[f"cor_{row.group}__{brms_term(row.var1)}__{row.var2}"] = (row.sdcor, row.sdcor_sd)
-    return out
-
-
-def assert_agrees_with_brms(post, case: str) -> None:
-    ours = posterior_table(post)
-    reference = brms_reference(case)["brms"]["summary"]
-    assert {row["variable"] for row in reference} == set(ours)
-    for row in reference:
-        mean, sd = ours[row["variable"]]
-        assert abs(mean - row["mean"]) <= 0.2 * row["sd"], (row["variable"], mean, row["mean"], row["sd"])
-        assert sd == pytest.approx(row["sd"], rel=0.15), (row["variable"], sd, row["sd"])
-    assert post.divergences == 0
-
+from conftest import BRMS_DATASET as DATASET
+from conftest import assert_agrees_with_brms, brms_model, brms_reference
 
 @pytest.fixture(scope="module")
 def full_posteriors():
     """The full non-centered PyMC model under brms's priors (nutpie, numba)."""
     return {case: brms_model(case).sample(draws=1000, tune=1000, chains=4, random_seed=7, progressbar=False,
                                           parametrization="full")
-            for case in DATASET}
-
-
-@pytest.fixture(scope="module")
-def default_posteriors():
-    """``LMM.sample()`` as a user calls it, under brms's priors."""
-    return {case: brms_model(case).sample(draws=1000, tune=1000, chains=4, random_seed=11, progressbar=False)
             for case in DATASET}
 
 
@@ -98,12 +40,6 @@ def test_full_model_agrees_with_brms(full_posteriors, case):
     post = full_posteriors[case]
     assert post.idata.posterior.attrs["parametrization"] == "full"
     assert_agrees_with_brms(post, case)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", list(DATASET))
-def test_default_sampler_agrees_with_brms(default_posteriors, case):
-    assert_agrees_with_brms(default_posteriors[case], case)
 
 
 @pytest.mark.slow
