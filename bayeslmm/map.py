@@ -12,7 +12,8 @@ parameter: each random-effect sd ``sigma * |row t of lambda_k|``, each correlati
 matrix (LKJ), sigma and the fixed effects (the intercept prior on the intercept of the
 mean-centered predictors). The optimization is nested like lme4's: an outer bounded
 derivative-free search over ``theta`` (one factorization per step, exactly as REML), an
-inner quasi-Newton search over ``(beta, log sigma)`` that needs no factorization.
+inner Newton search over ``(beta, log sigma)`` that needs no factorization (its objective is
+a closed-form quadratic in beta plus the prior terms; L-BFGS-B where Newton cannot go on).
 
 With the default priors (a Gamma(2, rate) on every sd and an LKJ(2) on every correlation
 matrix, which vanish at sd = 0 and at |correlation| = 1, as in Chung et al. 2013 / blme)
@@ -34,19 +35,22 @@ _LOG_2PI = np.log(2.0 * np.pi)
 _BARRIER = 1e12
 
 
-def log_density(prior: P.Prior, x: np.ndarray) -> tuple[float, np.ndarray]:
-    """Sum of log densities of ``prior`` at ``x`` and the derivative at each ``x``.
+def log_density(prior: P.Prior, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Sum of log densities of ``prior`` at ``x``, and the first and second derivatives at
+    each ``x``.
 
     Closed forms in numpy (scipy.stats is too slow inside the inner optimization).
     """
     x = np.asarray(x, dtype=float)
+    zero = np.zeros_like(x)
     if isinstance(prior, P.Flat):
-        return 0.0, np.zeros_like(x)
+        return 0.0, zero, zero
     if prior.support == "positive" and np.any(x <= 0):
-        return -np.inf, np.zeros_like(x)
+        return -np.inf, zero, zero
     if isinstance(prior, P.Normal):
         z = (x - prior.mu) / prior.sigma
-        return float(np.sum(-0.5 * z**2 - np.log(prior.sigma) - 0.5 * _LOG_2PI)), -z / prior.sigma
+        value = float(np.sum(-0.5 * z**2 - np.log(prior.sigma) - 0.5 * _LOG_2PI))
+        return value, -z / prior.sigma, np.full_like(x, -1.0 / prior.sigma**2)
     if isinstance(prior, (P.StudentT, P.HalfStudentT)):
         mu = getattr(prior, "mu", 0.0)
         nu, sigma = prior.nu, prior.sigma
@@ -55,20 +59,23 @@ def log_density(prior: P.Prior, x: np.ndarray) -> tuple[float, np.ndarray]:
         if isinstance(prior, P.HalfStudentT):
             const += np.log(2.0)
         value = np.sum(const - (nu + 1) / 2 * np.log1p(z**2 / nu))
-        return float(value), -(nu + 1) * z / (sigma * (nu + z**2))
+        return (float(value), -(nu + 1) * z / (sigma * (nu + z**2)),
+                -(nu + 1) * (nu - z**2) / (sigma**2 * (nu + z**2) ** 2))
     if isinstance(prior, P.HalfNormal):
         z = x / prior.sigma
-        return float(np.sum(np.log(2.0) - 0.5 * z**2 - np.log(prior.sigma) - 0.5 * _LOG_2PI)), -z / prior.sigma
+        value = float(np.sum(np.log(2.0) - 0.5 * z**2 - np.log(prior.sigma) - 0.5 * _LOG_2PI))
+        return value, -z / prior.sigma, np.full_like(x, -1.0 / prior.sigma**2)
     if isinstance(prior, P.Exponential):
-        return float(np.sum(np.log(prior.lam) - prior.lam * x)), np.full_like(x, -prior.lam)
+        return float(np.sum(np.log(prior.lam) - prior.lam * x)), np.full_like(x, -prior.lam), zero
     if isinstance(prior, P.Gamma):
         a, b = prior.alpha, prior.beta
         value = np.sum(a * np.log(b) - gammaln(a) + (a - 1) * np.log(x) - b * x)
-        return float(value), (a - 1) / x - b
+        return float(value), (a - 1) / x - b, -(a - 1) / x**2
     if isinstance(prior, P.LogNormal):
         lx = np.log(x)
-        value = np.sum(-lx - np.log(prior.sigma) - 0.5 * _LOG_2PI - (lx - prior.mu) ** 2 / (2 * prior.sigma**2))
-        return float(value), -1.0 / x - (lx - prior.mu) / (prior.sigma**2 * x)
+        s2 = prior.sigma**2
+        value = np.sum(-lx - np.log(prior.sigma) - 0.5 * _LOG_2PI - (lx - prior.mu) ** 2 / (2 * s2))
+        return float(value), -1.0 / x - (lx - prior.mu) / (s2 * x), (1.0 - (1.0 - (lx - prior.mu)) / s2) / x**2
     raise P.PriorError(f"no log density for {prior}")
 
 
@@ -116,39 +123,85 @@ class MapObjective:
         rel = np.concatenate([np.sqrt(np.sum(lam**2, axis=1)) for lam in lambdas])
         return penalty, rel
 
-    def _inner(self, x: np.ndarray, sol, rel: np.ndarray):
-        """-2 log posterior (up to constants) in (beta', tau = log sigma') and its gradient."""
+    def _inner(self, x: np.ndarray, sol, rel: np.ndarray, hessian: bool = False):
+        """-2 log posterior (up to constants) in (beta', tau = log sigma'), its gradient and,
+        if asked, its Hessian."""
         s, n, p = self.scale, self.n, self.p
         beta, tau = x[:p], x[p]
-        diff = beta - sol.beta
-        Rd = sol.RX_lower.T @ diff
+        R = sol.RX_lower
+        Rd = R.T @ (beta - sol.beta)
         Q = sol.pwrss + Rd @ Rd
         e2 = np.exp(-2.0 * tau)
         value = 2.0 * n * tau + Q * e2
         grad = np.empty(p + 1)
-        grad[:p] = 2.0 * e2 * (sol.RX_lower @ Rd)
+        dQ = 2.0 * (R @ Rd)
+        grad[:p] = e2 * dQ
         grad[p] = 2.0 * n - 2.0 * Q * e2
+        H = np.empty((p + 1, p + 1)) if hessian else None
+        if hessian:
+            H[:p, :p] = 2.0 * e2 * (R @ R.T)
+            H[:p, p] = H[p, :p] = -2.0 * e2 * dQ
+            H[p, p] = 4.0 * Q * e2
+        # random-effect sds and sigma are sigma' * s * c: d/dtau f(x) = f'(x) x,
+        # d2/dtau2 f(x) = f''(x) x^2 + f'(x) x
         sigma = s * np.exp(tau)
-        # random-effect sds and sigma: d/dtau of f(sigma * c) is f'(x) x
-        flat_sd = [prior for priors in self.sd_priors for prior in priors]
-        for prior, c in zip(flat_sd, rel):
-            lp, dlp = log_density(prior, sigma * c)
+        for prior, c in self._scale_priors(rel):
+            x_nat = sigma * c
+            lp, dlp, d2lp = log_density(prior, x_nat)
             value -= 2.0 * lp
-            grad[p] -= 2.0 * float(dlp) * sigma * c
-        lp, dlp = log_density(self.priors.sigma, sigma)
-        value -= 2.0 * lp
-        grad[p] -= 2.0 * float(dlp) * sigma
+            grad[p] -= 2.0 * float(dlp) * x_nat
+            if hessian:
+                H[p, p] -= 2.0 * (float(d2lp) * x_nat**2 + float(dlp) * x_nat)
         for j, prior in self.fixed_priors:
-            lp, dlp = log_density(prior, s * beta[j])
+            lp, dlp, d2lp = log_density(prior, s * beta[j])
             value -= 2.0 * lp
             grad[j] -= 2.0 * s * float(dlp)
+            if hessian:
+                H[j, j] -= 2.0 * s**2 * float(d2lp)
         if self.intercept is not None:
-            lp, dlp = log_density(self.priors.intercept, s * (self.centering @ beta))
+            lp, dlp, d2lp = log_density(self.priors.intercept, s * (self.centering @ beta))
             value -= 2.0 * lp
             grad[:p] -= 2.0 * s * float(dlp) * self.centering
+            if hessian:
+                H[:p, :p] -= 2.0 * s**2 * float(d2lp) * np.outer(self.centering, self.centering)
         if not np.isfinite(value):
-            return _BARRIER, np.zeros(p + 1)
-        return value, grad
+            return _BARRIER, np.zeros(p + 1), H
+        return value, grad, H
+
+    def _scale_priors(self, rel: np.ndarray):
+        """(prior, relative factor) for every random-effect sd, then sigma's (factor 1)."""
+        flat_sd = [prior for priors in self.sd_priors for prior in priors]
+        return list(zip(flat_sd, rel)) + [(self.priors.sigma, 1.0)]
+
+    def _newton(self, start: np.ndarray, sol, rel: np.ndarray, max_iter: int = 50):
+        """Newton's method with a backtracking line search on the smooth inner problem
+        (converges in a few steps from the previous outer point's optimum); ``None`` where
+        the Hessian is not positive definite or the search stalls, and the caller falls
+        back to L-BFGS-B."""
+        x = start.copy()
+        f, g, H = self._inner(x, sol, rel, hessian=True)
+        for _ in range(max_iter):
+            if f >= _BARRIER:
+                return None
+            try:
+                chol = np.linalg.cholesky(H)
+            except np.linalg.LinAlgError:
+                return None
+            step = -np.linalg.solve(chol.T, np.linalg.solve(chol, g))
+            decrement = -(g @ step)  # the Newton decrement squared: f - min of the quadratic model, x2
+            if decrement < 1e-13 * max(1.0, abs(f)):
+                return x, f
+            t = 1.0
+            while True:
+                x_new = x + t * step
+                f_new, g_new, H_new = self._inner(x_new, sol, rel, hessian=True)
+                if f_new <= f - 1e-4 * t * decrement:
+                    break
+                t *= 0.5
+                if t < 1e-8:
+                    return None
+            x, f, g, H = x_new, f_new, g_new, H_new
+        return None
 
     def solve(self, theta: np.ndarray) -> dict:
         """The inner optimum at ``theta``: beta, sigma (user's scale), the objective and
@@ -159,20 +212,25 @@ class MapObjective:
             return {"objective": _BARRIER}
         start = self._warm if self._warm is not None else np.append(
             sol.beta, 0.5 * np.log(sol.pwrss / self.n))
-        inner = minimize(self._inner, start, args=(sol, rel), jac=True, method="L-BFGS-B",
-                         options={"ftol": 1e-13, "gtol": 1e-8, "maxiter": 500})
-        self._warm = inner.x
-        beta, tau = inner.x[:self.p], inner.x[self.p]
+        found = self._newton(start, sol, rel)
+        if found is None:
+            inner = minimize(lambda x: self._inner(x, sol, rel)[:2], start, jac=True, method="L-BFGS-B",
+                             options={"ftol": 1e-13, "gtol": 1e-8, "maxiter": 500})
+            found = inner.x, inner.fun
+        x, inner_value = found
+        self._warm = x
+        beta, tau = x[:self.p], x[self.p]
         diff = sol.RX_lower.T @ (beta - sol.beta)
         ml_deviance = (sol.logdet_L + self.n * (_LOG_2PI + 2.0 * tau) + (sol.pwrss + diff @ diff) * np.exp(-2 * tau)
                        + 2.0 * self.n * np.log(self.scale))
-        objective = sol.logdet_L + penalty + inner.fun
+        objective = sol.logdet_L + penalty + inner_value
         return {"objective": float(objective), "beta": beta * self.scale,
                 "sigma": float(np.exp(tau) * self.scale), "ml_deviance": float(ml_deviance)}
 
     def _sd_vanishes_at_zero(self) -> bool:
-        return any(log_density(prior, np.array([1e-300]))[0] < -600
-                   for priors in self.sd_priors for prior in priors)
+        with np.errstate(divide="ignore", over="ignore"):  # derivatives at 1e-300 are not used
+            return any(log_density(prior, np.array([1e-300]))[0] < -600
+                       for priors in self.sd_priors for prior in priors)
 
     def __call__(self, theta: np.ndarray) -> float:
         return self.solve(theta)["objective"]
