@@ -23,8 +23,10 @@ in parallel. Afterwards the group effects are drawn exactly from their condition
 Gaussian given each posterior draw, and the pointwise log-likelihood is computed given
 those draws, so the result has the full model's layout.
 
-Crossed factors (Penicillin, InstEval) do not split by group: ``LMM.sample`` falls back
-to the full model with a warning (and ``attrs["marginal_fallback"]``).
+Crossed factors (Penicillin, InstEval) do not split by group. With few group effects in
+all (Penicillin: 30) the whole data set is one joint group, integrated out exactly in the
+same way (one m x m factorization per gradient); with many (InstEval: 4,114) ``LMM.sample``
+falls back to the full model with a warning (and ``attrs["marginal_fallback"]``).
 
 Entry points: :func:`sample_marginal` (a Design, as ``LMM.sample`` uses it) and, for data
 too large for a DataFrame, ``MarginalProblem.from_arrays`` + :func:`run_marginal` +
@@ -46,17 +48,42 @@ from .posterior import _MAX_LOGLIK_CELLS
 
 
 # ---------------------------------------------------------------- structure
-def marginal_supported(design: Design) -> tuple[bool, str]:
+#: Crossed factors do not split by group; the whole data set is then one joint group whose
+#: m effects are integrated out together (one m x m factorization per gradient), as long as
+#: m and the dense rows x m per-row design stay small. Larger crossed designs (InstEval's
+#: 4,114 effects) use the full model.
+MAX_JOINT_EFFECTS = 250
+MAX_JOINT_CELLS = 5_000_000
+
+
+def _nested_in_top(design: Design) -> tuple[bool, str]:
     """Whether every bar is the top grouping factor or nested in it: (ok, reason)."""
-    if not design.blocks:
-        return False, "the model has no random-effect term"
     top = _top_block(design)
     for block in design.blocks:
         pairs = np.unique(np.column_stack([block.codes, top.codes]), axis=0)
         if len(pairs) != block.n_levels:
-            return False, (f"'{block.group}' is crossed with '{top.group}' (not nested in it), so the "
-                           "likelihood does not split by group; the full parametrization is used")
+            return False, f"'{block.group}' is crossed with '{top.group}' (not nested in it)"
     return True, f"every bar lies within '{top.group}'"
+
+
+def marginal_supported(design: Design) -> tuple[bool, str]:
+    """Whether the collapsed sampler applies: (ok, reason). It does where every bar is the
+    top grouping factor or nested in it (the likelihood splits by top-level group), and for
+    crossed factors with at most ``MAX_JOINT_EFFECTS`` group effects in all (one joint group)."""
+    if not design.blocks:
+        return False, "the model has no random-effect term"
+    nested, reason = _nested_in_top(design)
+    if nested:
+        return True, reason
+    m = _joint_width(design)
+    if m <= MAX_JOINT_EFFECTS and design.nobs * m <= MAX_JOINT_CELLS:
+        return True, f"{reason}: its {m} group effects are integrated out jointly"
+    return False, (f"{reason}, so the likelihood does not split by group, and its {m} group effects are too "
+                   f"many to integrate out jointly (up to {MAX_JOINT_EFFECTS}); the full parametrization is used")
+
+
+def _joint_width(design: Design) -> int:
+    return sum(block.n_levels * block.n_terms for block in design.blocks)
 
 
 def _top_block(design: Design):
@@ -75,13 +102,15 @@ class GroupLayout:
 
     @classmethod
     def from_design(cls, design: Design) -> "GroupLayout":
-        top = _top_block(design)
-        J = top.n_levels
+        if _nested_in_top(design)[0]:
+            top_codes, J = _top_block(design).codes, _top_block(design).n_levels
+        else:  # crossed: one joint group
+            top_codes, J = np.zeros(design.nobs, dtype=np.int64), 1
         used = np.zeros(J, dtype=np.int64)
         offsets, groups = [], []
         for block in design.blocks:
             level_group = np.zeros(block.n_levels, dtype=np.int64)
-            level_group[block.codes] = top.codes
+            level_group[block.codes] = top_codes
             offset = np.zeros(block.n_levels, dtype=np.int64)
             for level in range(block.n_levels):
                 j = level_group[level]
@@ -89,7 +118,7 @@ class GroupLayout:
                 used[j] += block.n_terms
             offsets.append(offset)
             groups.append(level_group)
-        return cls(J, int(used.max()), top.codes.copy(), tuple(offsets), tuple(groups))
+        return cls(J, int(used.max()), np.array(top_codes, dtype=np.int64), tuple(offsets), tuple(groups))
 
     def row_effects(self, design: Design) -> np.ndarray:
         """(n, m) per-row random-effects design within the row's group."""
@@ -124,6 +153,9 @@ class SufficientStats:
             return np.bincount(group, weights=weights, minlength=n_groups)
 
         p, m = X.shape[1], Z.shape[1]
+        if n_groups == 1:  # one joint group (crossed factors): plain matrix products
+            return cls(np.array([float(len(y))]), np.array([y @ y]), (X.T @ y)[None], (X.T @ X)[None],
+                       (Z.T @ y)[None], (Z.T @ X)[None], (Z.T @ Z)[None])
         n = np.bincount(group, minlength=n_groups).astype(float)
         yy = by_group(y * y)
         Xy = np.stack([by_group(X[:, a] * y) for a in range(p)], axis=1) if p else np.zeros((n_groups, 0))
@@ -443,7 +475,8 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
     Parameters
     ----------
     design : Design
-        Every bar must lie within one top-level factor (see :func:`marginal_supported`).
+        Every bar within one top-level factor, or crossed factors with few group effects
+        in all (see :func:`marginal_supported`).
     prior_set : PriorSet
         From :func:`bayeslmm.priors.resolve_priors`; the same priors as the full model.
     draws, tune, chains, random_seed, target_accept, progressbar
@@ -458,7 +491,7 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
     Raises
     ------
     FitError
-        If the design has crossed factors.
+        If the design has crossed factors with too many group effects to integrate out jointly.
     """
     import arviz as az
 

@@ -189,9 +189,14 @@ pen_model = blm.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", pen)
 pen_fit = pen_model.fit()
 print(pen_fit.summary())
 pen_fit.icc()"""),
-        ("md", """Crossed factors do not split the likelihood by group, so the posterior uses the full
-(non-centered) model; bayeslmm says so."""),
+        ("md", """Crossed factors do not split the likelihood by group. Penicillin has only 30 group
+effects in all (24 plates + 6 samples), so the collapsed sampler treats the whole data set as
+one joint group and integrates all 30 out together. (With thousands of crossed effects, as in
+InstEval, it would use the full non-centered model instead, and say so.) Here the full model
+is hard going: with 6 samples, the intercept and the sample sd are weakly identified, and the
+non-centered sampler diverges now and then; the collapsed one does not."""),
         ("code", """pen_post = pen_model.sample(**SAMPLE)
+print(pen_post.idata.posterior.attrs["parametrization"])
 pen_post.varcorr()"""),
         ("code", """pastes = blm.datasets.load("pastes")
 paste_model = blm.LMM("strength ~ 1 + (1 | batch/cask)", pastes)

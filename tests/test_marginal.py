@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import bayeslmm as blm
@@ -20,7 +21,7 @@ from bayeslmm import priors as P
 from bayeslmm.bayes import correlation_pairs
 from bayeslmm.marginal import MarginalProblem, marginal_supported, sample_marginal
 from conftest import BRMS_DATASET as DATASET
-from conftest import assert_agrees_with_brms, brms_model
+from conftest import LME4_CASES, assert_agrees_with_brms, bayeslmm_formula, brms_model, dataset_name, lme4_reference
 
 
 
@@ -85,7 +86,9 @@ CASES = [("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
          ("Reaction ~ 0 + Days + (Days | Subject)", "sleepstudy"),  # no intercept: nothing centered
          ("strength ~ 1 + (1 | batch/cask)", "pastes"),
          ("normexam ~ standLRT + sex + (standLRT + sex | school)", "exam20"),
-         ("normexam ~ standLRT + (1 | school) + (0 + standLRT | school)", "exam20")]
+         ("normexam ~ standLRT + (1 | school) + (0 + standLRT | school)", "exam20"),
+         ("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin"),                # crossed: one joint group
+         ("normexam ~ standLRT + (standLRT | school) + (1 | sex)", "exam20")]       # crossed, with a slope
 
 
 def case_design(formula, name, priors=None):
@@ -96,11 +99,36 @@ def case_design(formula, name, priors=None):
 
 
 # ---------------------------------------------------------------- structure
-def test_marginal_supported_nested_but_not_crossed():
+def large_crossed_data(n_a: int = 200, n_b: int = 60, n: int = 600) -> pd.DataFrame:
+    """Two crossed factors with 260 levels in all: more than MAX_JOINT_EFFECTS."""
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(n_a, size=n), rng.integers(n_b, size=n)
+    a[:n_a], b[:n_b] = np.arange(n_a), np.arange(n_b)  # every level present
+    return pd.DataFrame({"y": rng.normal(size=n) + 0.5 * rng.normal(size=n_a)[a] + 0.5 * rng.normal(size=n_b)[b],
+                         "a": a, "b": b})
+
+
+def test_marginal_supported_nested_small_crossed_but_not_large_crossed():
+    from bayeslmm.marginal import MAX_JOINT_EFFECTS
+
     assert marginal_supported(design_of("Reaction ~ Days + (Days | Subject)", "sleepstudy")[0])[0]
     assert marginal_supported(design_of("strength ~ 1 + (1 | batch/cask)", "pastes")[0])[0]
     ok, reason = marginal_supported(design_of("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")[0])
-    assert not ok and "crossed" in reason and "plate" in reason and "sample" in reason
+    assert ok and reason == "'plate' is crossed with 'sample' (not nested in it): its 30 group effects are integrated out jointly"
+    ok, reason = marginal_supported(blm.LMM("y ~ 1 + (1 | a) + (1 | b)", large_crossed_data()).design)
+    assert not ok and reason == (f"'a' is crossed with 'b' (not nested in it), so the likelihood does not split by "
+                                 f"group, and its 260 group effects are too many to integrate out jointly "
+                                 f"(up to {MAX_JOINT_EFFECTS}); the full parametrization is used")
+
+
+def test_crossed_layout_is_one_joint_group():
+    design, _ = design_of("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
+    problem = MarginalProblem.from_design(design)
+    assert problem.n_groups == 1 and problem.width == 30
+    assert problem.stats.n.tolist() == [144.0]
+    # plate effects first, then the sample effects, all in group 0
+    by_label = {bar.label: bar for bar in problem.bars}
+    assert np.all(by_label["plate"].group_of_level == 0) and np.all(by_label["sample"].group_of_level == 0)
 
 
 def test_nested_layout_puts_casks_inside_their_batch():
@@ -242,7 +270,7 @@ def test_arrays_entry_point_equals_design_entry_point():
     np.testing.assert_allclose(a.pack(prior_set), b.pack(prior_set))
 
 
-@pytest.mark.parametrize("formula,name", [CASES[0], CASES[4]])
+@pytest.mark.parametrize("formula,name", [CASES[0], CASES[4], CASES[7], CASES[8]])
 def test_effect_draws_follow_the_exact_conditional(formula, name):
     """b | y, theta ~ N(G Z' V^-1 (y - X beta), G - G Z' V^-1 Z G) (dense, user's scale)."""
     design, prior_set = case_design(formula, name)
@@ -350,9 +378,9 @@ def test_nested_design_samples_without_divergences():
 
 
 @pytest.mark.slow
-def test_crossed_design_falls_back_to_the_full_model_and_says_so():
-    model = blm.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", blm.datasets.load("penicillin"))
-    with pytest.raises(blm.BayesLMMError, match="crossed"):
+def test_large_crossed_design_falls_back_to_the_full_model_and_says_so():
+    model = blm.LMM("y ~ 1 + (1 | a) + (1 | b)", large_crossed_data())
+    with pytest.raises(blm.BayesLMMError, match="too many to integrate out jointly"):
         model.sample(parametrization="marginal")
     with pytest.raises(blm.errors.FitError, match="crossed"):
         sample_marginal(model.design, model.resolved_priors())
@@ -362,6 +390,34 @@ def test_crossed_design_falls_back_to_the_full_model_and_says_so():
     assert any("crossed" in str(w.message) for w in caught)
     attrs = post.idata.posterior.attrs
     assert attrs["parametrization"] == "full" and "crossed" in attrs["marginal_fallback"]
+
+
+@pytest.mark.slow
+def test_crossed_penicillin_marginal_agrees_with_a_long_full_run():
+    """Penicillin's 30 crossed effects integrated out jointly: the same posterior as the full
+    model (run long, at a high target_accept, since its sample sd mixes slowly), at the
+    issue's criterion (means within 0.2 sd, sds within 15%); no divergences, high ESS."""
+    model = blm.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", blm.datasets.load("penicillin"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # default settings: no convergence warning, no fallback
+        marginal = model.sample(random_seed=3, progressbar=False)
+    assert marginal.idata.posterior.attrs["parametrization"] == "marginal"
+    assert marginal.divergences == 0 and marginal.diagnostics()["ess_bulk"].min() > 1000
+    assert marginal.idata.posterior["r_plate"].shape == (4, 1000, 24, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = model.sample(draws=4000, tune=2000, random_seed=3, progressbar=False, parametrization="full",
+                            target_accept=0.95)
+    for name in ("beta", "sd_plate", "sd_sample", "sigma"):
+        a, b = marginal.idata.posterior[name].values, full.idata.posterior[name].values
+        assert abs(a.mean() - b.mean()) <= 0.2 * b.std(), name
+        assert a.std() == pytest.approx(b.std(), rel=0.15), name
+    # group effects: the same conditional means
+    for name in ("r_plate", "r_sample"):
+        a = marginal.idata.posterior[name].mean(("chain", "draw")).values
+        b = full.idata.posterior[name].mean(("chain", "draw")).values
+        sd = full.idata.posterior[name].std(("chain", "draw")).values
+        assert np.max(np.abs(a - b) / sd) < 0.2, name
 
 
 def test_bad_parametrization_is_rejected():
@@ -384,3 +440,18 @@ def test_extreme_points_give_minus_infinity_not_an_exception():
             x[index] = value
             assert not np.isfinite(K.logp_grad(x, np.zeros(problem.ndim), blob))
         assert K.logp_grad(np.full(problem.ndim, -800.0), np.zeros(problem.ndim), blob) == -np.inf
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [case for case in LME4_CASES if case != "insteval"])
+def test_every_reference_case_samples_cleanly_at_default_settings(case):
+    """The issue: zero divergences on every reference case at default settings (InstEval,
+    4,114 crossed effects, runs the full model: validation/default_sampling.py)."""
+    ref = lme4_reference(case)
+    model = blm.LMM(bayeslmm_formula(ref["formula"]), blm.datasets.load(dataset_name(ref)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", blm.SamplingWarning)
+        post = model.sample(random_seed=1, progressbar=False)
+    assert post.idata.posterior.attrs["parametrization"] == "marginal"
+    assert post.divergences == 0
+    assert post.diagnostics()["r_hat"].max() <= 1.01 and post.diagnostics()["ess_bulk"].min() >= 400
