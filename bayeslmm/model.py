@@ -107,7 +107,7 @@ class LMM:
             ``"full"`` samples the group effects with the other parameters
             (non-centered); ``"marginal"`` integrates them out, samples the rest, then
             draws them exactly; ``"auto"`` uses the marginal one where it applies (every
-            bar within one top-level factor, or crossed factors with at most 250 group
+            bar within one top-level factor, or crossed factors with at most 100 group
             effects in all, integrated out jointly; ``sampler="nutpie"``), else the full
             one with a warning and the reason in ``idata.posterior.attrs["marginal_fallback"]``.
         **kwargs
