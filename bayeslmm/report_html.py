@@ -27,7 +27,8 @@ figcaption { color: #555; font-size: 13px; }
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+    # the index name ('icc', 'r2') would take a header row of its own; the heading says it
+    return frame.to_html(float_format=lambda v: f"{v:.4g}", na_rep="", border=0, index_names=False)
 
 
 def write_report(path: str | Path, title: str, meta: dict[str, str], sections: list[tuple[str, object]],

@@ -7,10 +7,59 @@ import pandas as pd
 
 
 def _fmt(value: float, digits: int = 4) -> str:
-    """R-like significant-digit formatting."""
+    """A single value to ``digits`` significant digits (for the posterior tables)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     return f"{value:.{digits}g}"
+
+
+def _decimals_needed(x: float, digits: int) -> int:
+    """Decimals that show ``x`` to ``digits`` significant digits, trailing zeros dropped
+    (the per-element step of R's ``formatReal``)."""
+    if x == 0 or not np.isfinite(x):
+        return 0
+    exponent = int(np.floor(np.log10(abs(x))))
+    places = max(0, digits - 1 - exponent)
+    text = f"{abs(x):.{places}f}"
+    if "." not in text:
+        return 0
+    return len(text.split(".")[1].rstrip("0"))
+
+
+def r_format(values, digits: int = 4) -> list[str]:
+    """Format a numeric column as R's ``format(x, digits = digits)`` does.
+
+    One number of decimals for the whole column: the fewest that show every element to
+    ``digits`` significant digits (so lmer prints variances ``612.10`` and ``35.07``
+    together). Scientific notation where it is narrower, as R chooses; NaN as ``NaN``.
+    """
+    x = np.asarray(values, dtype=float)
+    finite = x[np.isfinite(x)]
+    if finite.size == 0:
+        return ["NaN" if np.isnan(v) else str(v) for v in x]
+    decimals = max(_decimals_needed(v, digits) for v in finite)
+    fixed = [f"{v:.{decimals}f}" if np.isfinite(v) else "NaN" for v in x]
+    # R's scientific alternative: mantissa digits as needed, at most ``digits``
+    mantissa = max(min(digits, len(f"{abs(v):.{digits - 1}e}".split("e")[0].replace(".", "").rstrip("0")) or 1)
+                   for v in finite)
+    sci = [f"{v:.{mantissa - 1}e}" if np.isfinite(v) else "NaN" for v in x]
+    if max(map(len, fixed)) > max(map(len, sci)):
+        fixed = sci
+    width = max(map(len, fixed))
+    return [v.rjust(width) for v in fixed]
+
+
+def coefficient_columns(estimate, std_error, t_value, digits: int = 4) -> tuple[list[str], list[str], list[str]]:
+    """Estimate, Std. Error and t value as R's ``printCoefmat`` prints them in lmer's summary:
+    estimates and standard errors rounded together to ``digits`` less the magnitude of the
+    smallest of them, t values to ``digits - 1`` decimals."""
+    both = np.abs(np.concatenate([np.asarray(estimate, float), np.asarray(std_error, float)]))
+    both = both[np.isfinite(both) & (both != 0)]
+    smallest = 1 + int(np.floor(np.log10(both.min()))) if both.size else 1
+    places = max(1, digits - smallest)
+    cs = r_format(np.round(np.concatenate([estimate, std_error]), places), digits)
+    n = len(estimate)
+    return cs[:n], cs[n:], r_format(np.round(np.asarray(t_value, float), max(1, min(5, digits - 1))), digits)
 
 
 def format_table(frame: pd.DataFrame, index_name: str = "") -> str:
@@ -32,10 +81,11 @@ def random_effects_table(result) -> str:
     layout = varcorr_layout(result.design)
     covs = [c[0] for c in result.cov_draws()]
     sigma = float(result.sigma_draws()[0])
-    rows, previous = [], None
+    rows, variances, previous = [], [], None
     for row in layout[layout["var2"].isna()].itertuples():
         if row.block < 0:
-            rows.append(["Residual", "", _fmt(sigma**2), _fmt(sigma), ""])
+            rows.append(["Residual", ""])
+            variances.append(sigma**2)
             continue
         block = result.design.blocks[row.block]
         cov = covs[row.block]
@@ -44,10 +94,15 @@ def random_effects_table(result) -> str:
         if block.correlated:
             for j in range(row.i):
                 denom = sds[row.i] * sds[j]
-                corr_cells.append(f"{cov[row.i, j] / denom:.2f}" if denom > 0 else "NaN")
+                corr_cells.append(f"{cov[row.i, j] / denom:5.2f}" if denom > 0 else "  NaN")
         label = "" if row.group == previous else row.group
         previous = row.group
-        rows.append([label, row.var1, _fmt(cov[row.i, row.i]), _fmt(sds[row.i]), " ".join(corr_cells)])
+        rows.append([label, row.var1, " ".join(corr_cells)])
+        variances.append(max(cov[row.i, row.i], 0.0))
+    # one format per column, as lme4's formatVC: variances and sds each share their decimals
+    variance_cells = r_format(variances, 4)
+    sd_cells = r_format(np.sqrt(variances), 4)
+    rows = [[r[0], r[1], v, s, r[2] if len(r) > 2 else ""] for r, v, s in zip(rows, variance_cells, sd_cells)]
     heads = ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
     widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(heads)]
     align = [str.ljust, str.ljust, str.rjust, str.rjust, str.ljust]
@@ -106,9 +161,9 @@ def point_summary(result) -> str:
     out.append(groups_line(result))
     out.append("")
     fixef = result.fixef()
-    table = pd.DataFrame({"Estimate": [_fmt(v) for v in fixef["estimate"]],
-                          "Std. Error": [_fmt(v) for v in fixef["std_error"]],
-                          "t value": [f"{v:.3f}" for v in fixef["t_value"]]}, index=fixef.index)
+    estimate, std_error, t_value = coefficient_columns(fixef["estimate"].to_numpy(), fixef["std_error"].to_numpy(),
+                                                       fixef["t_value"].to_numpy())
+    table = pd.DataFrame({"Estimate": estimate, "Std. Error": std_error, "t value": t_value}, index=fixef.index)
     out.append("Fixed effects:")
     out.append(format_table(table))
     if len(fixef) > 1:
@@ -124,13 +179,22 @@ def point_summary(result) -> str:
     if design.aliased:
         out.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so dropping "
                    f"{len(design.aliased)} column(s) / coefficient(s): {', '.join(design.aliased)}")
+    if not result.opt.converged:
+        out.append(optimizer_line(result.opt))
     if result.method in ("reml", "ml") and result.is_singular:
-        out.append("optimizer (COBYQA) convergence code: 0 (OK)")
+        out.append(optimizer_line(result.opt))
         out.append("boundary (singular) fit: see help('isSingular')")
         out.append("  at the boundary: " + "; ".join(result.singular_terms()))
         out.append("  next steps: simplify the random part (drop a term, or use '||'), or refit with "
                    "priors: fit(method='map') or sample()")
     return "\n".join(out)
+
+
+def optimizer_line(opt) -> str:
+    """lme4's ``optimizer (...) convergence code: ...`` line, from the fit's optimization summary."""
+    if opt.converged:
+        return f"optimizer ({opt.optimizer}) convergence code: 0 (OK)"
+    return f"optimizer ({opt.optimizer}) convergence code: 1 ({opt.message}); {opt.evaluations} evaluations"
 
 
 def posterior_summary(result, prob: float = 0.95) -> str:

@@ -118,6 +118,28 @@ def test_summary_reads_like_lmer():
     assert "maximum likelihood" in ml and "AIC" in ml and "df.resid" in ml
 
 
+def test_number_formats_are_lmers():
+    """lme4's own numbers, formatted by bayeslmm, read as ``summary(lmer(Reaction ~ Days +
+    (Days | Subject), sleepstudy))`` prints them (lme4 1.1-31)."""
+    from bayeslmm.summary import coefficient_columns, r_format
+
+    ref = lme4_reference("sleep_rs")
+    sd_int, sd_days = ref["varcorr"][0]["sd"]
+    sds = [sd_int, sd_days, ref["sigma"]]
+    assert [c.strip() for c in r_format(np.square(sds))] == ["612.10", "35.07", "654.94"]
+    assert [c.strip() for c in r_format(sds)] == ["24.741", "5.922", "25.592"]
+    est = np.array(list(ref["fixef"].values()))
+    se = np.array(list(ref["fixef_se"].values()))
+    estimate, std_error, t_value = coefficient_columns(est, se, est / se)
+    assert [c.strip() for c in estimate] == ["251.405", "10.467"]
+    assert [c.strip() for c in std_error] == ["6.825", "1.546"]
+    assert [c.strip() for c in t_value] == ["36.838", "6.771"]
+    # Dyestuff2: an exact zero beside 13.81 keeps R's common decimals
+    assert [c.strip() for c in r_format([0.0, 13.8063])] == ["0.00", "13.81"]
+    # scientific notation only where it is narrower, as R decides
+    assert [c.strip() for c in r_format([1.5e-12, 2.0])] == ["1.5e-12", "2.0e+00"]
+
+
 def test_deviance_function_matches_lme4_at_its_theta():
     """make_deviance is lme4's devFunOnly: at lme4's theta it gives lme4's criterion."""
     import bayeslmm as blm
