@@ -53,7 +53,7 @@ def plot_ranef(result, prob: float = 0.95):
     blocks = result.design.blocks
     panels = [(k, t) for k, block in enumerate(blocks) for t in range(block.n_terms)]
     height = min(2.0 + 0.16 * max(b.n_levels for b in blocks), 14.0)
-    fig, axes = _figure(1, len(panels), 3.6 * len(panels), height)
+    fig, axes = _figure(1, len(panels), max(6.0, 3.6 * len(panels)), height)
     start = 0
     offsets = []
     for block in blocks:
@@ -132,6 +132,20 @@ def _arrows(ax, x0, y0, x1, y1):
               color="0.45", width=0.003, headwidth=4, headlength=5, headaxislength=4.5)
 
 
+def _clip_to_view(core: np.ndarray, points: np.ndarray, pad: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+    """``points`` clipped to the box around ``core`` widened by ``pad`` of its span on each
+    side, and which of them were inside.
+
+    A group with two rows has a wild separate fit (Exam's school 48: slope -6.9 beside
+    slopes of 0.2 to 0.9); drawn at the edge of the view, it no longer squeezes every other
+    group into a corner."""
+    lo, hi = np.nanmin(core, axis=0), np.nanmax(core, axis=0)
+    span = np.where(hi > lo, hi - lo, np.maximum(np.abs(hi), 1.0))
+    lo, hi = lo - pad * span, hi + pad * span
+    inside = np.all((points >= lo) & (points <= hi), axis=1)
+    return np.clip(points, lo, hi), inside
+
+
 def plot_shrinkage(result, group: str | None = None):
     """Shrinkage: per level the no-pooling estimate, the partial-pooling estimate and an
     arrow between them, with the complete-pooling estimate for reference.
@@ -139,8 +153,9 @@ def plot_shrinkage(result, group: str | None = None):
     A bar with two terms (intercept and slope) is drawn in 2-D, with the 50% and 95%
     contours of the estimated population distribution N(beta, Sigma); any other bar gets
     one 1-D panel per term (levels sorted by their no-pooling estimate; on a posterior
-    with the 95% posterior interval of each partial-pooling estimate). See
-    :func:`bayeslmm.report.pooling` for how each estimate is computed.
+    with the 95% posterior interval of each partial-pooling estimate). No-pooling
+    estimates far outside the rest (small groups) are drawn as triangles at the edge of
+    the view. See :func:`bayeslmm.report.pooling` for how each estimate is computed.
     """
     table = report.pooling(result, group)
     k = report._block_index(result, group)
@@ -155,32 +170,45 @@ def plot_shrinkage(result, group: str | None = None):
         fig, axes = _figure(1, 1, 6.5, 5.5)
         ax = axes[0, 0]
         cov = result.cov_draws()[k].mean(axis=0)
-        center = partial.mean(axis=0)
-        for level, style in ((0.5, ":"), (0.95, "--")):
-            path = _ellipse(center, cov, level)
+        fixed = dict(zip(result.design.fixed_names, result.fixef_draws().mean(axis=0)))
+        center = np.array([fixed.get(term, 0.0) for term in terms])  # the population mean beta
+        contours = {level: _ellipse(center, cov, level) for level in (0.5, 0.95)}
+        for (level, path), style in zip(contours.items(), (":", "--")):
             ax.plot(path[:, 0], path[:, 1], color="0.5", ls=style, lw=0.8,
                     label=f"{level:.0%} of the population distribution")
-        _arrows(ax, no[ok, 0], no[ok, 1], partial[ok, 0], partial[ok, 1])
-        ax.plot(no[ok, 0], no[ok, 1], "o", mfc="none", color=_NO, label="no pooling (separate fits)")
+        shown, inside = _clip_to_view(np.vstack([partial, complete[None], contours[0.95]]), no[ok])
+        _arrows(ax, shown[:, 0], shown[:, 1], partial[ok, 0], partial[ok, 1])
+        ax.plot(shown[inside, 0], shown[inside, 1], "o", mfc="none", color=_NO, label="no pooling (separate fits)")
+        if not inside.all():
+            ax.plot(shown[~inside, 0], shown[~inside, 1], "^", mfc="none", color=_NO,
+                    label=f"no pooling, off the scale ({(~inside).sum()} of {len(inside)} groups)")
         ax.plot(partial[:, 0], partial[:, 1], "o", color=_PARTIAL, label="partial pooling (mixed model)")
         ax.plot(complete[0], complete[1], "*", ms=14, color=_COMPLETE, label="complete pooling (one fit)")
         ax.set_xlabel(terms[0])
         ax.set_ylabel(terms[1])
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
         ax.set_title(title, fontsize=10)
         fig.tight_layout()
         return _close_from_pyplot(fig)
     posterior_bounds = None
     if report.is_posterior(result):  # the partial-pooling estimates carry their uncertainty
         posterior_bounds = report.interval(report.coef_draws(result)[k], 0.95)
-    height = min(2.0 + 0.16 * block.n_levels, 14.0)
+    height = min(2.5 + 0.16 * block.n_levels, 14.0)
     fig, axes = _figure(1, block.n_terms, max(7.0, 4.5 * block.n_terms), height)
     for t, ax in enumerate(axes[0]):
         order = np.argsort(np.where(ok, no[:, t], np.inf), kind="stable")
         pos = np.arange(block.n_levels)
         keep = ok[order]
-        _arrows(ax, no[order, t][keep], pos[keep], partial[order, t][keep], pos[keep])
-        ax.plot(no[order, t], pos, "o", mfc="none", color=_NO, label="no pooling (separate fits)")
+        core = [partial[:, t], [complete[t]]]
+        if posterior_bounds is not None:
+            core += [posterior_bounds[0][:, t], posterior_bounds[1][:, t]]
+        shown, inside = _clip_to_view(np.concatenate(core)[:, None], no[order, t][keep][:, None])
+        shown = shown[:, 0]
+        _arrows(ax, shown, pos[keep], partial[order, t][keep], pos[keep])
+        ax.plot(shown[inside], pos[keep][inside], "o", mfc="none", color=_NO, label="no pooling (separate fits)")
+        if not inside.all():
+            ax.plot(shown[~inside], pos[keep][~inside], ">" if shown[~inside].mean() > complete[t] else "<",
+                    mfc="none", color=_NO, label="no pooling, off the scale")
         if posterior_bounds is not None:
             ax.hlines(pos, posterior_bounds[0][order, t], posterior_bounds[1][order, t], color=_PARTIAL,
                       alpha=0.35, lw=2.5, label="95% posterior interval")
@@ -191,11 +219,12 @@ def plot_shrinkage(result, group: str | None = None):
             ax.set_yticklabels([block.levels[j] for j in order], fontsize=7)
         else:
             ax.set_yticks([])
+        ax.set_ylim(-1, block.n_levels + 0.15 * block.n_levels + 1)  # headroom for the legend
         ax.set_ylabel(f"{block.group} (sorted by no-pooling estimate)" if t == 0 else "")
         ax.set_xlabel(f"{terms[t]} estimate")
         ax.set_title(terms[t])
         if t == 0:
-            ax.legend(fontsize=7, loc="best")
+            ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
     fig.suptitle(title)
     fig.tight_layout()
     return _close_from_pyplot(fig)
@@ -248,7 +277,7 @@ def plot_groups(result, group: str | None = None, x: str | None = None, max_pane
     shown = min(block.n_levels, max_panels)
     ncols = min(4, shown)
     nrows = int(np.ceil(shown / ncols))
-    fig, axes = _figure(nrows, ncols, 3.2 * ncols, 2.6 * nrows + 0.8, sharey=True)
+    fig, axes = _figure(nrows, ncols, 3.2 * ncols, 2.6 * nrows + 0.8, sharey=True, layout="constrained")
     posterior = report.is_posterior(result)
     idx = report._thin(len(beta_draws), 200)
     for j, ax in enumerate(axes.ravel()):
@@ -273,10 +302,9 @@ def plot_groups(result, group: str | None = None, x: str | None = None, max_pane
             ax.set_ylabel(design.response)
         ax.set_xlabel(x_name if x_name is not None else "row within group")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     more = f" (first {shown} of {block.n_levels})" if shown < block.n_levels else ""
     fig.suptitle(f"{design.response} by {block.group}{more}: complete, no and partial pooling")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _close_from_pyplot(fig)
 
 

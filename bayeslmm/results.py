@@ -336,8 +336,27 @@ class PointResult(FitResult):
             return pd.concat(frames, ignore_index=True)
         return merge_by_group(self.design, self.ranef_values)
 
-    def coef(self) -> dict[str, pd.DataFrame]:
-        """Fixed plus random effects per level (lme4's ``coef``)."""
+    def coef(self, tidy: bool = False, prob: float = 0.95):
+        """Fixed plus random effects per level (lme4's ``coef``).
+
+        Parameters
+        ----------
+        tidy : bool
+            False (default, lme4's layout): a dict group -> DataFrame (levels x terms).
+            True: one long DataFrame with ``group, level, term, estimate, std_error,
+            lower, upper``, where ``std_error`` is the conditional sd of the group effect
+            (lme4's ``condVar``; the fixed effect is held at its estimate, as
+            ``coef(fit)`` plus ``condVar`` would give it).
+        prob : float
+            Coverage of the normal interval in the tidy layout.
+        """
+        if tidy:
+            frame = self.ranef(tidy=True, prob=prob)
+            fixed = dict(zip(self.design.fixed_names, self.beta))
+            shift = frame["term"].map(lambda term: fixed.get(term, 0.0)).to_numpy(dtype=float)
+            for column in ("estimate", "lower", "upper"):
+                frame[column] = frame[column] + shift
+            return frame
         fixed = pd.Series(self.beta, index=self.design.fixed_names)
         out = {}
         for group, frame in self.ranef().items():

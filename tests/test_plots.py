@@ -95,6 +95,24 @@ def test_plot_shrinkage_exam(exam_fit, tmp_path):
     assert len(_visible_axes(fig)) == 1  # 2-D for (standLRT | school), 1-D for (1 | school)
     assert fig.axes[0].get_xlabel() in ("(Intercept)", "(Intercept) estimate")
 
+def test_shrinkage_contours_are_centred_on_the_fixed_effects_and_outliers_stay_in_view():
+    """Exam's school 48 has two pupils; its separate slope (-6.9) is drawn at the edge of
+    the view instead of squeezing the 64 other schools into a strip."""
+    fit = reference_fit("exam_rs")
+    fig = fit.plot_shrinkage()
+    ax = fig.axes[0]
+    by_label = {line.get_label(): line for line in ax.lines}
+    (off_label,) = [label for label in by_label if "off the scale" in label]
+    assert "1 of 65 groups" in off_label
+    contour = by_label["95% of the population distribution"]
+    centre = np.array([contour.get_xdata().mean(), contour.get_ydata().mean()])
+    np.testing.assert_allclose(centre, fit.fixef()["estimate"].to_numpy(), atol=1e-2)
+    partial = by_label["partial pooling (mixed model)"].get_ydata()
+    assert ax.get_ylim()[0] > -1.0 and np.ptp(partial) > 0.2 * np.ptp(ax.get_ylim())
+    # nothing off the scale on sleepstudy
+    assert not any("off the scale" in line.get_label() for line in reference_fit("sleep_rs").plot_shrinkage().axes[0].lines)
+
+
 def test_plot_groups_sleepstudy(sleep_fit, tmp_path):
     fig = sleep_fit.plot_groups(max_panels=8)
     _saved(fig, tmp_path / "groups_sleep.png")
@@ -113,6 +131,15 @@ def test_plot_groups_exam(exam_fit, tmp_path):
     assert _visible_axes(fig)[0].get_xlabel() == "standLRT"
     with pytest.raises(blm.BayesLMMError, match="max_panels"):
         exam_fit.plot_groups(max_panels=0)
+
+
+def test_plot_groups_title_clears_the_panels_with_many_groups():
+    fig = reference_fit("exam_rs").plot_groups(max_panels=65)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title_bottom = fig._suptitle.get_window_extent(renderer).y0
+    top_panel = max(ax.get_tightbbox(renderer).y1 for ax in _visible_axes(fig))
+    assert title_bottom >= top_panel - 1
 
 def test_plot_icc_sleepstudy(sleep_fit, tmp_path):
     fig = sleep_fit.plot_icc(x="Days")

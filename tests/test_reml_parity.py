@@ -162,6 +162,18 @@ def test_conditional_variances_single_factor():
     assert np.allclose(tidy["std_error"], expected)
 
 
+def test_tidy_coef_is_tidy_ranef_shifted_by_the_fixed_effects():
+    fit = reference_fit("sleep_rs")
+    ranef, coef = fit.ranef(tidy=True, prob=0.9), fit.coef(tidy=True, prob=0.9)
+    shift = coef["term"].map(fit.fixef()["estimate"]).to_numpy()
+    np.testing.assert_allclose(coef["estimate"], ranef["estimate"] + shift)
+    np.testing.assert_allclose(coef["upper"] - coef["lower"], ranef["upper"] - ranef["lower"])
+    np.testing.assert_allclose(coef["std_error"], ranef["std_error"])
+    wide = fit.coef()["Subject"]
+    long = coef.pivot(index="level", columns="term", values="estimate").loc[wide.index, wide.columns]
+    np.testing.assert_allclose(long.to_numpy(), wide.to_numpy())
+
+
 @pytest.mark.parametrize("factor", [1e-3, 1e3, 1e6])
 def test_rescaled_slope_predictor_gives_the_rescaled_fit(factor):
     """A slope column on another scale (theta entries of 1e-4 and below) fits as well as the
