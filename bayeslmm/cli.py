@@ -81,6 +81,7 @@ def _fit(args) -> int:
     import numpy as np
 
     from .model import LMM
+    from .modelfile import check_sample_settings
 
     spec = _spec(args)
     method = args.method or spec.method
@@ -90,8 +91,11 @@ def _fit(args) -> int:
     for key in ("draws", "tune", "chains", "seed"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    check_sample_settings({k: v for k, v in settings.items() if v is not None}, "the command line")
     out = Path(args.out) if args.out else None
     if out:
+        if out.exists() and not out.is_dir():
+            raise BayesLMMError(f"--out {out} is a file; give a folder (it is created if missing)")
         out.mkdir(parents=True, exist_ok=True)
 
     data = spec.load_data()
@@ -153,9 +157,12 @@ def _write_outputs(out: Path, spec, model, point, post, texts, np) -> None:
     slopes = [t for b in model.design.blocks for t in b.terms if t != "(Intercept)"]
     if slopes:
         save("icc", f"ICC as a function of {slopes[0]}", lambda: result.plot_icc(x=slopes[0]))
-    else:
+    elif post is not None:
         save("icc", "Posterior of the intraclass correlation", lambda: _icc_histogram(result))
-    save("ppc", "Posterior predictive check", lambda: result.ppc(random_seed=1))
+    else:
+        save("icc", "Intraclass correlation at the point estimates", lambda: _icc_bars(result))
+    save("ppc", "Posterior predictive check" if post is not None else
+         "Predictive check: data replicated at the point estimates", lambda: result.ppc(random_seed=1))
     save("residuals", "Residual checks: level-1 residuals and random-effect normality",
          lambda: result.check_residuals(random_seed=1))
     sections.append(("ICC (Nakagawa)", result.icc()))
@@ -176,6 +183,24 @@ def _icc_histogram(result):
     axis.set_xlabel("adjusted ICC")
     axis.set_ylabel("posterior draws")
     axis.set_title("Intraclass correlation: share of variance between groups")
+    return figure
+
+
+def _icc_bars(result):
+    """A point fit's ICCs (adjusted and per grouping factor) as labelled bars."""
+    import matplotlib.pyplot as plt
+
+    table = result.icc()["estimate"]
+    figure, axis = plt.subplots(figsize=(6, 1.2 + 0.5 * len(table)))
+    axis.barh(range(len(table)), table.to_numpy(), color="#4c72b0")
+    axis.set_yticks(range(len(table)), [str(name) for name in table.index])
+    for i, value in enumerate(table.to_numpy()):
+        axis.text(min(value, 0.85) + 0.01, i, f"{value:.3f}", va="center")
+    axis.set_xlim(0, 1)
+    axis.invert_yaxis()
+    axis.set_xlabel("ICC (share of variance between groups)")
+    axis.set_title("Intraclass correlation (point estimates)")
+    figure.tight_layout()
     return figure
 
 

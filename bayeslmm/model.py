@@ -128,10 +128,17 @@ class LMM:
         if choice not in ("auto", "marginal", "full"):
             raise BayesLMMError(f"parametrization must be 'auto', 'marginal' or 'full', not {parametrization!r}")
         fallback = None
+        if choice == "marginal" and sampler != "nutpie":
+            raise BayesLMMError(f"parametrization='marginal' runs on nutpie only, not sampler={sampler!r}; "
+                                "use sampler='nutpie' or parametrization='full'")
         if choice == "auto" and sampler != "nutpie":
             choice = "full"  # the marginal sampler runs on nutpie only
         if choice in ("auto", "marginal"):
             ok, reason = marginal_supported(self.design)
+            if ok and kwargs:
+                raise BayesLMMError(f"sampler option(s) {', '.join(sorted(kwargs))} apply to the full model "
+                                    "only; the marginal sampler takes draws, tune, chains, random_seed, "
+                                    "target_accept and progressbar (or pass parametrization='full')")
             if ok:
                 return sample_marginal(self.design, prior_set, draws=draws, tune=tune, chains=chains,
                                        random_seed=random_seed, target_accept=target_accept,
@@ -155,8 +162,16 @@ class LMM:
 
         from .bayes import build_model
 
-        with build_model(self.design, self.resolved_priors()):
-            return pm.sample_prior_predictive(draws=draws, random_seed=random_seed)
+        prior_set = self.resolved_priors()
+        flat = prior_set.flat_parameters()
+        if flat:
+            raise BayesLMMError(f"cannot draw from the prior: {', '.join(flat)} has a Flat() prior, which is "
+                                "improper; give it a proper prior (e.g. blm.Normal(mu=0, sigma=10))")
+        with build_model(self.design, prior_set) as model:
+            # the model's own parameters, not the non-centered helpers (_z_..., _chol_...)
+            names = [v.name for v in model.free_RVs + model.deterministics if not v.name.startswith("_")]
+            return pm.sample_prior_predictive(draws=draws, random_seed=random_seed, var_names=names + [
+                v.name for v in model.observed_RVs])
 
     def __repr__(self) -> str:
         groups = ", ".join(f"{b.group} ({b.n_levels})" for b in self.design.blocks)

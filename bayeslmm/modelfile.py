@@ -80,12 +80,47 @@ def parse_priors(table: dict) -> dict:
         kind = spec["dist"]
         if kind not in _PRIOR_CLASSES:
             raise ModelFileError(f"prior '{key}': unknown dist '{kind}'; use one of {', '.join(_PRIOR_CLASSES)}")
-        kwargs = {k: float(v) for k, v in spec.items() if k != "dist"}
+        kwargs = {k: v for k, v in spec.items() if k != "dist"}
+        for name, value in kwargs.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ModelFileError(f"prior '{key}': {name} = {value!r} is not a number")
         try:
-            out[key] = _PRIOR_CLASSES[kind](**kwargs)
+            out[key] = _PRIOR_CLASSES[kind](**{k: float(v) for k, v in kwargs.items()})
         except TypeError as exc:
             raise ModelFileError(f"prior '{key}': {exc}") from exc
+        except P.PriorError as exc:
+            raise ModelFileError(f"prior '{key}': {exc}") from exc
     return out
+
+
+# [sample] entries: what each must be, as a check and the words of its message
+_SAMPLE_CHECKS = {
+    "draws": (lambda v: _is_int(v) and v >= 1, "a whole number of at least 1"),
+    "tune": (lambda v: _is_int(v) and v >= 0, "a whole number of at least 0"),
+    "chains": (lambda v: _is_int(v) and v >= 1, "a whole number of at least 1"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "a whole number of at least 0"),
+    "target_accept": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+                      "a number between 0 and 1"),
+    "sampler": (lambda v: v in ("nutpie", "pymc", "numpyro", "blackjax"), "one of nutpie, pymc, numpyro, blackjax"),
+    "parametrization": (lambda v: v in ("auto", "marginal", "full"), "one of auto, marginal, full"),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sample_settings(sample: dict, where: str) -> dict:
+    """The ``[sample]`` table, each entry checked (unknown entries and wrong types are errors)."""
+    bad = set(sample) - set(_SAMPLE_CHECKS)
+    if bad:
+        raise ModelFileError(f"{where}: unknown [sample] entries {', '.join(sorted(bad))}; "
+                             f"known: {', '.join(_SAMPLE_CHECKS)}")
+    for key, value in sample.items():
+        ok, wanted = _SAMPLE_CHECKS[key]
+        if not ok(value):
+            raise ModelFileError(f"{where}: [sample] {key} = {value!r} must be {wanted}")
+    return sample
 
 
 def read_model_file(path: str | Path) -> ModelSpec:
@@ -106,10 +141,9 @@ def read_model_file(path: str | Path) -> ModelSpec:
     method = str(content.get("method", "all")).lower()
     if method not in METHODS:
         raise ModelFileError(f"{path}: method must be one of {', '.join(METHODS)}, not '{method}'")
-    sample = dict(content.get("sample", {}))
-    bad = set(sample) - {"draws", "tune", "chains", "seed", "target_accept", "sampler", "parametrization"}
-    if bad:
-        raise ModelFileError(f"{path}: unknown [sample] entries {', '.join(sorted(bad))}")
+    if not isinstance(content.get("sample", {}), dict) or not isinstance(content.get("priors", {}), dict):
+        raise ModelFileError(f"{path}: [sample] and [priors] must be tables")
+    sample = check_sample_settings(dict(content.get("sample", {})), str(path))
     return ModelSpec(name=str(content.get("name", path.stem)), data=str(content["data"]),
                      formula=str(content["formula"]), method=method, reml=bool(content.get("reml", True)),
                      priors=parse_priors(content.get("priors", {})), sample=sample,

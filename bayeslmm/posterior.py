@@ -100,7 +100,7 @@ class PosteriorResult(FitResult):
                                      if v.startswith(("sd_", "cor_"))]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            table = az.summary(self.idata, var_names=names, kind="diagnostics")
+            table = az.summary(self.idata, var_names=names, kind="diagnostics", round_to="none")  # compare unrounded R-hat
         return table[["r_hat", "ess_bulk", "ess_tail"]]
 
     @property
@@ -229,10 +229,66 @@ class PosteriorResult(FitResult):
             "priors_json": json.dumps(priors_to_json(self.prior_set, self.design)),
             "data_columns": json.dumps([str(c) for c in data.columns]),
             "data_dtypes": json.dumps({str(c): str(t) for c, t in data.dtypes.items()}),
-            "data_csv": data.to_csv(index=False),
+            "data_schema": json.dumps(frame_schema(data)),
+            "data_csv": frame_to_csv(data),
         })
         idata.to_netcdf(str(path))
         return str(path)
+
+
+# The data travel as CSV text plus a schema, so that loading rebuilds the same design:
+# a Categorical keeps its categories and their order (its codes are written, not its
+# labels), nullable and small integer types keep their dtype, and text stays text (a level
+# called "NA" is not read back as missing).
+_MISSING = "<NA:bayeslmm>"
+
+
+def _json_value(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def frame_schema(data: pd.DataFrame) -> list[dict]:
+    """Per column: its name, dtype and, for a Categorical, its categories and order."""
+    schema = []
+    for name, column in data.items():
+        entry = {"name": str(name), "dtype": str(column.dtype)}
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            cats = column.cat.categories
+            entry.update(categories=[_json_value(c) for c in cats], categories_dtype=str(cats.dtype),
+                         ordered=bool(column.cat.ordered))
+        schema.append(entry)
+    return schema
+
+
+def frame_to_csv(data: pd.DataFrame) -> str:
+    out = data.copy()
+    out.columns = [str(c) for c in out.columns]
+    for name, column in out.items():
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            out[name] = column.cat.codes  # -1 for missing
+    return out.to_csv(index=False, na_rep=_MISSING)
+
+
+def frame_from_csv(text: str, schema: list[dict]) -> pd.DataFrame:
+    """Inverse of :func:`frame_to_csv` given :func:`frame_schema`."""
+    raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[_MISSING])
+    data = {}
+    for entry in schema:
+        name, dtype, column = entry["name"], entry["dtype"], raw[entry["name"]]
+        if dtype == "category":
+            cats = pd.Index(entry["categories"])
+            if entry["categories_dtype"] != "object":
+                cats = cats.astype(entry["categories_dtype"])
+            data[name] = pd.Categorical.from_codes(column.astype(int), categories=cats, ordered=entry["ordered"])
+        elif dtype in ("bool", "boolean"):
+            data[name] = column.map({"True": True, "False": False}).astype(dtype)
+        elif dtype.startswith("datetime64"):
+            data[name] = pd.to_datetime(column).astype(dtype)
+        elif dtype in ("object", "string", "str"):
+            data[name] = column.astype(dtype)
+        else:  # numbers of every width, nullable or not
+            data[name] = pd.to_numeric(column).astype(dtype)
+    return pd.DataFrame(data)
 
 
 def priors_to_json(prior_set: PriorSet, design: Design) -> dict:
@@ -268,9 +324,12 @@ def load(path) -> PosteriorResult:
     attrs = idata.posterior.attrs
     if "formula" not in attrs or "data_csv" not in attrs:
         raise BayesLMMError(f"{path} was not written by bayeslmm's to_netcdf (no formula/data attributes)")
-    dtypes = json.loads(attrs["data_dtypes"])
-    text_columns = {c: str for c, t in dtypes.items() if not (t.startswith(("int", "float", "bool")))}
-    data = pd.read_csv(io.StringIO(attrs["data_csv"]), dtype=text_columns)
+    if "data_schema" in attrs:
+        data = frame_from_csv(attrs["data_csv"], json.loads(attrs["data_schema"]))
+    else:  # files written before the schema: numbers and text only
+        dtypes = json.loads(attrs["data_dtypes"])
+        text_columns = {c: str for c, t in dtypes.items() if not (t.startswith(("int", "float", "bool")))}
+        data = pd.read_csv(io.StringIO(attrs["data_csv"]), dtype=text_columns)
     priors = priors_from_json(json.loads(attrs["priors_json"]))
     model = LMM(attrs["formula"], data, priors=priors)
     return PosteriorResult(design=model.design, idata=idata, prior_set=model.resolved_priors(), check=False)

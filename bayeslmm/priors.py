@@ -31,6 +31,7 @@ a predictor column over the rows, ``m_y`` the mean of the response):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -53,6 +54,20 @@ class Prior:
     pymc_name = ""
     #: "real" for a location prior, "positive" for a scale prior, "corr" for LKJ
     support = "real"
+
+    #: parameters that must be positive (scales, degrees of freedom, rates, shapes)
+    _positive = ("sigma", "nu", "lam", "alpha", "beta", "eta")
+
+    def __post_init__(self):
+        # checked here, so a bad prior fails where it is written, not deep in a sampler
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise PriorError(f"{type(self).__name__}({f.name}={value!r}): {f.name} must be a number")
+            if not np.isfinite(value):
+                raise PriorError(f"{type(self).__name__}({f.name}={value!r}): {f.name} must be finite")
+            if f.name in self._positive and value <= 0:
+                raise PriorError(f"{type(self).__name__}({f.name}={value!r}): {f.name} must be positive")
 
     def kwargs(self) -> dict[str, float]:
         # floats, never ints: PyMC may type an int constant as int8 and overflow
@@ -225,6 +240,11 @@ class PriorSet:
     sigma: Prior
     sources: dict
 
+    def flat_parameters(self) -> list[str]:
+        """The fixed effects under an improper ``Flat()`` prior (brms's default on ``b``)."""
+        names = ["Intercept"] if isinstance(self.intercept, Flat) else []
+        return names + [f"b_{term}" for term, prior in self.fixed.items() if isinstance(prior, Flat)]
+
     def table(self, design: Design) -> pd.DataFrame:
         """One row per parameter: class, group, term, prior, source."""
         rows = []
@@ -323,7 +343,16 @@ def resolve_priors(design: Design, priors: dict | None, for_map: bool = False) -
                                                          LKJ(eta=2.0 if for_map else 1.0), "corr")
     sigma, sources["sigma"] = pick(["sigma"], Exponential(lam=1.0 / s_y), "positive")
 
-    # class-level keys are always accepted; a specific key must name a parameter
+    # a class-level key for a class the model lacks is said, not silently dropped; it stays
+    # legal so that one priors dict can serve nested models ((1 | g) beside (x | g))
+    absent = {"Intercept": intercept is None, "b": not fixed, "cor": not cor}
+    unused_classes = [key for key, missing in absent.items() if missing and key in priors]
+    if unused_classes:
+        what = {"Intercept": "no intercept", "b": "no fixed effects besides the intercept",
+                "cor": "no correlated random-effect terms (only '||' or single-term bars)"}
+        warnings.warn("; ".join(f"prior {key!r} is not used: the model has {what[key]}" for key in unused_classes),
+                      UserWarning, stacklevel=3)
+    # a specific key must name a parameter
     unknown = sorted(set(priors) - used - {"Intercept", "b", "sd", "cor", "sigma"})
     if unknown:
         valid = (["Intercept", "b", "sd", "cor", "sigma"] + [f"b_{t}" for t in fixed]

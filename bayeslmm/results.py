@@ -380,6 +380,8 @@ class PointResult(FitResult):
             elif abs(row.sdcor) > 1 - tol:
                 found.append(f"{row.group}: cor({row.var1}, {row.var2}) = {np.sign(row.sdcor):+.0f}")
         if self.is_singular and not found:
+            found.extend(rank_deficiencies(self.design, self.covariances))
+        if self.is_singular and not found:
             found.append("the random-effects covariance is rank deficient (a linear combination "
                          "of the terms has zero variance)")
         return found
@@ -392,6 +394,35 @@ class PointResult(FitResult):
 
     def __repr__(self) -> str:
         return self.summary()
+
+
+def rank_deficiencies(design: Design, covariances, tol: float = 1e-6) -> list[str]:
+    """Each bar whose covariance is rank deficient with no sd at 0 and no correlation at
+    +-1, named by the combination that has no variance: the last term of the null direction
+    written as a combination of the others (the term whose own Cholesky factor lme4 puts
+    at 0, e.g. ``school: sexM = -0.09 (Intercept) + 0.24 standLRT``).
+
+    ``tol`` is on the smallest eigenvalue of the bar's correlation matrix.
+    """
+    found = []
+    for block, cov in zip(design.blocks, covariances):
+        sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        if block.n_terms < 3 or np.any(sd <= 0):
+            continue  # sd at 0 or a 2 x 2 at +-1 is already named by its row of varcorr()
+        corr = cov / np.outer(sd, sd)
+        values, vectors = np.linalg.eigh(corr)
+        if values[0] > tol:
+            continue
+        w = vectors[:, 0]
+        last = int(np.flatnonzero(np.abs(w) > 1e-3 * np.abs(w).max())[-1])
+        coefs = -sd[last] * w / (w[last] * sd)
+        parts = [(coefs[t], term) for t, term in enumerate(block.terms) if t != last and coefs[t] != 0]
+        combination = " ".join(f"{'-' if c < 0 else '+'} {abs(c):.3g} {term}" for c, term in parts)
+        combination = combination.removeprefix("+ ").replace("- ", "-", 1) if combination.startswith("- ") \
+            else combination.removeprefix("+ ")
+        found.append(f"{block.group}: {block.terms[last]} = {combination} (the {block.n_terms} x {block.n_terms} "
+                     f"covariance has rank {int(np.sum(values > tol))})")
+    return found
 
 
 def merge_by_group(design: Design, per_block: tuple[np.ndarray, ...] | list[np.ndarray]) -> dict[str, pd.DataFrame]:

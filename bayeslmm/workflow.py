@@ -28,27 +28,31 @@ class WorkflowResult:
     Attributes
     ----------
     path : str
-        ``"reml"`` (not singular), ``"reml -> map"`` or ``"reml -> map -> sample"``.
+        ``"reml"`` (not singular), ``"reml -> map"`` or ``"reml -> map -> sample"``; or
+        the one method asked for (``"reml"``, ``"ml"``, ``"map"``, ``"sample"``).
     reason : str
         Why the path was taken (the components on the boundary, if any).
-    reml : PointResult
-        The REML (or ML) fit, always made.
+    reml : PointResult or None
+        The REML (or ML) fit; None only when ``method="map"`` asked for the MAP fit alone.
     map : PointResult or None
-        The MAP fit under the priors, made when the REML fit is singular.
+        The MAP fit under the priors, made when the REML fit is singular (or asked for).
     posterior : PosteriorResult or None
         The posterior, made when the REML fit is singular and ``fallback="sample"``.
     """
 
     path: str
     reason: str
-    reml: object
+    reml: object | None
     map: object | None = None
     posterior: object | None = None
 
     @property
     def result(self):
         """The fit to report: the posterior if sampled, else the MAP fit, else REML."""
-        return self.posterior or self.map or self.reml
+        for fit in (self.posterior, self.map, self.reml):
+            if fit is not None:
+                return fit
+        raise BayesLMMError("this workflow result holds no fit")
 
     def summary(self) -> str:
         return f"bayeslmm path: {self.path}\n{self.reason}\n\n{self.result.summary()}"
@@ -85,9 +89,10 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "auto", fallback: str = 
         raise BayesLMMError(f"fallback must be 'map' or 'sample', not {fallback!r}")
     model = LMM(formula, data, priors=priors)
     key = str(method).lower()
-    if key in ("reml", "ml", "map"):
-        fit = model.fit(key)
-        return WorkflowResult(path=key, reason=f"method={key!r} requested", reml=fit)
+    if key in ("reml", "ml"):
+        return WorkflowResult(path=key, reason=f"method={key!r} requested", reml=model.fit(key))
+    if key == "map":
+        return WorkflowResult(path=key, reason="method='map' requested", reml=None, map=model.fit("map"))
     if key == "sample":
         post = model.sample(**sample_kwargs)
         return WorkflowResult(path="sample", reason="method='sample' requested", reml=model.fit("reml"),

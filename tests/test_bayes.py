@@ -8,6 +8,7 @@ are ones a short run already determines (shapes, names, identities between verbs
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -108,6 +109,18 @@ def test_prior_predictive_shapes():
     assert prior.prior["r_Subject"].shape == (1, 50, 18, 2)
     again = model.sample_prior_predictive(draws=50, random_seed=1)
     np.testing.assert_array_equal(prior.prior_predictive["y"].values, again.prior_predictive["y"].values)
+    assert not [name for name in prior.prior.data_vars if name.startswith("_")]  # no non-centered helpers
+    flat = blm.LMM(SLEEP, blm.datasets.load("sleepstudy"), priors={"b": blm.Flat()})
+    with pytest.raises(blm.BayesLMMError, match="b_Days has a Flat\\(\\) prior, which is improper"):
+        flat.sample_prior_predictive(draws=10)
+
+
+def test_sampler_options_that_would_be_ignored_are_refused():
+    model = blm.LMM(SLEEP, blm.datasets.load("sleepstudy"))
+    with pytest.raises(blm.BayesLMMError, match="'marginal' runs on nutpie only, not sampler='pymc'"):
+        model.sample(sampler="pymc", parametrization="marginal")
+    with pytest.raises(blm.BayesLMMError, match="bogus_kw apply to the full model only"):
+        model.sample(draws=10, tune=10, chains=1, bogus_kw=3)
 
 
 # ------------------------------------------------------------------ priors API
@@ -138,6 +151,14 @@ def test_bad_prior_keys_and_values():
         blm.LMM(SLEEP, data, priors={"b": 3.0}).prior_summary()
     with pytest.raises(blm.PriorError, match="name no parameter"):
         blm.LMM(SLEEP, data, priors={"sd_Subject__Hours": blm.HalfNormal(sigma=1.0)}).sample(progressbar=False)
+    with pytest.raises(blm.PriorError, match=r"HalfNormal\(sigma=-1\): sigma must be positive"):
+        blm.HalfNormal(sigma=-1)
+    with pytest.raises(blm.PriorError, match="mu must be a number"):
+        blm.Normal(mu="0")
+    # a class the model lacks is said, not silently dropped (and not an error: one priors
+    # dict may serve nested models)
+    with pytest.warns(UserWarning, match="prior 'cor' is not used: the model has no correlated"):
+        blm.LMM("Reaction ~ Days + (Days || Subject)", data, priors={"cor": blm.LKJ(eta=2.0)}).prior_summary()
 
 
 def test_tight_per_term_prior_moves_the_full_posterior():
@@ -314,6 +335,58 @@ def test_netcdf_round_trip(sleep_full, tmp_path):
     assert loaded.prior_set.describe(loaded.design) == sleep_full.prior_set.describe(sleep_full.design)
     attrs = loaded.idata.posterior.attrs
     assert attrs["bayeslmm_version"] == blm.__version__ and "Reaction" in attrs["data_columns"]
+
+
+def _awkward_frame(seed: int = 1, n: int = 150) -> pd.DataFrame:
+    """Column types a CSV round trip would lose: an unsorted Categorical grouping factor, a
+    Categorical predictor whose reference level is not first alphabetically, uint8,
+    nullable integers with a missing value, Float64, bool and a text level called 'NA'."""
+    rng = np.random.default_rng(seed)
+    g = pd.Categorical(rng.choice(list("OZYXWV"), n), categories=list("OZYXWV"))
+    data = pd.DataFrame({
+        "x": rng.normal(size=n), "g": g,
+        "k": rng.integers(0, 5, n).astype("uint8"),
+        "lev": pd.Categorical(rng.choice(["lo", "mid", "hi"], n), categories=["mid", "lo", "hi"]),
+        "flag": rng.random(n) > 0.5,
+        "m": pd.array(rng.integers(0, 3, n), dtype="Int64"),
+        "w": pd.array(rng.normal(size=n), dtype="Float64"),
+        "site": rng.choice(["NA", "north side", "Zürich"], n),
+    })
+    data.loc[3, "m"] = pd.NA
+    effect = rng.normal(size=6)[g.codes]
+    data["y"] = 1 + 0.5 * data["x"] + 0.2 * data["k"] + effect + rng.normal(size=n)
+    return data
+
+
+def test_round_trip_keeps_every_verb(tmp_path):
+    """post.to_netcdf then blm.load: every reporting verb returns the same values, with the
+    column types that decide the design (category order, reference level, integer widths)."""
+    data = _awkward_frame()
+    formula = "y ~ x + k + lev + flag + (x | g) + (1 | site)"
+    model = blm.LMM(formula, data, priors={"b_x": blm.Normal(mu=0.0, sigma=2.0), "sd_site": blm.HalfNormal(sigma=1.0)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", blm.SamplingWarning)
+        post = model.sample(draws=100, tune=150, chains=2, random_seed=3, progressbar=False)
+    loaded = blm.load(post.to_netcdf(tmp_path / "awkward.nc"))
+    pd.testing.assert_frame_equal(loaded.design.data, post.design.data)
+    assert loaded.design.fixed_names == ("(Intercept)", "x", "k", "levlo", "levhi", "flag")  # 'mid' is the reference
+    assert loaded.design.blocks[0].levels == ("O", "Z", "Y", "X", "W", "V")  # the category order
+    for verb in ("fixef", "varcorr", "icc", "r2", "tidy", "glance", "augment", "diagnostics"):
+        pd.testing.assert_frame_equal(getattr(loaded, verb)(), getattr(post, verb)(), check_exact=False, rtol=1e-12)
+    for verb in ("ranef", "coef"):
+        for group, frame in getattr(post, verb)().items():
+            pd.testing.assert_frame_equal(getattr(loaded, verb)()[group], frame)
+        pd.testing.assert_frame_equal(getattr(loaded, verb)(tidy=True), getattr(post, verb)(tidy=True))
+    pd.testing.assert_frame_equal(loaded.pooling("g"), post.pooling("g"))
+    new = data.head(4).assign(g=pd.Categorical(["O", "V", "Z", "O"], categories=list("OZYXWV")))
+    new.loc[3, "site"] = "a new site"
+    pd.testing.assert_frame_equal(loaded.predict(new, random_seed=5), post.predict(new, random_seed=5))
+    assert loaded.summary() == post.summary()
+    assert loaded.prior_set.describe(loaded.design) == post.prior_set.describe(post.design)
+    attrs = loaded.idata.posterior.attrs
+    assert attrs["bayeslmm_version"] == blm.__version__ and attrs["formula"] == formula
+    assert json.loads(attrs["data_columns"]) == list(data.columns)
+    assert "b_x ~ Normal(mu=0, sigma=2)" in attrs["priors"]
 
 
 # ------------------------------------------------------------------ default priors, real runs

@@ -80,6 +80,42 @@ def test_bad_model_file(tmp_path, capsys):
     assert "unknown dist 'Cauchy'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("body,message", [
+    ('[priors]\nsd = { dist = "HalfNormal", sigma = -1 }\n', "prior 'sd': HalfNormal(sigma=-1.0): sigma must be positive"),
+    ('[priors]\nsd = { dist = "HalfNormal", sigma = "abc" }\n', "prior 'sd': sigma = 'abc' is not a number"),
+    ('[sample]\ndraws = "many"\n', "[sample] draws = 'many' must be a whole number of at least 1"),
+    ('[sample]\ntarget_accept = 1.5\n', "[sample] target_accept = 1.5 must be a number between 0 and 1"),
+    ('[sample]\nsampler = "stan"\n', "[sample] sampler = 'stan' must be one of nutpie, pymc, numpyro, blackjax"),
+    ('[sample]\nwarmup = 10\n', "unknown [sample] entries warmup"),
+])
+def test_bad_entries_in_a_model_file_are_named(tmp_path, capsys, body, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('data = "dyestuff"\nformula = "Yield ~ 1 + (1 | Batch)"\n' + body)
+    assert main(["fit", str(bad), "--method", "reml"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_out_must_be_a_folder_and_counts_must_be_sane(tmp_path, capsys):
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    assert main(["fit", "--data", "dyestuff", "--formula", "Yield ~ 1 + (1 | Batch)", "--method", "reml",
+                 "--out", str(taken)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert main(["fit", "--data", "dyestuff", "--formula", "Yield ~ 1 + (1 | Batch)", "--draws", "0"]) == 2
+    assert "draws = 0 must be a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_point_fit_report_has_no_posterior_captions(tmp_path, capsys):
+    out = tmp_path / "dye"
+    assert main(["fit", "--data", "dyestuff", "--formula", "Yield ~ 1 + (1 | Batch)", "--method", "reml",
+                 "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "Intraclass correlation at the point estimates" in html
+    assert "data replicated at the point estimates" in html and "Posterior" not in html
+    assert not (out / "posterior.nc").exists()
+
+
 def test_console_entry_point_runs():
     """The installed script, as a user types it."""
     done = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "fit", "--data", "dyestuff2", "--formula",

@@ -159,8 +159,11 @@ def test_marginal_likelihood_equals_dense_multivariate_normal(formula, name):
 
 @pytest.mark.parametrize("formula,name", CASES)
 def test_gradient_equals_finite_differences(formula, name):
-    priors = {"sd": blm.HalfNormal(sigma=3.0), "sigma": blm.Gamma(alpha=2.0, beta=0.5), "cor": blm.LKJ(eta=2.5)}
-    if name != "pastes":
+    plain, _ = case_design(formula, name)
+    priors = {"sd": blm.HalfNormal(sigma=3.0), "sigma": blm.Gamma(alpha=2.0, beta=0.5)}
+    if any(block.correlated and block.n_terms > 1 for block in plain.blocks):
+        priors["cor"] = blm.LKJ(eta=2.5)
+    if len(plain.fixed_names) > 1:
         priors["b"] = blm.Normal(mu=0.0, sigma=5.0)
     design, prior_set = case_design(formula, name, priors)
     problem = MarginalProblem.from_design(design)

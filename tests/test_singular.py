@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -38,8 +39,16 @@ def test_reml_is_singular_like_lme4(case):
 def test_singular_terms_name_the_boundary():
     assert reference_fit("dyestuff2").singular_terms() == ["Batch: sd((Intercept)) = 0"]
     # exam_sex: the 3 x 3 covariance is rank deficient without any single sd or corr at the bound
-    exam_terms = reference_fit("exam_sex").singular_terms()
-    assert len(exam_terms) == 1 and "rank deficient" in exam_terms[0]
+    # it is named by the combination with no variance: the sexM effects are a combination of
+    # the other two, which the conditional modes obey
+    exam = reference_fit("exam_sex")
+    (exam_term,) = exam.singular_terms()
+    match = re.fullmatch(r"school: sexM = (-?[\d.]+) \(Intercept\) ([+-]) ([\d.]+) standLRT "
+                         r"\(the 3 x 3 covariance has rank 2\)", exam_term)
+    assert match, exam_term
+    coef_int, coef_lrt = float(match[1]), float(match[2] + match[3])
+    b = exam.ranef()["school"]
+    np.testing.assert_allclose(b["sexM"], coef_int * b["(Intercept)"] + coef_lrt * b["standLRT"], atol=5e-4)
     salary = blm.LMM(SALARY, blm.datasets.simulate_salary()).fit()
     assert salary.is_singular
     assert salary.singular_terms() == ["major: cor((Intercept), grade) = +1"]
@@ -111,6 +120,15 @@ def test_lmm_auto_keeps_reml_when_not_singular():
         warnings.simplefilter("error", blm.SingularFitWarning)
         out = blm.lmm("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff"))
     assert out.path == "reml" and out.map is None and out.result is out.reml
+
+
+def test_lmm_single_methods_put_the_fit_where_its_name_says():
+    data = blm.datasets.load("dyestuff2")
+    only_map = blm.lmm("Yield ~ 1 + (1 | Batch)", data, method="map")
+    assert only_map.path == "map" and only_map.reml is None
+    assert only_map.map.method == "map" and only_map.result is only_map.map
+    only_ml = blm.lmm("Yield ~ 1 + (1 | Batch)", data, method="ml")
+    assert only_ml.reml.method == "ml" and only_ml.map is None
 
 
 def test_lmm_rejects_unknown_options():
