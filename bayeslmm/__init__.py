@@ -6,7 +6,7 @@
 """
 
 from . import datasets
-from .errors import BayesLMMError, DataError, FitError, FormulaError, PriorError, SamplingWarning
+from .errors import BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PriorError, SamplingWarning
 from .model import LMM
 from .posterior import PosteriorResult, load
 from .priors import LKJ, Exponential, Flat, Gamma, HalfNormal, HalfStudentT, LogNormal, Normal, StudentT
@@ -19,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "LMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
     "datasets", "make_deviance", "lmm", "SingularFitWarning", "WorkflowResult", "__version__",
-    "PosteriorResult", "load", "SamplingWarning", "anova", "compare",
+    "PosteriorResult", "load", "SamplingWarning", "ConvergenceWarning", "anova", "compare",
     "Normal", "StudentT", "Flat", "HalfStudentT", "HalfNormal", "Exponential", "Gamma", "LogNormal", "LKJ",
 ]

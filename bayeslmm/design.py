@@ -31,7 +31,8 @@ _NAMESPACE = {
     "log1p": np.log1p, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs,
 }
 _FORMULAE_NAMES = {"True", "False", "None"}
-_FUNCTIONS = set(_NAMESPACE) | set(TRANSFORMS) | set(ENCODINGS)
+# formulae's offset() would be estimated as a free coefficient here; refused (see _used_columns)
+_FUNCTIONS = (set(_NAMESPACE) | set(TRANSFORMS) | set(ENCODINGS)) - {"offset"}
 # names of any script (column 'école'); string literals are blanked out before the search
 _IDENT = re.compile(r"(?<![\w.])([^\W\d][\w.]*)")
 _QUOTED = re.compile(r"`([^`]*)`")
@@ -198,6 +199,9 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
                            "'(1 | g)' (a model without one is a linear model, not a mixed model)")
     if len(data) == 0:
         raise DataError("the data are empty (0 rows)")
+    if not all(isinstance(c, str) for c in data.columns):
+        # a formula names columns by text: 1 is written `1`
+        data = data.rename(columns=lambda c: c if isinstance(c, str) else str(c))
     used = _used_columns(formula, data)
     _check_column_types(formula, data, used)
     data = _drop_missing(data, used)
@@ -208,6 +212,9 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     frame = _for_formulae(data, used)
     y, fixed = _evaluate_fixed(formula, frame)
     X, fixed_names, fixed_all_names, aliased = _full_rank(fixed, data)
+    if X.shape[1] >= len(y):
+        raise DataError(f"the fixed part has {X.shape[1]} coefficients for {len(y)} observations: "
+                        "no residual degrees of freedom are left; use fewer fixed effects")
     blocks = [_build_block(term, frame) for term in formula.random]
     # lme4 orders the bars by decreasing number of levels (a stable sort)
     blocks.sort(key=lambda block: -block.n_levels)
@@ -252,6 +259,13 @@ def _known_function(name: str) -> bool:
     return name in _FUNCTIONS
 
 
+def _find_name(text: str, name: str, start: int) -> int:
+    """Where the whole name ``name`` stands in ``text`` from ``start`` ('b' in 'ab + b' is at
+    5, not inside 'ab'); -1 if it does not."""
+    match = re.compile(rf"(?<![\w.]){re.escape(name)}(?![\w.])").search(text, max(start, 0))
+    return match.start() if match else text.find(name, max(start, 0))
+
+
 def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
     columns = [str(c) for c in data.columns]
     pieces = [(formula.response, formula.text.find(formula.response)),
@@ -265,8 +279,13 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
         calls: list = []
         names = _identifiers(expr, calls)
         for name, _ in calls:
+            if name == "offset":
+                at = _find_name(formula.text, name, position)
+                raise FormulaError(f"offset() is not supported (position {at}): subtract the offset from the "
+                                   f"response instead, e.g. 'I(y - x) ~ ...' for offset(x)"
+                                   f"{_point(formula.text, at)}")
             if not _known_function(name):
-                at = formula.text.find(name, max(position, 0))
+                at = _find_name(formula.text, name, position)
                 known = ", ".join(sorted(set(_NAMESPACE) - {"np", "numpy"}))
                 raise FormulaError(f"unknown function '{name}' in the formula (position {at}): use "
                                    f"numpy's as np.name (np.log, np.sqrt, ...), or {known}, I(), C(), "
@@ -282,7 +301,7 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
                 hint = difflib.get_close_matches(name, columns, n=1)
                 hint = hint or [c for c in columns if c.lower() == name.lower()][:1]
                 hint_text = f"; did you mean '{hint[0]}'?" if hint else ""
-                at = formula.text.find(name, max(position, 0))
+                at = _find_name(formula.text, name, position)
                 raise DataError(f"unknown column '{name}' in the formula (position {at}): the data "
                                 f"have {', '.join(columns[:12])}{' ...' if len(columns) > 12 else ''}"
                                 f"{hint_text}{_point(formula.text, at)}")
@@ -379,7 +398,10 @@ def _lme4_name(name: str) -> str:
 def _formulae(formula_text: str, data: pd.DataFrame, what: str, position: int | None = None):
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            # formulae's own deprecation notices are not the user's business; anything
+            # else it says (about the data) reaches the user
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             return fm.design_matrices(formula_text, data, na_action="error",
                                       env=Environment([_NAMESPACE]))
     except Exception as exc:  # formulae raises many types; report ours
@@ -467,9 +489,18 @@ def _natural_key(values: pd.Series) -> list:
     return list(values.astype(str))
 
 
+def _level_label(value) -> str:
+    """A level's name from its value alone, as R's as.character: 1.0 -> '1', 2.5 -> '2.5',
+    1e20 -> '1e+20', so that new data name a level as the fitted data did whatever the
+    other values of the column are."""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.15g}"
+    return str(value)
+
+
 def _level_names(values: pd.Series) -> pd.Series:
-    if pd.api.types.is_float_dtype(values) and np.all(np.mod(values, 1) == 0):
-        return values.astype(np.int64).astype(str)
+    if pd.api.types.is_float_dtype(values) or values.dtype == object:
+        return values.astype(object).map(_level_label)
     return values.astype(str)
 
 
@@ -486,6 +517,11 @@ def _group_labels(data: pd.DataFrame, group_vars: tuple[str, ...]) -> list[str]:
         if var not in data.columns:
             raise DataError(f"grouping column '{var}' is not in the data (columns: "
                             f"{', '.join(str(c) for c in data.columns[:12])})")
+        missing = data[var].isna().to_numpy()
+        if missing.any():
+            rows = ", ".join(str(r) for r in data.index[missing][:5]) + (" ..." if missing.sum() > 5 else "")
+            raise DataError(f"grouping column '{var}' of the new data has {int(missing.sum())} missing "
+                            f"value(s) (rows {rows}); give a level, or a new label for a new group")
         parts.append(_level_names(data[var]).to_numpy())
     return [":".join(items) for items in zip(*parts)]
 
@@ -580,7 +616,8 @@ def _evaluate_new(evaluator, data: pd.DataFrame, expr: str) -> np.ndarray:
                         f"needed by '{expr}'")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             return np.asarray(evaluator.evaluate_new_data(data).design_matrix, dtype=float)
     except Exception as exc:
         raise DataError(f"cannot evaluate '{expr}' on the new data: {exc}") from exc

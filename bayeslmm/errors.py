@@ -27,3 +27,7 @@ class PriorError(BayesLMMError, ValueError):
 
 class SamplingWarning(UserWarning):
     """The sampler reported problems: R-hat > 1.01, bulk ESS < 400 or divergences."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The REML, ML or MAP optimizer stopped without meeting its convergence criterion."""

@@ -99,6 +99,7 @@ class PosteriorResult(FitResult):
         names = ["beta", "sigma"] + [v for v in self.idata.posterior.data_vars
                                      if v.startswith(("sd_", "cor_"))]
         with warnings.catch_warnings():
+            # ArviZ's shape notices (one chain, few draws) are replaced by our own message
             warnings.simplefilter("ignore")
             table = az.summary(self.idata, var_names=names, kind="diagnostics", round_to="none")  # compare unrounded R-hat
         return table[["r_hat", "ess_bulk", "ess_tail"]]

@@ -17,6 +17,7 @@ Every cross-product is computed once, so an evaluation costs nothing in ``n``.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,7 +26,7 @@ from scipy.linalg import cholesky, solve_triangular
 from scipy.optimize import Bounds, minimize
 
 from .design import Design, RandomBlock
-from .errors import FitError
+from .errors import ConvergenceWarning, FitError
 
 _LOG_2PI = np.log(2.0 * np.pi)
 
@@ -395,6 +396,11 @@ def optimize_deviance(objective, start: np.ndarray, lower: np.ndarray, counter=N
                           options={"xatol": 1e-8, "fatol": 1e-10, "maxfev": 20000})
     if not np.isfinite(result.fun):
         raise FitError("the optimizer found no point with a finite criterion")
+    if not result.success:
+        warnings.warn(f"the optimizer ({name}) did not converge: {result.message} (after "
+                      f"{getattr(counter, 'evaluations', 0) - count0} evaluations); the estimates may be off. "
+                      "Check the model (rescale predictors, simplify the random part) or compare with "
+                      "fit(method='map')", ConvergenceWarning, stacklevel=4)
     summary = OptSummary(optimizer=name, initial=np.array(start), final=np.array(result.x),
                          objective=float(result.fun),
                          evaluations=getattr(counter, "evaluations", 0) - count0,

@@ -75,6 +75,48 @@ def test_unknown_column_with_suggestion(toy):
                    "g, text, one, id; did you mean 'y'?", "Y ~ x + (1 | g)", toy)
 
 
+def test_unknown_column_position_is_the_whole_name(toy):
+    """'b' is reported where it stands, not inside 'ab'."""
+    error = raises_exactly(DataError, "unknown column 'b' in the formula (position 13): the data have y, x, f, "
+                           "g, text, one, id, ab; did you mean 'ab'?", "y ~ x + ab + b + (1 | g)",
+                           toy.assign(ab=1.0))
+    assert str(error).splitlines()[-1] == " " * 17 + "^"
+
+
+def test_offset_is_refused_with_the_way_round(toy):
+    raises_exactly(FormulaError, "offset() is not supported (position 8): subtract the offset from the "
+                   "response instead, e.g. 'I(y - x) ~ ...' for offset(x)", "y ~ x + offset(x) + (1 | g)", toy)
+
+
+def test_column_names_that_are_not_text(toy):
+    data = toy[["y", "x", "g"]].copy()
+    data.columns = ["y", 1, "g"]
+    fit = blm.LMM("y ~ `1` + (1 | g)", data).fit()
+    assert list(fit.fixef().index) == ["(Intercept)", "1"]
+
+
+def test_no_residual_degrees_of_freedom(toy):
+    data = toy.head(12).assign(g=np.repeat([1, 2, 3], 4))
+    for j in range(12):
+        data[f"x{j}"] = np.random.default_rng(j).normal(size=12)
+    formula = "y ~ " + " + ".join(f"x{j}" for j in range(11)) + " + (1 | g)"
+    raises_exactly(DataError, "the fixed part has 12 coefficients for 12 observations: no residual degrees "
+                   "of freedom are left; use fewer fixed effects", formula, data)
+
+
+def test_new_data_name_float_levels_as_the_fitted_data(toy):
+    """Levels fitted from 1.0, 2.0, ... are found again from ints or floats in new data, and a
+    missing grouping value in new data is an error naming the row."""
+    fit = blm.LMM("y ~ x + (1 | grp)", toy.assign(grp=toy["g"].astype(float))).fit()
+    modes = fit.ranef()["grp"]["(Intercept)"]
+    for values in ([1, 2], [1.0, 2.0]):
+        new = pd.DataFrame({"x": [0.0, 0.0], "grp": values})
+        got = fit.predict(new, allow_new_levels=False)["estimate"].to_numpy()
+        np.testing.assert_allclose(got, fit.fixef()["estimate"]["(Intercept)"] + modes.loc[["1", "2"]].to_numpy())
+    with pytest.raises(DataError, match=r"^grouping column 'grp' of the new data has 1 missing value\(s\) \(rows 1\)"):
+        fit.predict(pd.DataFrame({"x": [0.0, 0.0], "grp": [1.0, np.nan]}))
+
+
 def test_random_slope_on_a_column_absent_from_the_data(toy):
     raises_exactly(DataError, "unknown column 'days' in the formula (position 9): the data have y, x, "
                    "f, g, text, one, id", "y ~ x + (days | g)", toy)
@@ -218,7 +260,8 @@ def test_more_random_effects_than_observations(toy):
 
 
 @pytest.mark.parametrize("values, levels", [
-    (np.repeat(np.linspace(0.5, 5.0, 10), 6), ("0.5", "1.0", "1.5", "2.0")),
+    (np.repeat(np.linspace(0.5, 5.0, 10), 6), ("0.5", "1", "1.5", "2")),  # R's as.character
+    (np.repeat(np.arange(1.0, 11.0) * 1e20, 6), ("1e+20", "2e+20", "3e+20")),
     (np.repeat([True, False], 30), ("False", "True")),
 ])
 def test_float_and_boolean_grouping_columns_are_factors(toy, values, levels):

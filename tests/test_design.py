@@ -138,7 +138,7 @@ def test_several_bars_on_one_factor(toy):
 @pytest.mark.parametrize("values, levels", [
     ([10, 2, 1, 30, 2, 10], ("1", "2", "10", "30")),               # numbers sort numerically
     (["10", "2", "1", "30", "2", "10"], ("1", "2", "10", "30")),   # so do numbers kept as text
-    ([1.5, 0.25, 1.5, 10.0, 0.25, 10.0], ("0.25", "1.5", "10.0")),  # floats are factors
+    ([1.5, 0.25, 1.5, 10.0, 0.25, 10.0], ("0.25", "1.5", "10")),    # floats are factors, named as R does
     ([2.0, 1.0, 2.0, 3.0, 1.0, 3.0], ("1", "2", "3")),              # integral floats print as ints
     ([True, False, True, False, True, False], ("False", "True")),
     (["b", "a", "c", "a", "b", "c"], ("a", "b", "c")),

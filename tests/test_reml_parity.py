@@ -1,9 +1,9 @@
 """REML/ML fits against lme4 1.1-31 on every reference case (../shared/reference/lme4).
 
 Tolerances are the issue's: fixed effects 1e-4 relative (or 1e-3 of their standard
-error near zero), standard errors, sds and sigma 1e-3 relative, correlations 5e-3
-(looser only at a singular boundary), criterion 1e-2 absolute, conditional modes 2e-3 of
-their scale, ``is_singular`` equal.
+error for estimates smaller than it), standard errors, sds and sigma 1e-3 relative,
+correlations 5e-3 (the singular fits included), criterion 1e-2 absolute, conditional modes
+2e-3 of their scale, ``is_singular`` equal.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def test_fixed_effects_and_standard_errors(case):
     assert list(table.index) == list(ref["fixef"])
     for term, expected in ref["fixef"].items():
         se = ref["fixef_se"][term]
-        tolerance = max(1e-4 * abs(expected), 1e-3 * se)
+        near_zero = abs(expected) < se  # |t| < 1: there relative error means little
+        tolerance = 1e-3 * se if near_zero else 1e-4 * abs(expected)
         assert table.loc[term, "estimate"] == pytest.approx(expected, abs=tolerance), term
         assert table.loc[term, "std_error"] == pytest.approx(se, rel=1e-3), term
         assert table.loc[term, "t_value"] == pytest.approx(expected / se, rel=2e-3, abs=2e-3), term
@@ -55,9 +56,8 @@ def test_variance_components(case):
             pairs = vc[(vc["group"] == component["group"]) & vc["var2"].notna()]
             for row in pairs.itertuples():
                 i, j = terms.index(row.var1), terms.index(row.var2)
-                # a correlation involving a term on the boundary is poorly determined
-                at_boundary = ref["is_singular"] and min(sds[i], sds[j]) < 0.05 * max(sds)
-                assert row.sdcor == pytest.approx(corr[i, j], abs=2e-2 if at_boundary else 5e-3)
+                # 5e-3 everywhere, the singular exam_sex included (no looser boundary case needed)
+                assert row.sdcor == pytest.approx(corr[i, j], abs=5e-3)
                 n_checked += 1
     assert n_checked >= 1
 
@@ -116,6 +116,26 @@ def test_summary_reads_like_lmer():
     assert "Batch: sd((Intercept)) = 0" in singular
     ml = reference_fit("sleep_rs_ml").summary()
     assert "maximum likelihood" in ml and "AIC" in ml and "df.resid" in ml
+
+
+def test_an_optimizer_that_does_not_converge_warns(monkeypatch):
+    """A fit whose optimizer gives up says so (and the summary repeats it)."""
+    import bayeslmm as blm
+    import bayeslmm.reml as reml
+    from scipy.optimize import OptimizeResult
+
+    real = reml.minimize
+
+    def gives_up(fun, x0, method, **kwargs):
+        out = real(fun, x0, method=method, **{**kwargs, "options": {"maxfev": 3} if method == "Nelder-Mead"
+                                              else {"maxfev": 3, "initial_tr_radius": 1.0}})
+        return OptimizeResult(x=out.x, fun=out.fun, success=False, message="too many evaluations")
+
+    monkeypatch.setattr(reml, "minimize", gives_up)
+    with pytest.warns(blm.ConvergenceWarning, match=r"the optimizer \(Nelder-Mead \(scipy\)\) did not "
+                                                     r"converge: too many evaluations"):
+        fit = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy")).fit()
+    assert "convergence code: 1 (too many evaluations)" in fit.summary()
 
 
 def test_number_formats_are_lmers():
