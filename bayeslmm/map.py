@@ -70,7 +70,10 @@ def log_density(prior: P.Prior, x: np.ndarray) -> tuple[float, np.ndarray, np.nd
     if isinstance(prior, P.Gamma):
         a, b = prior.alpha, prior.beta
         value = np.sum(a * np.log(b) - gammaln(a) + (a - 1) * np.log(x) - b * x)
-        return float(value), (a - 1) / x - b, -(a - 1) / x**2
+        if a == 1:  # the exponential: (a - 1) / x would be 0 / 0 where x**2 underflows
+            return float(value), np.full_like(x, -b), zero
+        with np.errstate(over="ignore", divide="ignore"):
+            return float(value), (a - 1) / x - b, -(a - 1) / x**2
     if isinstance(prior, P.LogNormal):
         lx = np.log(x)
         s2 = prior.sigma**2

@@ -181,6 +181,10 @@ def point_summary(result) -> str:
                    f"{len(design.aliased)} column(s) / coefficient(s): {', '.join(design.aliased)}")
     if not result.opt.converged:
         out.append(optimizer_line(result.opt))
+    if result.method == "map" and result.is_singular:
+        out.append("the MAP is at the boundary too: " + "; ".join(result.singular_terms()))
+        out.append("  a prior with positive density at a zero sd (HalfNormal, HalfStudentT, Exponential) "
+                   "cannot keep the mode off it; the default Gamma(alpha=2, ...) on the sds does")
     if result.method in ("reml", "ml") and result.is_singular:
         out.append(optimizer_line(result.opt))
         out.append("boundary (singular) fit: see help('isSingular')")

@@ -105,6 +105,19 @@ def test_map_with_user_priors_uses_them():
     assert "(set by 'sd_Batch')" in fit.summary()
 
 
+@pytest.mark.parametrize("prior", [blm.HalfNormal(sigma=1.0), blm.Gamma(alpha=1.0, beta=1.0)])
+def test_map_under_a_prior_with_density_at_zero_says_it_is_on_the_boundary(prior):
+    """Such priors cannot keep the mode off sd = 0 on Dyestuff2; the fit says so, silently
+    otherwise (no 0/0 RuntimeWarning from Gamma(alpha=1) at a vanishing sd)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = blm.LMM("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff2"), priors={"sd": prior}).fit("map")
+    assert fit.is_singular
+    text = fit.summary()
+    assert "the MAP is at the boundary too: Batch: sd((Intercept)) = 0" in text
+    assert "the default Gamma(alpha=2, ...) on the sds does" in text
+
+
 def test_lmm_auto_falls_back_to_map_on_singular_fits():
     with pytest.warns(blm.SingularFitWarning, match=r"Batch: sd\(\(Intercept\)\) = 0"):
         out = blm.lmm("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff2"))
