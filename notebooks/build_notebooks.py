@@ -1,7 +1,8 @@
 """Write the teaching notebooks (without outputs) from the cells below.
 
-Run ``python notebooks/build_notebooks.py`` after editing; the tests execute every
-notebook with ``BAYESLMM_FAST=1`` (few draws).
+Run ``python notebooks/build_notebooks.py --execute`` after editing (it runs each notebook at
+full settings and saves it with its outputs); the tests execute every notebook again with
+``BAYESLMM_FAST=1`` (few draws).
 """
 
 from __future__ import annotations
@@ -47,23 +48,26 @@ print(reml.summary())"""),
 complete-pooling line and the partial-pooling (mixed-model) coefficients."""),
         ("code", """pool = reml.pooling()
 pool.head(6)"""),
-        ("code", """reml.plot_groups(max_panels=9);"""),
+        ("code", """reml.plot_groups(max_panels=9)"""),
         ("md", """## Shrinkage
 
 Each arrow starts at a subject's own line (no pooling) and ends at its mixed-model estimate.
 Subjects with extreme lines are pulled towards the population the most: their separate fits
 rest on ten noisy points, and the model weighs them against what the other subjects say."""),
-        ("code", """reml.plot_shrinkage();"""),
+        ("code", """reml.plot_shrinkage()"""),
         ("md", """## The full posterior
 
 `sample()` gives the posterior under weakly-informative priors (see `model.prior_summary()`).
-The group effects come with their uncertainty, which lme4's point estimates do not report."""),
+lme4 does give the group effects a conditional variance (`ranef(fit, condVar = TRUE)`, here
+`reml.ranef(tidy=True)`), but it treats the variance components as known. The posterior carries
+their uncertainty into every group effect, and gives intervals for the variance components
+themselves."""),
         ("code", """model.prior_summary()"""),
         ("code", """post = model.sample(**SAMPLE)
 print(post.summary())"""),
         ("code", """post.coef(tidy=True).head(6)"""),
-        ("code", """post.plot_shrinkage();
-post.plot_ranef();"""),
+        ("code", """post.plot_shrinkage()"""),
+        ("code", """post.plot_ranef()"""),
         ("md", """**What to take away.** Partial pooling is a compromise whose weights are learnt from the data:
 the between-subject spread (sd of intercepts about 25 ms, of slopes about 6 ms/day) tells the
 model how much subjects differ, and the residual noise tells it how much to trust each subject's
@@ -89,12 +93,21 @@ averages the random-effect variance over the observed students."""),
         ("code", """fit_ri.icc()"""),
         ("code", """fit_rs.icc()"""),
         ("code", """fit_rs.r2()   # marginal: fixed effects alone; conditional: fixed + random"""),
-        ("code", """fit_rs.plot_icc(x="standLRT");"""),
+        ("code", """fit_rs.plot_icc(x="standLRT")"""),
         ("md", """## Is the random slope needed?
 
 A likelihood-ratio test (the models are refitted by ML first, as lme4's `anova` does):"""),
         ("code", """blm.anova(fit_ri, fit_rs)"""),
-        ("md", """The same question, answered by predictive accuracy: PSIS-LOO on the two posteriors."""),
+        ("md", """The null hypothesis puts a variance on the edge of its range (zero), so the chi-square
+reference with 2 degrees of freedom is conservative: the correct null distribution is a mixture
+of chi-square(1) and chi-square(2) (Self and Liang, 1987), whose p-value is smaller. Here the
+difference does not matter (p is about 2e-9 either way), but for a borderline p-value halve it
+rather than trust it as it is.
+
+The same question, answered by predictive accuracy: PSIS-LOO on the two posteriors. Check the
+`warning` column: True means some Pareto-k values exceed 0.7, so a few students dominate the
+estimate and LOO is unreliable for that model (`post_rs.loo()` lists the k values; with the
+default 4 x 1000 draws every k here is below 0.7)."""),
         ("code", """post_ri, post_rs = m_ri.sample(**SAMPLE), m_rs.sample(**SAMPLE)
 blm.compare(post_ri, post_rs)"""),
         ("code", """post_rs.icc()"""),
@@ -117,20 +130,36 @@ print(ml.summary())"""),
 `check_residuals()` shows the residual density against a normal, residuals against fitted
 values with a smoother, and a QQ plot of each random-effect term. On a posterior the curves
 come with bands over draws, so we can see whether a departure is larger than the uncertainty."""),
-        ("code", """ml.check_residuals();"""),
+        ("code", """ml.check_residuals()"""),
         ("code", """post = model.sample(**SAMPLE)
-post.check_residuals(random_seed=1);"""),
+post.check_residuals(random_seed=1)"""),
         ("code", """check = post.ppc(random_seed=1)
-check.pvalues"""),
-        ("md", """## A log-transformed outcome
+check.figure"""),
+        ("code", """check.pvalues"""),
+        ("md", """What to look for. In the residual density, heavy tails or skew beyond the normal band;
+against the fitted values, a funnel (spread growing with the mean) or a bend in the smoother;
+in the QQ plots of the student intercepts and slopes, points leaving the band at the ends. With
+22 students the bands are wide: a departure inside them is no evidence against normality, and
+the posterior predictive p-values above (near 0 or 1 is a misfit) say the same for the summary
+statistics.
 
-Growth in reading is often closer to proportional than additive. On the log scale a
-coefficient `b` means a multiplicative effect `exp(b)`: a change of `100 (exp(b) - 1)` percent."""),
-        ("code", """log_model = blm.LMM("np.log(reading_score) ~ 1 + I(grade - 5) + special_ed + (1 | student_id)", mpls)
+## A log-transformed outcome
+
+Growth in reading is often closer to proportional than additive. On the log scale a slope `b`
+means a multiplicative effect `exp(b)`: a change of `100 (exp(b) - 1)` percent per unit. The
+intercept is different: `exp(intercept)` is the typical (geometric-mean) score of a student at
+grade 5 outside special education, not a percentage. We keep the same random part as before, so
+the two models differ only in the scale of the outcome."""),
+        ("code", """log_model = blm.LMM("np.log(reading_score) ~ 1 + I(grade - 5) + special_ed + (1 + I(grade - 5) | student_id)",
+                    mpls)
 log_ml = log_model.fit(method="ml")
 effects = log_ml.fixef()
-effects["percent_change"] = 100 * (np.exp(effects["estimate"]) - 1)
-effects"""),
+slopes = effects.drop(index="(Intercept)")
+print(f"typical score at grade 5: {np.exp(effects.loc['(Intercept)', 'estimate']):.1f}")
+slopes.assign(percent_change=100 * (np.exp(slopes["estimate"]) - 1))"""),
+        ("code", """log_ml.check_residuals()   # the same checks on the log scale"""),
+        ("md", """(Do not compare the AIC of the two models: their responses are on different scales, and
+the log-scale likelihood lacks the Jacobian of the transformation.)"""),
         ("code", """log_post = log_model.sample(**SAMPLE)
 draws = log_post.fixef_draws()
 names = list(log_post.design.fixed_names)
@@ -159,7 +188,13 @@ variances above zero (MAP); with `fallback="sample"` it also returns the posteri
 print([str(w.message) for w in caught if issubclass(w.category, blm.SingularFitWarning)])
 print(out.path)
 out.map.varcorr()"""),
-        ("code", """out.posterior.varcorr()   # the interval for the Batch sd: compatible with 0, and with much more"""),
+        ("code", """out.posterior.varcorr()"""),
+        ("md", """REML said the between-batch sd is 0. The posterior says it is poorly determined: its 95%
+interval runs from about 0.2 to 3.4, so the data cannot rule out batches that differ by as much
+as the residual sd (3.7). The interval stops short of zero because the default Gamma(2, ·) prior
+on the sd has zero density at zero; that is what keeps the MAP off the boundary. A prior such as
+`blm.HalfNormal(sigma=5)` would let the interval reach down to 0: with six batches, where exactly
+the lower end lies is the prior's call, not the data's."""),
         ("md", """## Exam with a 3 x 3 covariance on the boundary"""),
         ("code", """exam = blm.datasets.load("exam")
 exam_model = blm.LMM("normexam ~ standLRT + sex + (standLRT + sex | school)", exam)
@@ -168,13 +203,28 @@ print(reml.is_singular, reml.singular_terms())
 exam_model.fit(method="map").varcorr()"""),
         ("md", """## Five majors: a correlation of 1
 
-A small simulated salary data set: 5 majors x 5 students. REML reports a correlation of +1
-between intercept and slope; the posterior shows how little five groups can say about it."""),
+A small simulated salary data set: 5 majors x 5 students, grade ~ N(0, 1), each major's
+intercept ~ N(-10 x its mean grade, 6), slopes ~ N(2, 0.1), residual sd 3. REML reports a
+correlation of +1 between intercept and slope. The reason is the design, not a bug: five groups
+cannot estimate a 2 x 2 covariance matrix, least of all when the true slope sd (0.1) is tiny
+next to the residual sd (3). (Adding the major's mean grade as a predictor, the contextual
+effect built into the simulation, does not cure it; try it.)"""),
         ("code", """salary = blm.datasets.simulate_salary()
 salary_model = blm.LMM("salary ~ 1 + grade + (1 + grade | major)", salary)
 print(salary_model.fit().singular_terms())
 salary_post = salary_model.sample(**SAMPLE)
 salary_post.varcorr()"""),
+        ("code", """salary_post.plot_shrinkage()"""),
+        ("md", """The posterior's correlation interval spans almost all of (-1, 1): five groups say next to
+nothing about it, which is the honest answer. Note the sd of the grade slopes: its interval
+excludes the true 0.1. The default prior (Gamma(2, ·) with its mean at `sd(salary) / sd(grade)`)
+is built for weak information, and with five groups it dominates. When groups are few, say what
+you know: a slope sd of about 1 salary unit per grade point or less is plausible here."""),
+        ("code", """informed = blm.LMM("salary ~ 1 + grade + (1 + grade | major)", salary,
+                   priors={"sd_major__grade": blm.HalfNormal(sigma=1.0)}).sample(**SAMPLE)
+informed.varcorr()"""),
+        ("md", """With that prior the slope sd's interval (about 0.02 to 1.7) covers the truth, while the
+intercept sd and the correlation barely move: the prior decides only what the data leave open."""),
     ],
     "05_crossed_and_nested.ipynb": [
         ("md", """# Crossed and nested designs
@@ -208,19 +258,31 @@ integrates the cask and batch effects out, then draws them exactly."""),
         ("code", """paste_post = paste_model.sample(**SAMPLE)
 print(paste_post.idata.posterior.attrs["parametrization"])
 paste_post.varcorr()"""),
-        ("code", """paste_post.plot_ranef();"""),
+        ("code", """paste_post.plot_ranef()"""),
     ],
 }
 
 
-def build() -> None:
+def build(execute: bool = False) -> None:
+    """Write every notebook; with ``execute`` run it at full settings first, so that a reader
+    browsing the repository sees the tables and figures (needs the test extra's nbclient)."""
     for name, cells in NOTEBOOKS.items():
         notebook = nbf.v4.new_notebook()
         notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         notebook.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
                           for kind, src in cells]
+        for number, cell in enumerate(notebook.cells):
+            cell.id = f"cell-{number:02d}"  # stable ids: rebuilding changes only what changed
+        if execute:
+            from nbclient import NotebookClient
+
+            NotebookClient(notebook, timeout=900, kernel_name="python3",
+                           resources={"metadata": {"path": str(HERE)}}).execute()
         nbf.write(notebook, HERE / name)
+        print(f"wrote {name}" + (" (executed)" if execute else ""))
 
 
 if __name__ == "__main__":
-    build()
+    import sys
+
+    build(execute="--execute" in sys.argv[1:])

@@ -29,3 +29,23 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     assert not errors
     # every code cell produced its output (figures and tables included)
     assert sum(1 for cell in notebook.cells if cell.cell_type == "code" and cell.get("outputs")) >= 4
+
+
+def test_committed_notebooks_are_the_generators_and_carry_their_outputs():
+    """notebooks/*.ipynb are build_notebooks.py's cells, executed (so a reader browsing the
+    repository sees the tables and figures, and no notebook was left stale after an edit)."""
+    import importlib.util
+
+    builder = Path(__file__).resolve().parents[1] / "notebooks" / "build_notebooks.py"
+    spec = importlib.util.spec_from_file_location("build_notebooks", builder)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert sorted(module.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        kinds = {"markdown": "md", "code": "code"}
+        assert [(kinds[c.cell_type], c.source) for c in notebook.cells] == module.NOTEBOOKS[path.name], path.name
+        code = [c for c in notebook.cells if c.cell_type == "code"]
+        assert all(c.get("outputs") for c in code if not c.source.startswith(("import", "exam =", "mpls ="))), path.name
+        assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"], path.name
+        assert any(o.get("data", {}).get("image/png") for c in code for o in c.outputs), path.name
