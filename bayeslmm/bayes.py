@@ -2,6 +2,8 @@
 
 The model, for a design with fixed columns X and bars k = 1..K::
 
+    (every parameter in the response's units is sampled divided by s = sd(y), with its
+    prior rescaled to match, and multiplied back; see build_model)
     Intercept_c ~ prior["Intercept"]          (intercept of the mean-centered predictors)
     b_j         ~ prior["b_<term>"]           (every other fixed effect)
     sd_k, R_k   ~ prior["sd_..."], LKJ(eta)   (LKJCholeskyCov for a correlated bar)
@@ -51,6 +53,12 @@ def model_coords(design: Design) -> dict[str, list[str]]:
     return coords
 
 
+def response_scale(design: Design) -> float:
+    """The unit the full model samples in: the sd of the response (1 if it has none)."""
+    scale = float(np.std(design.y))
+    return scale if np.isfinite(scale) and scale > 0 else 1.0
+
+
 def sufficient_pays(design: Design) -> bool:
     """True when the cross-product form of the likelihood costs fewer flops per gradient
     than the pointwise one (always for nested designs with many rows per level; not for
@@ -88,14 +96,22 @@ def build_model(design: Design, prior_set: PriorSet, likelihood: str = "pointwis
     others = [j for j, name in enumerate(names) if name != "(Intercept)"]
     means = design.X[:, others].mean(axis=0)
     Xc = design.X[:, others] - means
+    # Every free parameter with the response's units is sampled divided by s (its prior
+    # rescaled to match) and multiplied back: the sampler sees unit-scale geometry whether
+    # y is in nanometres or in dollars (y * 1e-9 ran to R-hat 3 unscaled). The likelihood,
+    # the priors' meaning and every reported variable stay on the user's scale.
+    s = response_scale(design)
+
+    def on_user_scale(prior, name):
+        return s * prior.scaled(1.0 / s).to_pymc(name)
 
     with pm.Model(coords=model_coords(design)) as model:
-        slopes = [prior_set.fixed[names[j]].to_pymc(f"_b_{names[j]}") for j in others]
+        slopes = [on_user_scale(prior_set.fixed[names[j]], f"_b_{names[j]}") for j in others]
         b_rest = pt.stack(slopes) if slopes else pt.zeros(0)
         mu = pt.dot(pt.as_tensor_variable(Xc), b_rest) if slopes else pt.zeros(design.nobs)
         beta_parts = {j: slope for j, slope in zip(others, slopes)}
         if has_intercept:
-            intercept_c = prior_set.intercept.to_pymc("_Intercept_c")
+            intercept_c = on_user_scale(prior_set.intercept, "_Intercept_c")
             mu = mu + intercept_c
             beta_parts[names.index("(Intercept)")] = intercept_c - (pt.dot(means, b_rest) if slopes else 0.0)
         pm.Deterministic("beta", pt.stack([beta_parts[j] for j in range(len(names))]), dims="term")
@@ -103,14 +119,15 @@ def build_model(design: Design, prior_set: PriorSet, likelihood: str = "pointwis
 
         for k, (label, block) in enumerate(zip(bar_labels(design), design.blocks)):
             q = block.n_terms
-            sd_priors = [prior_set.sd[(k, term)] for term in block.terms]
+            sd_priors = [prior_set.sd[(k, term)].scaled(1.0 / s) for term in block.terms]
             if block.correlated and q > 1:
                 chol, sd = _correlated_factor(label, q, sd_priors, prior_set.cor[k].eta)
                 corr = _correlation_from_chol(chol, sd, q)
                 pm.Deterministic(f"cor_{label}", pt.stack([corr[i, j] for i, j, _ in correlation_pairs(block.terms)]),
                                  dims=f"{label}__pair")
+                chol, sd = s * chol, s * sd
             else:
-                sd = pt.stack([prior.to_pymc(f"_sd_{label}__{term}") for prior, term in zip(sd_priors, block.terms)])
+                sd = s * pt.stack([prior.to_pymc(f"_sd_{label}__{term}") for prior, term in zip(sd_priors, block.terms)])
                 chol = None
             pm.Deterministic(f"sd_{label}", sd, dims=f"{label}__term")
             z = pm.Normal(f"_z_{label}", 0.0, 1.0, dims=(f"{label}__level", f"{label}__term"))
@@ -120,7 +137,7 @@ def build_model(design: Design, prior_set: PriorSet, likelihood: str = "pointwis
             if likelihood == "pointwise":
                 mu = mu + pt.sum(pt.as_tensor_variable(block.X) * effects[block.codes], axis=1)
 
-        sigma = prior_set.sigma.to_pymc("sigma")
+        sigma = pm.Deterministic("sigma", on_user_scale(prior_set.sigma, "_sigma"))
         if likelihood == "pointwise":
             # a data container, so a compiled model can be reused on new responses (SBC)
             y_observed = pm.Data("y_observed", design.y, dims="obs")

@@ -89,6 +89,11 @@ class Prior:
         """Log density at ``value`` (numpy), summed; for the MAP back end."""
         raise PriorError(f"{self} has no log density")  # overridden by every concrete prior
 
+    def scaled(self, factor: float) -> "Prior":
+        """The prior of ``factor * value`` for ``value`` under this prior (``factor > 0``):
+        the full PyMC model samples on the scale of the standardized response."""
+        raise PriorError(f"{self} cannot be rescaled")  # overridden by every concrete prior
+
     def __str__(self) -> str:
         args = ", ".join(f"{f.name}={_num(getattr(self, f.name))}" for f in fields(self))
         return f"{type(self).__name__}({args})"
@@ -105,6 +110,9 @@ class Normal(Prior):
     def logp(self, value):
         return float(np.sum(stats.norm.logpdf(value, self.mu, self.sigma)))
 
+    def scaled(self, factor):
+        return Normal(mu=self.mu * factor, sigma=self.sigma * factor)
+
 
 @dataclass(frozen=True)
 class StudentT(Prior):
@@ -117,6 +125,9 @@ class StudentT(Prior):
 
     def logp(self, value):
         return float(np.sum(stats.t.logpdf(value, self.nu, self.mu, self.sigma)))
+
+    def scaled(self, factor):
+        return StudentT(nu=self.nu, mu=self.mu * factor, sigma=self.sigma * factor)
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,9 @@ class Flat(Prior):
     def __str__(self):
         return "Flat()"
 
+    def scaled(self, factor):
+        return self
+
 
 @dataclass(frozen=True)
 class HalfStudentT(Prior):
@@ -147,6 +161,9 @@ class HalfStudentT(Prior):
     def logp(self, value):
         return float(np.sum(np.log(2.0) + stats.t.logpdf(value, self.nu, 0.0, self.sigma)))
 
+    def scaled(self, factor):
+        return HalfStudentT(nu=self.nu, sigma=self.sigma * factor)
+
 
 @dataclass(frozen=True)
 class HalfNormal(Prior):
@@ -159,6 +176,9 @@ class HalfNormal(Prior):
     def logp(self, value):
         return float(np.sum(stats.halfnorm.logpdf(value, 0.0, self.sigma)))
 
+    def scaled(self, factor):
+        return HalfNormal(sigma=self.sigma * factor)
+
 
 @dataclass(frozen=True)
 class Exponential(Prior):
@@ -170,6 +190,9 @@ class Exponential(Prior):
 
     def logp(self, value):
         return float(np.sum(stats.expon.logpdf(value, scale=1.0 / self.lam)))
+
+    def scaled(self, factor):
+        return Exponential(lam=self.lam / factor)
 
 
 @dataclass(frozen=True)
@@ -184,6 +207,9 @@ class Gamma(Prior):
     def logp(self, value):
         return float(np.sum(stats.gamma.logpdf(value, self.alpha, scale=1.0 / self.beta)))
 
+    def scaled(self, factor):
+        return Gamma(alpha=self.alpha, beta=self.beta / factor)
+
 
 @dataclass(frozen=True)
 class LogNormal(Prior):
@@ -196,6 +222,9 @@ class LogNormal(Prior):
 
     def logp(self, value):
         return float(np.sum(stats.lognorm.logpdf(value, self.sigma, scale=np.exp(self.mu))))
+
+    def scaled(self, factor):
+        return LogNormal(mu=self.mu + float(np.log(factor)), sigma=self.sigma)
 
 
 @dataclass(frozen=True)
@@ -213,6 +242,9 @@ class LKJ(Prior):
         if sign <= 0:
             return -np.inf
         return float((self.eta - 1.0) * logdet)
+
+    def scaled(self, factor):
+        return self  # correlations have no units
 
 
 # ---------------------------------------------------------------- resolved set

@@ -41,17 +41,22 @@ def test_model_variables_and_centered_intercept():
     pm_model = build_model(model.design, model.resolved_priors())
     free = {rv.name for rv in pm_model.free_RVs}
     assert free == {"_Intercept_c", "_b_standLRT", "_b_sexM", "_chol_school", "_z_school", "_sd_sex__(Intercept)",
-                    "_z_sex", "sigma"}
+                    "_z_sex", "_sigma"}
     public = {v.name for v in pm_model.deterministics}
-    assert public == {"beta", "sd_school", "cor_school", "r_school", "sd_sex", "r_sex"}
-    # beta's intercept is on the original scale: b0 = b0_centered - mean(x)' b
+    assert public == {"beta", "sd_school", "cor_school", "r_school", "sd_sex", "r_sex", "sigma"}
+    # the free parameters are in units of s = sd(y); beta is on the user's scale and its
+    # intercept on the original predictors: b0 = s (b0_centered - mean(x)' b)
     point = {"_Intercept_c": 0.3, "_b_standLRT": 0.5, "_b_sexM": -0.2}
     import pytensor
+
+    from bayeslmm.bayes import response_scale
 
     fn = pytensor.function([pm_model[k] for k in point], pm_model["beta"])
     beta = fn(*point.values())
     means = model.design.X[:, 1:].mean(axis=0)
-    np.testing.assert_allclose(beta, [0.3 - means @ [0.5, -0.2], 0.5, -0.2])
+    s = response_scale(model.design)
+    assert s == pytest.approx(np.std(model.design.y))
+    np.testing.assert_allclose(beta, s * np.array([0.3 - means @ [0.5, -0.2], 0.5, -0.2]))
 
 
 def test_intercept_only_and_uncorrelated_bars_have_independent_scales():
@@ -60,7 +65,7 @@ def test_intercept_only_and_uncorrelated_bars_have_independent_scales():
 
     pm_model = build_model(design, resolve_priors(design, None))
     free = {rv.name for rv in pm_model.free_RVs}
-    assert free == {"_Intercept_c", "_sd_Subject__(Intercept)", "_sd_Subject__Days", "_z_Subject", "sigma"}
+    assert free == {"_Intercept_c", "_sd_Subject__(Intercept)", "_sd_Subject__Days", "_z_Subject", "_sigma"}
     assert "cor_Subject" not in {v.name for v in pm_model.deterministics}
 
 
@@ -387,6 +392,24 @@ def test_round_trip_keeps_every_verb(tmp_path):
     assert attrs["bayeslmm_version"] == blm.__version__ and attrs["formula"] == formula
     assert json.loads(attrs["data_columns"]) == list(data.columns)
     assert "b_x ~ Normal(mu=0, sigma=2)" in attrs["priors"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale, sampler", [(1e-9, "nutpie"), (1e9, "pymc")])
+def test_full_model_samples_any_response_scale(sleep_full, scale, sampler):
+    """y * 1e-9 or y * 1e9: the full model (on nutpie and on PyMC's NUTS) gives the posterior
+    of y, rescaled (unscaled, y * 1e-9 ran to R-hat 3 with nutpie and 82 divergences with PyMC)."""
+    data = blm.datasets.load("sleepstudy")
+    model = blm.LMM(SLEEP, data.assign(Reaction=data["Reaction"] * scale))
+    post = quiet_sample(model, draws=300, tune=300, chains=2, random_seed=3, parametrization="full",
+                        sampler=sampler)
+    assert post.divergences == 0 and post.diagnostics()["r_hat"].max() < 1.05
+    base = sleep_full.fixef()
+    # within 0.3 posterior sd: the Monte Carlo error of two 2 x 300 runs is about 0.08 sd
+    assert np.all(np.abs(post.fixef()["mean"] / scale - base["mean"]) < 0.3 * base["sd"])
+    vc, base_vc = post.varcorr(), sleep_full.varcorr()
+    units = np.where(vc["var2"].isna(), scale, 1.0)  # sds carry the unit, correlations do not
+    assert np.all(np.abs(vc["sdcor"] / units - base_vc["sdcor"]) < 0.3 * base_vc["sdcor_sd"])
 
 
 # ------------------------------------------------------------------ default priors, real runs
