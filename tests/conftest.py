@@ -67,6 +67,24 @@ def sleepstudy():
     return blm.datasets.load("sleepstudy")
 
 
+def short_posterior(formula: str, data, seed: int):
+    """A short default-sampler run (2 chains x 200 draws) for structural tests of the
+    reporting verbs; its ESS warning is expected and silenced."""
+    import warnings
+
+    import bayeslmm as blm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", blm.SamplingWarning)
+        return blm.LMM(formula, data).sample(chains=2, draws=200, tune=300, random_seed=seed, progressbar=False)
+
+
+@pytest.fixture(scope="session")
+def sleep_rs_posterior(sleepstudy):
+    """``Reaction ~ Days + (Days | Subject)``, short run: shared by the report and plot tests."""
+    return short_posterior("Reaction ~ Days + (Days | Subject)", sleepstudy, 11)
+
+
 # ------------------------------------------------------------------ brms reference runs
 BRMS_DATASET = {"sleep_rs": "sleepstudy", "exam_rs": "exam", "exam_sex": "exam"}
 

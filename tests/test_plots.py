@@ -4,7 +4,6 @@ and must have the expected panels, titles and axis labels."""
 
 from __future__ import annotations
 
-import warnings
 
 import matplotlib
 import numpy as np
@@ -12,26 +11,19 @@ import pytest
 from matplotlib.quiver import Quiver
 
 import bayeslmm as blm
-from conftest import reference_fit
+from conftest import reference_fit, short_posterior
 
 matplotlib.use("Agg")
 
 
-def _sample(formula, data, seed):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # short chains: ESS warnings are expected
-        return blm.LMM(formula, data).sample(chains=2, draws=200, tune=300, random_seed=seed,
-                                             progressbar=False)
-
-
 @pytest.fixture(scope="module")
-def sleep_post(sleepstudy):
-    return _sample("Reaction ~ Days + (Days | Subject)", sleepstudy, 21)
+def sleep_post(sleep_rs_posterior):
+    return sleep_rs_posterior
 
 
 @pytest.fixture(scope="module")
 def exam_post():
-    return _sample("normexam ~ standLRT + (standLRT | school)", blm.datasets.load("exam"), 22)
+    return short_posterior("normexam ~ standLRT + (standLRT | school)", blm.datasets.load("exam"), 22)
 
 
 @pytest.fixture(params=["reml", "posterior"])

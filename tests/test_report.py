@@ -12,28 +12,21 @@ from scipy.stats import chi2
 
 import bayeslmm as blm
 from bayeslmm import report
-from conftest import lme4_reference, reference_fit
+from conftest import lme4_reference, reference_fit, short_posterior
 
 # every non-singular lme4 reference case with ICC/R2 figures (R's performance package)
 PARITY_CASES = ["dyestuff", "exam_ri", "exam_rs", "mpls_log_ml", "mpls_rs_ml", "pastes", "penicillin",
                 "sleep_ri", "sleep_rs", "sleep_rs_ml", "sleep_uncorr"]
 
 
-def _sample(formula, data, seed):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # short chains: ESS warnings are expected
-        return blm.LMM(formula, data).sample(chains=2, draws=200, tune=300, random_seed=seed,
-                                             progressbar=False)
-
-
 @pytest.fixture(scope="module")
-def post_rs(sleepstudy):
-    return _sample("Reaction ~ Days + (Days | Subject)", sleepstudy, 11)
+def post_rs(sleep_rs_posterior):
+    return sleep_rs_posterior
 
 
 @pytest.fixture(scope="module")
 def post_ri(sleepstudy):
-    return _sample("Reaction ~ Days + (1 | Subject)", sleepstudy, 12)
+    return short_posterior("Reaction ~ Days + (1 | Subject)", sleepstudy, 12)
 
 
 # ---------------------------------------------------------------- ICC and R2
