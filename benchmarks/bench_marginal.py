@@ -145,7 +145,6 @@ def worker_sim(rows: int, groups: int) -> dict:
         coverage[key] = {"truth": truth[key], "mean": float(draws.mean()), "lower": float(lo), "upper": float(hi),
                          "inside": bool(lo <= truth[key] <= hi),
                          "ess_bulk": float(az.ess(draws.reshape(4, -1), method="bulk"))}
-    # effects: how often the true group effect lies in its 95% interval
     return {"rows": rows, "groups": groups, "import_s": t_import - start, "stats_s": t_stats - t_import,
             "sample_s": t_sample - t_stats, "effects_s": t_effects - t_sample,
             "total_s": t_effects - start, "divergences": int(run.sample_stats["diverging"].sum()),
