@@ -402,8 +402,11 @@ def _formulae(formula_text: str, data: pd.DataFrame, what: str, position: int | 
             # else it says (about the data) reaches the user
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            return fm.design_matrices(formula_text, data, na_action="error",
-                                      env=Environment([_NAMESPACE]))
+            # np.log(0) and friends: the NaN/inf they make is reported with the column and
+            # rows by _check_finite_columns, so numpy's bare RuntimeWarning would only repeat it
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                return fm.design_matrices(formula_text, data, na_action="error",
+                                          env=Environment([_NAMESPACE]))
     except Exception as exc:  # formulae raises many types; report ours
         where = f" (position {position})" if position is not None and position >= 0 else ""
         raise FormulaError(f"cannot evaluate {what} '{formula_text}'{where}: "
@@ -618,6 +621,13 @@ def _evaluate_new(evaluator, data: pd.DataFrame, expr: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            return np.asarray(evaluator.evaluate_new_data(data).design_matrix, dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                matrix = np.asarray(evaluator.evaluate_new_data(data).design_matrix, dtype=float)
     except Exception as exc:
         raise DataError(f"cannot evaluate '{expr}' on the new data: {exc}") from exc
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if bad.any():
+        rows = ", ".join(str(r) for r in data.index[bad][:5]) + (" ..." if bad.sum() > 5 else "")
+        raise DataError(f"'{expr}' gives {int(bad.sum())} row(s) of the new data a NaN or infinite value "
+                        f"(rows {rows}): a missing value, or a log or square root of zero or a negative number?")
+    return matrix

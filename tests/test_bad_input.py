@@ -117,6 +117,17 @@ def test_new_data_name_float_levels_as_the_fitted_data(toy):
         fit.predict(pd.DataFrame({"x": [0.0, 0.0], "grp": [1.0, np.nan]}))
 
 
+def test_new_data_that_a_transform_makes_nan_are_named():
+    data = blm.datasets.load("sleepstudy")
+    fit = blm.LMM("Reaction ~ np.log(Days + 1) + (1 | Subject)", data).fit()
+    new = pd.DataFrame({"Days": [1.0, -3.0, np.nan], "Subject": ["308"] * 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error says it all: no numpy RuntimeWarning first
+        with pytest.raises(DataError, match=r"^'np.log\(Days \+ 1\)' gives 2 row\(s\) of the new data a NaN "
+                                            r"or infinite value \(rows 1, 2\)"):
+            fit.predict(new)
+
+
 def test_random_slope_on_a_column_absent_from_the_data(toy):
     raises_exactly(DataError, "unknown column 'days' in the formula (position 9): the data have y, x, "
                    "f, g, text, one, id", "y ~ x + (days | g)", toy)
@@ -151,8 +162,10 @@ def test_constant_response(toy):
 def test_response_transform_producing_nan(toy):
     data = toy.assign(y=toy["y"] - 5.0)
     n_bad = int((data["y"] <= 0).sum())
-    raises_exactly(DataError, f"the response 'np.log(y)' has {n_bad} non-finite value(s) after "
-                   "transformation (a log of zero or a negative number?)", "np.log(y) ~ x + (1 | g)", data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # our message, not numpy's "invalid value in log"
+        raises_exactly(DataError, f"the response 'np.log(y)' has {n_bad} non-finite value(s) after "
+                       "transformation (a log of zero or a negative number?)", "np.log(y) ~ x + (1 | g)", data)
 
 
 def test_predictor_transform_producing_nan(toy):
