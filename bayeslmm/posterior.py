@@ -285,10 +285,15 @@ def frame_from_csv(text: str, schema: list[dict]) -> pd.DataFrame:
             data[name] = column.map({"True": True, "False": False}).astype(dtype)
         elif dtype.startswith("datetime64"):
             data[name] = pd.to_datetime(column).astype(dtype)
+        elif dtype.startswith("timedelta64"):
+            data[name] = pd.to_timedelta(column).astype(dtype)
         elif dtype in ("object", "string", "str"):
             data[name] = column.astype(dtype)
-        else:  # numbers of every width, nullable or not
-            data[name] = pd.to_numeric(column).astype(dtype)
+        else:  # numbers of every width, nullable or not; anything rarer stays text
+            try:
+                data[name] = pd.to_numeric(column).astype(dtype)
+            except (ValueError, TypeError):
+                data[name] = column
     return pd.DataFrame(data)
 
 
