@@ -86,9 +86,7 @@ def parse_priors(table: dict) -> dict:
                 raise ModelFileError(f"prior '{key}': {name} = {value!r} is not a number")
         try:
             out[key] = _PRIOR_CLASSES[kind](**{k: float(v) for k, v in kwargs.items()})
-        except TypeError as exc:
-            raise ModelFileError(f"prior '{key}': {exc}") from exc
-        except P.PriorError as exc:
+        except (TypeError, P.PriorError) as exc:  # an unknown keyword, or a value out of range
             raise ModelFileError(f"prior '{key}': {exc}") from exc
     return out
 

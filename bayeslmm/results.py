@@ -417,9 +417,8 @@ def rank_deficiencies(design: Design, covariances, tol: float = 1e-6) -> list[st
         last = int(np.flatnonzero(np.abs(w) > 1e-3 * np.abs(w).max())[-1])
         coefs = -sd[last] * w / (w[last] * sd)
         parts = [(coefs[t], term) for t, term in enumerate(block.terms) if t != last and coefs[t] != 0]
-        combination = " ".join(f"{'-' if c < 0 else '+'} {abs(c):.3g} {term}" for c, term in parts)
-        combination = combination.removeprefix("+ ").replace("- ", "-", 1) if combination.startswith("- ") \
-            else combination.removeprefix("+ ")
+        combination = " ".join(f"{c:.3g} {term}" if i == 0 else f"{'-' if c < 0 else '+'} {abs(c):.3g} {term}"
+                               for i, (c, term) in enumerate(parts))
         found.append(f"{block.group}: {block.terms[last]} = {combination} (the {block.n_terms} x {block.n_terms} "
                      f"covariance has rank {int(np.sum(values > tol))})")
     return found

@@ -84,7 +84,7 @@ def random_effects_table(result) -> str:
     rows, variances, previous = [], [], None
     for row in layout[layout["var2"].isna()].itertuples():
         if row.block < 0:
-            rows.append(["Residual", ""])
+            rows.append(["Residual", "", ""])
             variances.append(sigma**2)
             continue
         block = result.design.blocks[row.block]
@@ -102,7 +102,7 @@ def random_effects_table(result) -> str:
     # one format per column, as lme4's formatVC: variances and sds each share their decimals
     variance_cells = r_format(variances, 4)
     sd_cells = r_format(np.sqrt(variances), 4)
-    rows = [[r[0], r[1], v, s, r[2] if len(r) > 2 else ""] for r, v, s in zip(rows, variance_cells, sd_cells)]
+    rows = [[group, name, v, s, corr] for (group, name, corr), v, s in zip(rows, variance_cells, sd_cells)]
     heads = ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
     widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(heads)]
     align = [str.ljust, str.ljust, str.rjust, str.rjust, str.ljust]
@@ -179,14 +179,14 @@ def point_summary(result) -> str:
     if design.aliased:
         out.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so dropping "
                    f"{len(design.aliased)} column(s) / coefficient(s): {', '.join(design.aliased)}")
-    if not result.opt.converged:
+    reml_singular = result.method in ("reml", "ml") and result.is_singular
+    if reml_singular or not result.opt.converged:  # lme4 prints it with its fit messages
         out.append(optimizer_line(result.opt))
     if result.method == "map" and result.is_singular:
         out.append("the MAP is at the boundary too: " + "; ".join(result.singular_terms()))
         out.append("  a prior with positive density at a zero sd (HalfNormal, HalfStudentT, Exponential) "
                    "cannot keep the mode off it; the default Gamma(alpha=2, ...) on the sds does")
-    if result.method in ("reml", "ml") and result.is_singular:
-        out.append(optimizer_line(result.opt))
+    if reml_singular:
         out.append("boundary (singular) fit: see help('isSingular')")
         out.append("  at the boundary: " + "; ".join(result.singular_terms()))
         out.append("  next steps: simplify the random part (drop a term, or use '||'), or refit with "

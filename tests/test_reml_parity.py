@@ -136,6 +136,7 @@ def test_an_optimizer_that_does_not_converge_warns(monkeypatch):
                                                      r"converge: too many evaluations"):
         fit = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy")).fit()
     assert "convergence code: 1 (too many evaluations)" in fit.summary()
+    assert fit.summary().count("convergence code") == 1
 
 
 def test_number_formats_are_lmers():
