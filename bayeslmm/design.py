@@ -10,33 +10,46 @@ the same columns for prediction without reading the formula again.
 from __future__ import annotations
 
 import difflib
-import keyword
 import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import formulae as fm
 import numpy as np
 import pandas as pd
-from formulae.categorical import ENCODINGS
 from formulae.environment import Environment
-from formulae.transforms import TRANSFORMS
 
 from .errors import DataError, FormulaError
-from .formula import ParsedFormula, RandomTerm, _point
+from .formula import ELEMENTWISE, ParsedFormula, RandomTerm, _point, expression_columns
 
-# Functions a formula may call without a prefix (R users write log(y)).
-_NAMESPACE = {
-    "np": np, "numpy": np, "log": np.log, "log10": np.log10, "log2": np.log2,
-    "log1p": np.log1p, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs,
-}
-_FORMULAE_NAMES = {"True", "False", "None"}
-# formulae's offset() would be estimated as a free coefficient here; refused (see _used_columns)
-_FUNCTIONS = (set(_NAMESPACE) | set(TRANSFORMS) | set(ENCODINGS)) - {"offset"}
-# names of any script (column 'école'); string literals are blanked out before the search
-_IDENT = re.compile(r"(?<![\w.])([^\W\d][\w.]*)")
-_QUOTED = re.compile(r"`([^`]*)`")
-_STRING = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+class _FunctionTable:
+    """What ``np`` and ``numpy`` are inside a formula: attribute lookup returns the elementwise
+    transforms of the table and nothing else (no submodules, no dunder attributes), so that
+    formulae's dotted-name lookup (``np.lib.…``) reaches nothing else even if a formula got
+    past the checks of :mod:`bayeslmm.formula`."""
+
+    __slots__ = ("_functions",)
+
+    def __init__(self, functions: dict):
+        object.__setattr__(self, "_functions", dict(functions))
+
+    def __getattribute__(self, name):
+        functions = object.__getattribute__(self, "_functions")
+        if name in functions:
+            return functions[name]
+        raise AttributeError(f"'{name}' is not a function a formula can use")
+
+    def __setattr__(self, name, value):
+        raise AttributeError("the formula function table is read-only")
+
+
+_ELEMENTWISE_FUNCTIONS = {name: getattr(np, name) for name in ELEMENTWISE}
+#: the only names formulae can resolve besides the data's columns and its own transforms
+#: (which bayeslmm.formula restricts to the table): R users write log(y), numpy users np.log(y)
+FORMULA_NAMESPACE = {"np": _FunctionTable(_ELEMENTWISE_FUNCTIONS), "numpy": _FunctionTable(_ELEMENTWISE_FUNCTIONS),
+                     **_ELEMENTWISE_FUNCTIONS}
 
 
 @dataclass(frozen=True)
@@ -227,38 +240,6 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
 
 
 # ---------------------------------------------------------------- column checks
-def _identifiers(expr: str, calls: list | None = None) -> list[str]:
-    """Names in an expression that are not function calls, keyword arguments or text in
-    quotes; the called names go to ``calls`` as (name, offset) when it is given."""
-    names = [m.group(1) for m in _QUOTED.finditer(expr)]  # `my column`
-    blanked = _QUOTED.sub(lambda m: " " * len(m.group()), expr)
-    blanked = _STRING.sub(lambda m: " " * len(m.group()), blanked)
-    for match in _IDENT.finditer(blanked):
-        name = match.group(1)
-        rest = blanked[match.end():].lstrip()
-        if rest.startswith("("):
-            if calls is not None:
-                calls.append((name, match.start()))
-            continue
-        if rest.startswith("=") and not rest.startswith("=="):
-            continue  # a keyword argument; Python keywords are sorted out by the caller
-        names.append(name)
-    return names
-
-
-def _known_function(name: str) -> bool:
-    """A function the formula can call: numpy's (np.log), formulae's (C, scale) or ours (log)."""
-    head, _, attr = name.partition(".")
-    if head in ("np", "numpy") and attr:
-        target = np
-        for part in attr.split("."):
-            target = getattr(target, part, None)
-            if target is None:
-                return False
-        return callable(target)
-    return name in _FUNCTIONS
-
-
 def _find_name(text: str, name: str, start: int) -> int:
     """Where the whole name ``name`` stands in ``text`` from ``start`` ('b' in 'ab + b' is at
     5, not inside 'ab'); -1 if it does not."""
@@ -267,45 +248,31 @@ def _find_name(text: str, name: str, start: int) -> int:
 
 
 def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
+    """The data columns the formula reads, in order of appearance. Every expression is checked
+    again here (:func:`~bayeslmm.formula.expression_columns`), so a ParsedFormula built by hand
+    cannot carry anything past the table of transforms; a name that is no column is an error."""
     columns = [str(c) for c in data.columns]
+    known = set(columns)
     pieces = [(formula.response, formula.text.find(formula.response)),
               (formula.fixed, formula.text.find("~") + 1)]
     for term in formula.random:
         pieces.append((term.expr, term.position))
         # grouping columns are names already (`my school` was unquoted by the parser)
         pieces.extend((f"`{var}`", term.position) for var in term.group_vars)
-    used: list[str] = []
+    used: dict[str, None] = {}  # ordered, and linear in the number of names
     for expr, position in pieces:
-        calls: list = []
-        names = _identifiers(expr, calls)
-        for name, _ in calls:
-            if name == "offset":
-                at = _find_name(formula.text, name, position)
-                raise FormulaError(f"offset() is not supported (position {at}): subtract the offset from the "
-                                   f"response instead, e.g. 'I(y - x) ~ ...' for offset(x)"
-                                   f"{_point(formula.text, at)}")
-            if not _known_function(name):
-                at = _find_name(formula.text, name, position)
-                known = ", ".join(sorted(set(_NAMESPACE) - {"np", "numpy"}))
-                raise FormulaError(f"unknown function '{name}' in the formula (position {at}): use "
-                                   f"numpy's as np.name (np.log, np.sqrt, ...), or {known}, I(), C(), "
-                                   f"center(), scale(), poly(){_point(formula.text, at)}")
-        for name in names:
-            root = name.split(".")[0]
-            if name in columns:  # a column may be called 'class' or 'in'
-                if name not in used:
-                    used.append(name)
-            elif root in _NAMESPACE or name in _FORMULAE_NAMES or keyword.iskeyword(name):
+        for name, _ in expression_columns(expr):
+            if name in known:  # a column may be called 'class' or 'in'
+                used.setdefault(name)
                 continue
-            else:
-                hint = difflib.get_close_matches(name, columns, n=1)
-                hint = hint or [c for c in columns if c.lower() == name.lower()][:1]
-                hint_text = f"; did you mean '{hint[0]}'?" if hint else ""
-                at = _find_name(formula.text, name, position)
-                raise DataError(f"unknown column '{name}' in the formula (position {at}): the data "
-                                f"have {', '.join(columns[:12])}{' ...' if len(columns) > 12 else ''}"
-                                f"{hint_text}{_point(formula.text, at)}")
-    return used
+            hint = difflib.get_close_matches(name, columns, n=1)
+            hint = hint or [c for c in columns if c.lower() == name.lower()][:1]
+            hint_text = f"; did you mean '{hint[0]}'?" if hint else ""
+            at = _find_name(formula.text, name, position)
+            raise DataError(f"unknown column '{name}' in the formula (position {at}): the data "
+                            f"have {', '.join(columns[:12])}{' ...' if len(columns) > 12 else ''}"
+                            f"{hint_text}{_point(formula.text, at)}")
+    return list(used)
 
 
 def _drop_missing(data: pd.DataFrame, used: list[str]) -> pd.DataFrame:
@@ -345,8 +312,9 @@ def _check_column_types(formula: ParsedFormula, data: pd.DataFrame, used: list[s
     """Duplicate names, complex numbers and dates are the user's to resolve; grouping
     columns may be of any type (they are factors)."""
     group_vars = {var for term in formula.random for var in term.group_vars}
+    counts = Counter(str(c) for c in data.columns)  # once: a check per column was quadratic
     for column in used:
-        count = int(sum(str(c) == column for c in data.columns))
+        count = counts[column]
         if count > 1:
             raise DataError(f"the data have {count} columns named '{column}'; rename them")
         values = data[column]
@@ -406,10 +374,16 @@ def _formulae(formula_text: str, data: pd.DataFrame, what: str, position: int | 
             # rows by _check_finite_columns, so numpy's bare RuntimeWarning would only repeat it
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 return fm.design_matrices(formula_text, data, na_action="error",
-                                          env=Environment([_NAMESPACE]))
+                                          env=Environment([FORMULA_NAMESPACE]))
+    except RecursionError as exc:  # formulae's parser and resolver recurse once per term
+        shown = formula_text if len(formula_text) <= 80 else formula_text[:77] + "..."
+        raise FormulaError(f"{what} '{shown}' has too many terms joined by operators for formulae to "
+                           f"evaluate ({formula_text.count('+') + 1} terms); a few hundred work: combine "
+                           "predictors (a factor, a matrix of scores) or use fewer") from exc
     except Exception as exc:  # formulae raises many types; report ours
         where = f" (position {position})" if position is not None and position >= 0 else ""
-        raise FormulaError(f"cannot evaluate {what} '{formula_text}'{where}: "
+        shown = formula_text if len(formula_text) <= 200 else formula_text[:197] + "..."
+        raise FormulaError(f"cannot evaluate {what} '{shown}'{where}: "
                            f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -459,25 +433,62 @@ def _full_rank(common, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...],
     _check_finite_columns(X, names, data, "the fixed-effect")
     if X.shape[1] == 0:
         return X, names, names, ()
-    # R's limited pivoting: a column is dropped when it adds (almost) nothing to the
-    # span of the columns before it, so later columns go first, as in lme4.
-    keep: list[int] = []
-    basis = np.empty((X.shape[0], 0))
-    for j in range(X.shape[1]):
-        column = X[:, j]
-        peak = np.max(np.abs(column))
-        column = column / peak if peak > 0 else column  # no overflow in the norm of 1e200s
-        residual = column - basis @ (basis.T @ column) if basis.shape[1] else column
-        scale = np.linalg.norm(column)
-        if scale > 0 and np.linalg.norm(residual) > 1e-7 * scale:
-            keep.append(j)
-            basis = np.column_stack([basis, residual / np.linalg.norm(residual)])
+    keep = independent_columns(X)
     if len(keep) == X.shape[1]:
         return X, names, names, ()
-    dropped = tuple(names[i] for i in range(len(names)) if i not in keep)
+    kept = set(keep)
+    dropped = tuple(names[i] for i in range(len(names)) if i not in kept)
     warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
                   f"column(s) / coefficient(s): {', '.join(dropped)}", UserWarning, stacklevel=4)
     return X[:, keep], tuple(names[i] for i in keep), names, dropped
+
+
+def independent_columns(X: np.ndarray, tol: float = 1e-7, block: int = 32) -> list[int]:
+    """Indices of the columns of ``X`` kept by R's limited pivoting (lme4's rank check): a
+    column is dropped when its residual on the span of the kept columns before it is at most
+    ``tol`` times its norm, so later columns go first.
+
+    A Cholesky factor of the Gram matrix decides a clearly full-rank matrix (its diagonal
+    holds those residuals); otherwise a blocked Gram-Schmidt with reorthogonalization decides
+    column by column, the projection on the kept basis done a block at a time by matrix
+    products (a 1,000-level factor: about a second, where a column-at-a-time loop took 20-40 s).
+    """
+    n, p = X.shape
+    peak = np.max(np.abs(X), axis=0) if n else np.zeros(p)
+    scaled = X / np.where(peak > 0, peak, 1.0)  # no overflow in the norms of 1e200s
+    norms = np.linalg.norm(scaled, axis=0)
+    if p <= n and np.all(norms > 0):
+        # Cholesky of the Gram matrix of the unit-norm columns: L[j, j] is column j's residual
+        # on the columns before it. Squaring loses half the digits, so only a clear margin
+        # (1e-5 against tol = 1e-7) decides "full rank" here; anything closer goes below.
+        unit = scaled / norms
+        try:
+            chol = np.linalg.cholesky(unit.T @ unit)
+        except np.linalg.LinAlgError:
+            chol = None
+        if chol is not None and np.all(np.diag(chol) > max(1e-5, 100.0 * tol)):
+            return list(range(p))
+    basis = np.empty((n, min(n, p)))
+    k = 0
+    keep: list[int] = []
+    for start in range(0, p, block):
+        columns = scaled[:, start:start + block].copy()
+        if k:
+            for _ in range(2):  # twice is enough (Giraud et al. 2005)
+                columns -= basis[:, :k] @ (basis[:, :k].T @ columns)
+        first = k
+        for offset in range(columns.shape[1]):
+            j = start + offset
+            residual = columns[:, offset]
+            if k > first:
+                for _ in range(2):
+                    residual = residual - basis[:, first:k] @ (basis[:, first:k].T @ residual)
+            size = np.linalg.norm(residual)
+            if norms[j] > 0 and size > tol * norms[j] and k < basis.shape[1]:
+                basis[:, k] = residual / size
+                k += 1
+                keep.append(j)
+    return keep
 
 
 # ---------------------------------------------------------------- random part
@@ -568,7 +579,7 @@ def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
                       f"({', '.join(terms)}) its own independent variance; lme4 instead splits only "
                       f"the '+' terms, so the factor's columns stay correlated there. Write "
                       f"'(1 | {term.group}) + (0 + factor | {term.group})' for lme4's model",
-                      UserWarning, stacklevel=5)
+                      UserWarning, stacklevel=4)  # build_design -> LMM -> caller (3.12 inlines comprehensions)
     return RandomBlock(group=term.group, terms=terms, correlated=term.correlated, X=X,
                        codes=codes, levels=levels, term=term, _evaluator=common)
 
@@ -611,9 +622,8 @@ def _evaluate_new(evaluator, data: pd.DataFrame, expr: str) -> np.ndarray:
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"new data must be a pandas DataFrame, not {type(data).__name__}")
     columns = {str(c) for c in data.columns}
-    missing = [name for name in dict.fromkeys(_identifiers(expr))
-               if name not in columns and name.split(".")[0] not in _NAMESPACE
-               and name not in _FORMULAE_NAMES and not keyword.iskeyword(name)]
+    missing = [name for name in dict.fromkeys(name for name, _ in expression_columns(expr))
+               if name not in columns]
     if missing:
         raise DataError(f"the new data lack column(s) {', '.join(repr(m) for m in missing)}, "
                         f"needed by '{expr}'")

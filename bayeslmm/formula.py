@@ -19,6 +19,7 @@ character position and draws a caret under it.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
@@ -114,6 +115,7 @@ def parse_formula(text: str) -> ParsedFormula:
     if not response:
         raise FormulaError(f"the formula has no response left of '~' (position {split})"
                            f"{_point(text, split)}")
+    _check_response(text, split, scan)
 
     fixed_pieces: list[str] = []
     random_terms: list[RandomTerm] = []
@@ -122,9 +124,9 @@ def parse_formula(text: str) -> ParsedFormula:
             if sign == "-":
                 raise FormulaError(f"a random-effect term cannot be subtracted (position {start})"
                                    f"{_point(text, start)}")
-            random_terms.extend(_parse_bar(text, piece, start, scan[start:start + len(piece)]))
+            random_terms.extend(_parse_bar(text, piece, start, scan))
         else:
-            _check_sum(text, start, start + len(piece))
+            _check_sum(text, start, start + len(piece), scan)
             fixed_pieces.append(piece if sign == "+" else f"- {piece}")
 
     _check_duplicates(text, random_terms)
@@ -151,18 +153,41 @@ def _point(text: str, position: int) -> str:
 
 
 def _mask_backticks(text: str) -> str:
-    """``text`` with the inside of every `quoted name` replaced by '_' (same length), so that
-    structure is found on the mask while names are read from the original."""
-    out, inside, opened = [], False, -1
-    for i, ch in enumerate(text):
+    """``text`` with the inside of every `quoted name` and every 'text literal' replaced by
+    '_' (same length), so that structure is found on the mask while names are read from the
+    original.
+
+    Literals are delimited as formulae's scanner delimits them (a string ends at the next
+    ' or "), and refused where Python would read them differently (mixed quotes, a
+    backslash, a prefix such as f'' or b''): the call checker reads the same characters
+    with Python's ``ast``, so both must see the same tokens.
+    """
+    out, i, n = [], 0, len(text)
+    while i < n:
+        ch = text[i]
         if ch == "`":
-            inside, opened = not inside, i
-            out.append(ch)
+            close = text.find("`", i + 1)
+            if close < 0:
+                raise FormulaError(f"unclosed '`' at position {i}: quote a column name like `my column`"
+                                   f"{_point(text, i)}")
+            out.append("`" + "_" * (close - i - 1) + "`")
+            i = close + 1
+        elif ch in "'\"":
+            close = next((k for k in range(i + 1, n) if text[k] in "'\""), -1)
+            if close < 0:
+                raise FormulaError(f"unclosed text literal at position {i}{_point(text, i)}")
+            body = text[i + 1:close]
+            if text[close] != ch or "\\" in body or "\n" in body:
+                raise FormulaError(f"the text literal at position {i} mixes quotes or holds a backslash or a "
+                                   f"line break: write it like 'b'{_point(text, i)}")
+            if i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_"):
+                raise FormulaError(f"a prefixed text literal ({text[i - 1]}'...') at position {i - 1} is not "
+                                   f"allowed in a formula: write plain 'text'{_point(text, i - 1)}")
+            out.append(ch + "_" * (close - i - 1) + ch)
+            i = close + 1
         else:
-            out.append("_" if inside else ch)
-    if inside:
-        raise FormulaError(f"unclosed '`' at position {opened}: quote a column name like `my column`"
-                           f"{_point(text, opened)}")
+            out.append(ch)
+            i += 1
     return "".join(out)
 
 
@@ -242,7 +267,8 @@ def _is_bar(piece: str) -> bool:
     return False
 
 
-def _parse_bar(text: str, piece: str, start: int, scan: str) -> list[RandomTerm]:
+def _parse_bar(text: str, piece: str, start: int, full_scan: str) -> list[RandomTerm]:
+    scan = full_scan[start:start + len(piece)]
     inner, scan_inner = piece[1:-1], scan[1:-1]
     depth, bar = 0, -1
     for i, ch in enumerate(scan_inner):
@@ -269,11 +295,11 @@ def _parse_bar(text: str, piece: str, start: int, scan: str) -> list[RandomTerm]
         raise FormulaError(f"more than one '|' in {piece} (position {where}); write each random "
                            f"term in its own parentheses, like '(1 | g) + (1 | h)'{_point(text, where)}")
     expr_start = start + 1 + (len(inner[:bar]) - len(inner[:bar].lstrip()))
-    _check_sum(text, expr_start, expr_start + len(expr))
+    _check_sum(text, expr_start, expr_start + len(expr), full_scan)
     correlated = not double
     return [RandomTerm(expr=expr, group=name, group_vars=vars_, correlated=correlated,
                        text=piece, position=start)
-            for name, vars_ in _expand_groups(text, start + 1 + bar + (2 if double else 1)
+            for name, vars_ in _expand_groups(text, full_scan, start + 1 + bar + (2 if double else 1)
                                               + len(scan_group) - len(scan_group.lstrip()),
                                               len(group_text))]
 
@@ -289,9 +315,8 @@ def _split_at(text: str, begin: int, end: int, scan: str, sep: str) -> list[tupl
     return spans
 
 
-def _expand_groups(text: str, position: int, length: int) -> list[tuple[str, tuple[str, ...]]]:
+def _expand_groups(text: str, scan: str, position: int, length: int) -> list[tuple[str, tuple[str, ...]]]:
     """``a/b/c`` -> a, b:a, c:b:a (lme4's names); ``a:b`` -> one factor; `a b` quoted."""
-    scan = _mask_backticks(text)
     group_text = text[position:position + length]
     nested: list[list[str]] = []
     for left, right in _split_at(text, position, position + length, scan, "/"):
@@ -339,27 +364,28 @@ def _check_duplicates(text: str, terms: list[RandomTerm]) -> None:
         seen[key] = term
 
 
-def _matching(text: str, open_at: int) -> int:
-    """Index of the ')' that closes the '(' at ``open_at`` (parentheses are balanced)."""
+def _matching(scan: str, open_at: int) -> int:
+    """Index of the ')' that closes the '(' at ``open_at`` (parentheses are balanced), found
+    on the masked text (a ')' inside a quoted name or a text literal does not count)."""
     depth = 0
-    scan = _mask_backticks(text)
-    for i in range(open_at, len(text)):
+    for i in range(open_at, len(scan)):
         if scan[i] == "(":
             depth += 1
         elif scan[i] == ")":
             depth -= 1
             if depth == 0:
                 return i
-    return len(text) - 1  # unreachable after _check_parentheses
+    return len(scan) - 1  # unreachable after _check_parentheses
 
 
-def _tokens(text: str, begin: int, end: int):
+def _tokens(text: str, begin: int, end: int, scan: str, found: list | None = None):
     """Yield (kind, token, position) over text[begin:end]: kind is 'operand', 'sum' (+ -)
-    or 'binary' (* : / ** ^ %in%). Parenthesized groups are checked recursively; the
-    arguments of a function call are Python code and are left to the evaluator."""
+    or 'binary' (* : / ** ^ %in%). Parenthesized groups are checked recursively; a function
+    call is checked by :func:`_check_call` against the table of transforms. The column
+    names read go to ``found`` as (name, position) when it is given."""
     i = begin
     while i < end:
-        ch = text[i]
+        ch = scan[i]
         if ch.isspace():
             i += 1
             continue
@@ -367,6 +393,8 @@ def _tokens(text: str, begin: int, end: int):
             close = text.index("`", i + 1)
             if close == i + 1:
                 raise FormulaError(f"empty `` at position {i}{_point(text, i)}")
+            if found is not None:
+                found.append((text[i + 1:close], i))
             yield "operand", text[i:close + 1], i
             i = close + 1
             continue
@@ -380,21 +408,24 @@ def _tokens(text: str, begin: int, end: int):
             k = j
             while k < end and text[k].isspace():
                 k += 1
-            if k < end and text[k] == "(":  # a function call: skip its arguments
-                close = _matching(text, k)
+            if k < end and text[k] == "(":  # a function call: checked against the table
+                close = _matching(scan, k)
+                _check_call(text, scan, i, close + 1, found)
                 yield "operand", text[i:close + 1], i
                 i = close + 1
             else:
                 if not name.group().strip("."):
                     raise FormulaError(f"'.' (all other columns) at position {i} is not supported: "
                                        f"name the columns{_point(text, i)}")
+                if found is not None:
+                    found.append((name.group(), i))
                 yield "operand", name.group(), i
                 i = j
         elif ch == "(":
-            close = _matching(text, i)
+            close = _matching(scan, i)
             if not text[i + 1:close].strip():
                 raise FormulaError(f"empty parentheses at position {i}{_point(text, i)}")
-            _check_sum(text, i + 1, close)
+            _check_sum(text, i + 1, close, scan, found)
             yield "operand", text[i:close + 1], i
             i = close + 1
         elif ch in "+-":
@@ -418,10 +449,10 @@ def _tokens(text: str, begin: int, end: int):
             raise FormulaError(f"unexpected character {ch!r} at position {i}{_point(text, i)}")
 
 
-def _check_sum(text: str, begin: int, end: int) -> None:
+def _check_sum(text: str, begin: int, end: int, scan: str, found: list | None = None) -> None:
     """Check that text[begin:end] is operands joined by operators (a leading sign allowed)."""
     previous, previous_at, token_text = "start", begin, ""
-    for kind, token, at in _tokens(text, begin, end):
+    for kind, token, at in _tokens(text, begin, end, scan, found):
         if kind == "operand":
             if previous == "operand":
                 raise FormulaError(f"missing operator between '{token_text}' and '{token}' at position "
@@ -447,3 +478,269 @@ def _check_sum(text: str, begin: int, end: int) -> None:
                                f"it{_point(text, previous_at)}")
         raise FormulaError(f"'{token_text}' has nothing on its right at position {previous_at}"
                            f"{_point(text, previous_at)}")
+
+
+def _check_response(text: str, split: int, scan: str) -> None:
+    """The response is one operand: a column or a transform of columns (``np.log(y)``)."""
+    begin = len(text[:split]) - len(text[:split].lstrip())
+    _check_sum(text, begin, split, scan)
+    operands = [at for kind, _, at in _tokens(text, begin, split, scan) if kind != "operand"]
+    if operands:
+        at = operands[0]
+        raise FormulaError(f"the response left of '~' must be one column or transform (operator at "
+                           f"position {at}): write a sum or product inside I(), like 'I(a + b) ~ ...'"
+                           f"{_point(text, at)}")
+
+
+# ---------------------------------------------------------------- the table of transforms
+# A formula is data, not code: a call may name only these functions, each argument is
+# checked by kind, and nothing else of Python is reachable (no attributes, subscripts,
+# lambdas, comprehensions, f-strings, keywords beyond the table). The design stage hands
+# formulae an environment holding exactly these callables (design.FORMULA_ENVIRONMENT).
+ELEMENTWISE = ("log", "log10", "log2", "log1p", "exp", "sqrt", "abs")
+#: transforms of one column: the name -> its options after the data argument, in order
+TRANSFORMS: dict[str, tuple[str, ...]] = {
+    "I": (), "center": (), "scale": (), "standardize": (),
+    **{name: () for name in ELEMENTWISE},
+    "C": ("contrast", "levels"), "T": ("ref", "levels"), "S": ("omit", "levels"),
+    "poly": ("degree", "raw"),
+}
+#: formulae's categorical encodings, usable as C's contrast: C(f, Treatment), C(f, Sum('a'))
+ENCODINGS = {"Treatment": "reference", "Sum": "omit"}
+_NUMPY_PREFIXES = ("np.", "numpy.")
+_MAX_POLY_DEGREE = 20
+_DUNDER = re.compile(r"^__.*__$")
+FUNCTION_LIST = ("I(), log(), log10(), log2(), log1p(), exp(), sqrt(), abs() (also as np.log(), numpy.log(), "
+                 "...), center(), scale(), standardize(), C(), T(), S(), poly()")
+_BINARY_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+_COMPARE_OPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+
+
+def transform_name(name: str) -> str | None:
+    """The table entry a called name stands for ('np.log' -> 'log'), or None if it is none."""
+    if name.startswith(_NUMPY_PREFIXES):
+        rest = name.split(".", 1)[1]
+        return rest if rest in ELEMENTWISE else None
+    return name if name in TRANSFORMS else None
+
+
+def expression_columns(expr: str) -> list[tuple[str, int]]:
+    """Check one column expression (a response, a fixed part such as ``"x + np.log(z)"``, or
+    the left side of a bar) and return the column names it reads, with their positions.
+
+    Raises
+    ------
+    FormulaError
+        Anything beyond column names, numbers, formula operators and the table of
+        transforms (an attribute, a subscript, an unknown function, ...), with its position.
+    """
+    if not isinstance(expr, str) or not expr.strip():
+        raise FormulaError(f"an empty or non-text expression: {expr!r}")
+    scan = _mask_backticks(expr)
+    _check_parentheses(expr, scan)
+    found: list[tuple[str, int]] = []
+    _check_sum(expr, 0, len(expr), scan, found)
+    return found
+
+
+def _check_call(text: str, scan: str, begin: int, end: int, found: list | None) -> None:
+    """Check the call text[begin:end] with Python's ``ast`` against the table, before anything
+    evaluates it; its column names go to ``found``."""
+    # backtick names become same-length identifiers; line breaks spaces (one line, so that
+    # column offsets are positions); the text literals stay as they are
+    chars, inside = [], False
+    for k in range(begin, end):
+        if scan[k] == "`":  # the mask keeps backticks only as the delimiters of names
+            inside = not inside
+            chars.append("_")
+        elif inside:
+            chars.append("_")
+        elif text[k] in "\n\r\t\f\v":
+            chars.append(" ")
+        else:
+            chars.append(text[k])
+    # a dotted column name (R's 'x.1', pandas' renamed duplicates) is one name to formulae,
+    # which looks it up whole; Python would read attributes or a syntax error: give the ast
+    # the same name with '_' for '.' (the column is read back from the original text). Only
+    # a called name keeps its dots, to be checked against the table (np.log).
+    for match in _NAME.finditer(scan, begin, end):
+        if "." in match.group() and not scan[match.end():end].lstrip().startswith("("):
+            for k in range(match.start(), match.end()):
+                if scan[k] == ".":
+                    chars[k - begin] = "_"
+    source = "".join(chars)
+    try:
+        tree = ast.parse(source, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        at = begin + (_char_offset(source, exc.offset - 1) if getattr(exc, "offset", None) else 0)
+        at = min(max(at, begin), end - 1)
+        call = text[begin:end] if end - begin <= 60 else text[begin:begin + 57] + "..."
+        raise FormulaError(f"cannot read the call '{call}' at position {at}: a formula "
+                           f"calls {FUNCTION_LIST} on columns, numbers and + - * / ** "
+                           f"(and comparisons inside I()){_point(text, at)}") from None
+    checker = _CallChecker(text, begin, source, found)
+    try:
+        checker.call(tree.body)
+    except RecursionError:
+        raise FormulaError(f"the call at position {begin} is nested too deeply{_point(text, begin)}") from None
+
+
+def _char_offset(source: str, byte_offset: int) -> int:
+    """ast's column offsets count UTF-8 bytes; positions in messages count characters."""
+    return len(source.encode("utf-8")[:max(byte_offset, 0)].decode("utf-8", errors="ignore"))
+
+
+class _CallChecker:
+    """Walks the ``ast`` of one call and accepts only what the formula grammar documents."""
+
+    def __init__(self, text: str, begin: int, source: str, found: list | None):
+        self.text, self.begin, self.source, self.found = text, begin, source, found
+
+    def position(self, node) -> int:
+        return self.begin + _char_offset(self.source, getattr(node, "col_offset", 0))
+
+    def span(self, node, limit: int | None = 60) -> str:
+        """The node's text (shortened for messages unless ``limit`` is None)."""
+        start = self.position(node)
+        stop = self.begin + _char_offset(self.source, node.end_col_offset)
+        text = self.text[start:stop]
+        return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+    def fail(self, node, what: str, why: str | None = None):
+        at = self.position(node)
+        why = why or (f"it may use column names, numbers, + - * / ** (comparisons inside I()) and the "
+                      f"functions {FUNCTION_LIST}")
+        raise FormulaError(f"{what} at position {at} is not allowed in a formula: {why}{_point(self.text, at)}")
+
+    def dotted(self, node) -> str | None:
+        """'np.log' for Attribute(Name('np'), 'log'); None for anything but names and dots."""
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            return None
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+
+    def column(self, node) -> None:
+        name = self.span(node, limit=None)
+        if name.startswith("`") and name.endswith("`"):
+            name = name[1:-1]
+        elif not _IDENTIFIER.match(name) or any(_DUNDER.match(part) for part in name.split(".")):
+            self.fail(node, f"the name '{name}'")
+        if self.found is not None:
+            self.found.append((name, self.position(node)))
+
+    def data(self, node) -> None:
+        """An expression that computes a column."""
+        if isinstance(node, ast.Name):
+            self.column(node)
+        elif isinstance(node, ast.Attribute):
+            # a dotted column name (R's 'x.y'); formulae looks it up whole, never attribute by attribute
+            if self.dotted(node) is None:
+                self.fail(node, f"the attribute '.{node.attr}'")
+            self.column(node)
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float, str)):
+                self.fail(node, f"the constant {self.span(node)}")
+        elif isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
+            self.data(node.left)
+            self.data(node.right)
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            self.data(node.operand)
+        elif (isinstance(node, ast.Compare) and len(node.ops) == 1
+              and isinstance(node.ops[0], _COMPARE_OPS)):
+            self.data(node.left)
+            self.data(node.comparators[0])
+        elif isinstance(node, ast.Call):
+            self.call(node)
+        else:
+            self.fail(node, f"'{self.span(node)}' ({_describe(node)})")
+
+    def call(self, node) -> None:
+        if not isinstance(node, ast.Call):
+            self.fail(node, f"'{self.span(node)}' ({_describe(node)})")
+        name = self.dotted(node.func)
+        at = self.position(node)
+        if name is None:
+            self.fail(node.func, f"calling '{self.span(node.func)}'")
+        if name == "offset":
+            raise FormulaError(f"offset() is not supported (position {at}): subtract the offset from the "
+                               f"response instead, e.g. 'I(y - x) ~ ...' for offset(x){_point(self.text, at)}")
+        entry = transform_name(name)
+        if entry is None or not name.isascii():
+            raise FormulaError(f"unknown function '{name}' in the formula (position {at}): the functions a "
+                               f"formula can use are {FUNCTION_LIST}{_point(self.text, at)}")
+        options = TRANSFORMS[entry]
+        params = ("x",) + options
+        bound: dict[str, ast.AST] = {}
+        for arg in node.args:
+            if isinstance(arg, ast.Starred):
+                self.fail(arg, "'*' unpacking")
+        if len(node.args) > len(params):
+            self.fail(node.args[len(params)], f"a {len(params) + 1}th argument to {name}() (it takes "
+                                              f"{', '.join(params)})")
+        bound.update(zip(params, node.args))
+        for keyword in node.keywords:
+            if keyword.arg is None:
+                self.fail(keyword.value, "'**' unpacking")
+            if keyword.arg not in options or keyword.arg in bound:
+                what = "repeats an argument" if keyword.arg in bound else "is not an option"
+                self.fail(keyword.value, f"the keyword '{keyword.arg}=' ({what} of {name}(); options: "
+                                         f"{', '.join(options) or 'none'})")
+            bound[keyword.arg] = keyword.value
+        if "x" not in bound:
+            raise FormulaError(f"{name}() at position {at} needs a column or expression as its argument"
+                               f"{_point(self.text, at)}")
+        self.data(bound.pop("x"))
+        for option, value in bound.items():
+            self.option(name, option, value)
+
+    def option(self, function: str, option: str, node) -> None:
+        constant = node.value if isinstance(node, ast.Constant) else ...
+        if option == "contrast":
+            if constant is None:
+                return
+            if isinstance(node, ast.Name) and node.id in ENCODINGS:
+                return
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ENCODINGS:
+                keyword = ENCODINGS[node.func.id]
+                values = list(node.args) + [k.value for k in node.keywords]
+                if (len(values) <= 1 and all(k.arg == keyword for k in node.keywords)
+                        and all(isinstance(v, ast.Constant) and isinstance(v.value, (str, int, float))
+                                for v in values)):
+                    return
+            self.fail(node, f"the contrast {self.span(node)} of {function}()",
+                      "use Treatment, Sum, Treatment('level') or Sum('level')")
+        if option == "levels":
+            if constant is None:
+                return
+            self.fail(node, f"levels={self.span(node)} of {function}()",
+                      "the formula evaluator reads no lists; set the order with pandas, df[col] = "
+                      "pd.Categorical(df[col], categories=[...]), whose first category is the reference level")
+        if option in ("ref", "omit"):
+            if constant is None or (isinstance(constant, (str, int, float)) and not isinstance(constant, bool)):
+                return
+            self.fail(node, f"{option}={self.span(node)} of {function}()", "give a level as 'text' or a number")
+        if option == "degree":
+            if isinstance(constant, int) and not isinstance(constant, bool) and 1 <= constant <= _MAX_POLY_DEGREE:
+                return
+            self.fail(node, f"degree={self.span(node)} of {function}()",
+                      f"give a whole number from 1 to {_MAX_POLY_DEGREE}")
+        if option == "raw":
+            if isinstance(constant, bool):
+                return
+            self.fail(node, f"raw={self.span(node)} of {function}()", "give True or False")
+
+
+def _describe(node) -> str:
+    """A reader's word for an ast node that a formula may not contain."""
+    words = {ast.Lambda: "a lambda", ast.Subscript: "a subscript", ast.Attribute: "an attribute",
+             ast.JoinedStr: "an f-string", ast.ListComp: "a comprehension", ast.SetComp: "a comprehension",
+             ast.DictComp: "a comprehension", ast.GeneratorExp: "a comprehension", ast.List: "a list",
+             ast.Tuple: "a tuple", ast.Dict: "a dict", ast.Set: "a set", ast.NamedExpr: "an assignment",
+             ast.BoolOp: "'and'/'or'", ast.IfExp: "an if-expression", ast.Await: "await",
+             ast.Starred: "'*' unpacking", ast.Call: "a call", ast.Compare: "a chained comparison",
+             ast.BinOp: "this operator", ast.UnaryOp: "this operator"}
+    return words.get(type(node), type(node).__name__)

@@ -347,12 +347,12 @@ def test_overlapping_bars_on_one_factor(toy):
 
 
 def test_unknown_function(toy):
-    raises_exactly(FormulaError, "unknown function 'lg' in the formula (position 4): use numpy's as "
-                   "np.name (np.log, np.sqrt, ...), or abs, exp, log, log10, log1p, log2, sqrt, I(), C(), "
-                   "center(), scale(), poly()", "y ~ lg(x) + (1 | g)", toy)
-    raises_exactly(FormulaError, "unknown function 'np.lg' in the formula (position 0): use numpy's as "
-                   "np.name (np.log, np.sqrt, ...), or abs, exp, log, log10, log1p, log2, sqrt, I(), C(), "
-                   "center(), scale(), poly()", "np.lg(y) ~ x + (1 | g)", toy)
+    table = ("the functions a formula can use are I(), log(), log10(), log2(), log1p(), exp(), sqrt(), abs() "
+             "(also as np.log(), numpy.log(), ...), center(), scale(), standardize(), C(), T(), S(), poly()")
+    raises_exactly(FormulaError, f"unknown function 'lg' in the formula (position 4): {table}",
+                   "y ~ lg(x) + (1 | g)", toy)
+    raises_exactly(FormulaError, f"unknown function 'np.lg' in the formula (position 0): {table}",
+                   "np.lg(y) ~ x + (1 | g)", toy)
 
 
 def test_double_bar_with_a_factor_warns_how_it_differs_from_lme4(toy):
@@ -372,12 +372,21 @@ def test_double_bar_with_numbers_does_not_warn(toy):
     assert not model.design.blocks[0].correlated
 
 
+def test_a_list_in_c_is_refused_with_the_way_round(toy):
+    # formulae reads no list literal; the checker says so before formulae sees it
+    raises_exactly(FormulaError, "levels=['c', 'b'] of C() at position 16 is not allowed in a formula: the "
+                   "formula evaluator reads no lists; set the order with pandas, df[col] = "
+                   "pd.Categorical(df[col], categories=[...]), whose first category is the reference level",
+                   "y ~ C(f, levels=['c', 'b']) + (1 | g)", toy)
+
+
 def test_formulae_errors_are_wrapped_with_the_position(toy):
-    # formulae cannot parse a list literal in C(); the user sees a FormulaError, not ParseError
-    error = raises_exactly(FormulaError, "cannot evaluate the fixed part 'y ~ C(f, levels=['c', 'b'])' "
-                           "(position 4): ParseError: Don't know how to parse '['",
-                           "y ~ C(f, levels=['c', 'b']) + (1 | g)", toy)
-    assert type(error.__cause__).__module__.startswith("formulae")
+    # 1e-3 is a number to Python but not to formulae's scanner: its error reaches the user
+    # as a FormulaError with the position of the part, not a raw formulae exception
+    with pytest.raises(FormulaError) as info:
+        blm.LMM("y ~ I(x * 1e-3) + (1 | g)", toy)
+    assert str(info.value).startswith("cannot evaluate the fixed part 'y ~ I(x * 1e-3)' (position 4): ")
+    assert type(info.value.__cause__).__module__.startswith("formulae")
 
 
 # ---------------------------------------------------------------- rank deficiency
