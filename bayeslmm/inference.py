@@ -589,3 +589,79 @@ def contest(result, L, ddf: str = "satterthwaite", joint: bool | None = None) ->
     if not np.any(L):
         raise BayesLMMError("the contrast matrix is all zeros")
     return pd.DataFrame([contest_md(method, L, result.beta, result.sigma)])
+
+
+def _contains(inner: str, outer: str) -> bool:
+    """True if term ``outer`` (``a:b``) contains term ``inner`` (``a``)."""
+    return inner != outer and set(inner.split(":")) <= set(outer.split(":"))
+
+
+def term_contrasts(design: Design, type: int = 3) -> dict[str, np.ndarray]:
+    """lmerTest's contrast matrices of every fixed term but the intercept.
+
+    - type 1 (sequential): the term's rows of the unit upper-triangular factor of ``X'X``
+      (lmerTest's ``doolittle``).
+    - type 2: a term contained in no other is tested marginally (its own columns); a term
+      inside an interaction is tested adjusted for every term that does not contain it:
+      ``L = X_F' (I - H_N) X`` with ``H_N`` the projection on those terms' columns.
+    - type 3: marginal for a term contained in no other (identical to lmerTest's, whatever
+      the coding). A term inside an interaction needs lmerTest's sum-to-zero re-coding of
+      the factors, which is not implemented: it raises :class:`BayesLMMError`.
+    """
+    if type not in (1, 2, 3):
+        raise BayesLMMError(f"type must be 1, 2 or 3, got {type!r}")
+    terms = design.fixed_terms()
+    p = design.n_fixed
+    X = design.X
+    labels = [t for t in terms if t != "(Intercept)"]
+    out = {}
+    if type == 1:
+        R = np.linalg.cholesky(X.T @ X).T
+        U = R / np.diag(R)[:, None]
+        return {t: U[list(terms[t])] for t in labels}
+    XtX = X.T @ X
+    for t in labels:
+        containers = [u for u in labels if _contains(t, u)]
+        cols = list(terms[t])
+        if not containers:
+            out[t] = np.eye(p)[cols]
+            continue
+        if type == 3:
+            raise BayesLMMError(f"a type III test of '{t}', which the interaction(s) {containers} contain, needs "
+                                "lmerTest's sum-to-zero re-coding, not implemented: use anova(type=2) or type=1, "
+                                "or test your own contrast with contest()")
+        others = [c for u, cs in terms.items() if u != t and not _contains(t, u) for c in cs]
+        if others:
+            N = np.array(others)
+            proj = XtX[np.ix_(cols, N)] @ np.linalg.solve(XtX[np.ix_(N, N)], XtX[N])
+            out[t] = XtX[cols] - proj
+        else:
+            out[t] = XtX[cols]
+    return out
+
+
+def anova(result, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
+    """lmerTest's ``anova(fit, type, ddf)``: one F-test per fixed term (not the intercept).
+
+    Parameters
+    ----------
+    type : {3, 2, 1}
+        Type III (default), II or sequential (I) hypotheses; see :func:`term_contrasts`.
+    ddf : {"satterthwaite", "kenward-roger"}
+
+    Returns
+    -------
+    DataFrame
+        Index ``term``; columns ``sum_sq, mean_sq, num_df, den_df, f_value, p_value``.
+        ``mean_sq = F sigma^2`` and ``sum_sq = num_df * mean_sq``, as lmerTest.
+    """
+    if isinstance(type, str):
+        type = {"I": 1, "II": 2, "III": 3, "1": 1, "2": 2, "3": 3}.get(type.upper(), type)
+    contrasts = term_contrasts(result.design, type)
+    method = ddf_method(result, ddf)
+    rows = [contest_md(method, L, result.beta, result.sigma) for L in contrasts.values()]
+    frame = pd.DataFrame(rows, index=pd.Index(list(contrasts), name="term"),
+                         columns=["sum_sq", "mean_sq", "num_df", "den_df", "f_value", "p_value"])
+    frame.attrs["heading"] = (f"Type {'I' * type} Analysis of Variance Table with "
+                              f"{method.name}'s method")
+    return frame

@@ -112,3 +112,76 @@ def test_tidy_carries_df_and_p_value():
     table = fit.fixef()
     np.testing.assert_allclose(tidy["df"], table["df"])
     np.testing.assert_allclose(tidy["p_value"], table["p_value"])
+
+
+# ------------------------------------------------------------------ anova and contest
+ANOVA_CASES = [c for c in CASES if inference_reference(c)["anova_satterthwaite"]]
+
+
+@pytest.mark.parametrize("case", ANOVA_CASES)
+def test_type3_anova_matches_lmertest(case):
+    ref = _frame(inference_reference(case)["anova_satterthwaite"])
+    table = reference_fit(case).anova()
+    assert list(table.index) == list(ref.index)
+    assert list(table.columns) == ["sum_sq", "mean_sq", "num_df", "den_df", "f_value", "p_value"]
+    np.testing.assert_array_equal(table["num_df"], ref["NumDF"])
+    np.testing.assert_allclose(table["f_value"], ref["F value"], rtol=1e-4)
+    np.testing.assert_allclose(table["den_df"], ref["DenDF"], rtol=1e-3)
+    np.testing.assert_allclose(table["p_value"], ref["Pr(>F)"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(table["sum_sq"], ref["Sum Sq"], rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def factor_fit():
+    data = blm.datasets.load("sleepstudy")
+    data["g"] = pd.Categorical(np.tile(["a", "b", "c"], len(data) // 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return blm.LMM("Reaction ~ Days + g + (Days | Subject)", data).fit()
+
+
+def test_factor_is_tested_as_a_whole_and_contest_agrees(factor_fit):
+    table = factor_fit.anova()
+    assert table.loc["g", "num_df"] == 2
+    joint = factor_fit.contest(np.array([[0, 0, 1, 0], [0, 0, 0, 1]]))
+    assert joint.loc[0, "f_value"] == pytest.approx(table.loc["g", "f_value"], rel=1e-12)
+    assert joint.loc[0, "den_df"] == pytest.approx(table.loc["g", "den_df"], rel=1e-12)
+    # the F value of a 2-d test is the Wald statistic over 2 (an independent computation)
+    beta, V = factor_fit.beta[2:], factor_fit.vcov_beta[2:, 2:]
+    assert table.loc["g", "f_value"] == pytest.approx(beta @ np.linalg.solve(V, beta) / 2, rel=1e-10)
+    # each direction's df lies between the combined df's bounds: nu_m > 2 and finite
+    assert 2 < table.loc["g", "den_df"] < factor_fit.nobs
+
+
+def test_contest_1d_equals_the_fixef_row():
+    fit = reference_fit("sleep_rs")
+    row = fit.contest({"Days": 1.0}).iloc[0]
+    ref = fit.fixef().loc["Days"]
+    for column in ("estimate", "std_error", "df", "t_value", "p_value"):
+        assert row[column] == pytest.approx(ref[column], rel=1e-12)
+    # a 1-row F-test is the squared t-test
+    f = fit.contest(np.array([[0.0, 1.0]]), joint=True).iloc[0]
+    assert f["f_value"] == pytest.approx(ref["t_value"] ** 2, rel=1e-12)
+    assert f["den_df"] == pytest.approx(ref["df"], rel=1e-12)
+
+
+def test_contest_names_a_bad_contrast():
+    fit = reference_fit("sleep_rs")
+    with pytest.raises(blm.BayesLMMError, match="one per fixed effect"):
+        fit.contest([1.0, 0.0, 0.0])
+    with pytest.raises(blm.BayesLMMError, match="unknown coefficient"):
+        fit.contest({"Day": 1.0})
+
+
+def test_sequential_and_type2_anova_on_an_interaction():
+    data = blm.datasets.load("sleepstudy")
+    data["g"] = pd.Categorical(np.tile(["a", "b", "c"], len(data) // 3))
+    fit = blm.LMM("Reaction ~ Days * g + (Days | Subject)", data).fit()
+    type1, type2 = fit.anova(type=1), fit.anova(type=2)
+    assert list(type1.index) == ["Days", "g", "Days:g"]
+    # the last term of a sequential table and a type II table is the marginal test
+    assert type1.loc["Days:g", "f_value"] == pytest.approx(type2.loc["Days:g", "f_value"], rel=1e-10)
+    marginal = fit.contest(np.eye(6)[4:])
+    assert type2.loc["Days:g", "f_value"] == pytest.approx(marginal.loc[0, "f_value"], rel=1e-10)
+    with pytest.raises(blm.BayesLMMError, match="sum-to-zero"):
+        fit.anova(type=3)
