@@ -150,6 +150,19 @@ class Design:
     def n_fixed(self) -> int:
         return self.X.shape[1]
 
+    def fixed_terms(self) -> dict[str, tuple[int, ...]]:
+        """Each term of the fixed part -> the columns of ``X`` it owns (aliased columns
+        left out; a term whose columns were all aliased is left out), in formula order:
+        ``{"(Intercept)": (0,), "Days": (1,), "g": (2, 3), "Days:g": (4, 5)}``."""
+        slices = getattr(self._fixed_evaluator, "slices", None) or {}
+        position = {name: i for i, name in enumerate(self.fixed_names)}
+        out = {}
+        for term, sl in slices.items():
+            columns = tuple(position[name] for name in self._fixed_all_names[sl] if name in position)
+            if columns:
+                out["(Intercept)" if term == "Intercept" else term] = columns
+        return out
+
     def new_fixed_matrix(self, data: pd.DataFrame) -> np.ndarray:
         """Evaluate the fixed-effects columns (the kept ones) on new data."""
         full = _evaluate_new(self._fixed_evaluator, data, self.formula.fixed)

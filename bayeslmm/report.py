@@ -581,7 +581,8 @@ def tidy(result, effects=("fixed", "ran_pars"), prob: float = 0.95) -> pd.DataFr
     -------
     DataFrame
         Columns ``effect, group, level, term, estimate, std_error, conf_low, conf_high``
-        (point fits add ``statistic``, the t value, for fixed effects). On a posterior
+        (point fits add ``statistic``, the t value, for fixed effects, and REML/ML fits
+        lmerTest's Satterthwaite ``df`` and ``p_value``). On a posterior
         ``estimate`` is the posterior mean and ``std_error`` the posterior sd; variance
         parameters of a point fit have no standard error (NaN, as broom.mixed).
     """
@@ -614,6 +615,9 @@ def tidy(result, effects=("fixed", "ran_pars"), prob: float = 0.95) -> pd.DataFr
             z = norm.ppf(0.5 + prob / 2)
             frame["std_error"] = table["std_error"].to_numpy()
             frame["statistic"] = table["t_value"].to_numpy()
+            if "df" in table:  # REML/ML fits: lmerTest's Satterthwaite df and p-values
+                frame["df"] = table["df"].to_numpy()
+                frame["p_value"] = table["p_value"].to_numpy()
             frame["conf_low"] = frame["estimate"] - z * frame["std_error"]
             frame["conf_high"] = frame["estimate"] + z * frame["std_error"]
         frames.append(frame)

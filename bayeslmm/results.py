@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -287,11 +288,63 @@ class PointResult(FitResult):
         return bool(np.any(self.theta[bounded] < 1e-4))
 
     # ---------------------------------------------------------- tables
-    def fixef(self) -> pd.DataFrame:
-        """Fixed effects with standard errors and t values (lme4's names)."""
+    def fixef(self, ddf: str | None = "default") -> pd.DataFrame:
+        """Fixed effects with standard errors, t values and, for REML/ML fits, lmerTest's
+        df and p-values.
+
+        Parameters
+        ----------
+        ddf : {"satterthwaite", "kenward-roger", None}
+            Denominator df of the t-tests (default: Satterthwaite for REML and ML fits, as
+            lmerTest; none for MAP fits). None gives only ``estimate, std_error, t_value``.
+            Kenward-Roger (REML fits) also adjusts the standard errors, as pbkrtest.
+            See :func:`bayeslmm.inference.fixef_table`.
+        """
+        if ddf == "default":
+            ddf = "satterthwaite" if self.method in ("reml", "ml") else None
+        if ddf is not None:
+            from .inference import fixef_table
+
+            return fixef_table(self, ddf)
         se = np.sqrt(np.diag(self.vcov_beta))
         return pd.DataFrame({"estimate": self.beta, "std_error": se, "t_value": self.beta / se},
                             index=pd.Index(self.design.fixed_names, name="term"))
+
+    # ---------------------------------------------------------- tests and intervals
+    @cached_property
+    def _inference_cache(self) -> dict:
+        return {}
+
+    def _ddf_method(self, key: str):
+        """The Satterthwaite / Kenward-Roger machinery of this fit, computed once."""
+        if key not in self._inference_cache:
+            from . import inference
+
+            cls = inference.Satterthwaite if key == "satterthwaite" else inference.KenwardRoger
+            self._inference_cache[key] = cls(self)
+        return self._inference_cache[key]
+
+    def anova(self, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """lmerTest's F-test table, one row per fixed term; see :func:`bayeslmm.inference.anova`."""
+        from .inference import anova
+
+        return anova(self, type=type, ddf=ddf)
+
+    def contest(self, L, ddf: str = "satterthwaite", joint: bool | None = None) -> pd.DataFrame:
+        """Test ``L beta = 0`` (t-test for one row, F-test for several); see
+        :func:`bayeslmm.inference.contest`."""
+        from .inference import contest
+
+        return contest(self, L, ddf=ddf, joint=joint)
+
+    def confint(self, method: str = "profile", level: float = 0.95, nsim: int = 1000, random_seed=None,
+                client=None, n_jobs: int | None = None, progressbar: bool = True) -> pd.DataFrame:
+        """Confidence intervals as ``lme4::confint(fit, oldNames = FALSE)``; see
+        :func:`bayeslmm.inference.confint`."""
+        from .inference import confint
+
+        return confint(self, method=method, level=level, nsim=nsim, random_seed=random_seed,
+                       client=client, n_jobs=n_jobs, progressbar=progressbar)
 
     def vcov(self) -> pd.DataFrame:
         """Covariance matrix of the fixed-effect estimates."""
@@ -386,11 +439,13 @@ class PointResult(FitResult):
                          "of the terms has zero variance)")
         return found
 
-    def summary(self) -> str:
-        """A text summary laid out like ``summary(lmer(...))``."""
+    def summary(self, ddf: str | None = "default") -> str:
+        """A text summary laid out like ``summary(lmer(...))`` under lmerTest: the fixed
+        effects with Satterthwaite df and p-values for REML/ML fits (``ddf`` as in
+        :meth:`fixef`; None prints lme4's own table)."""
         from .summary import point_summary
 
-        return point_summary(self)
+        return point_summary(self, ddf=ddf)
 
     def __repr__(self) -> str:
         return self.summary()

@@ -62,6 +62,63 @@ def coefficient_columns(estimate, std_error, t_value, digits: int = 4) -> tuple[
     return cs[:n], cs[n:], r_format(np.round(np.asarray(t_value, float), max(1, min(5, digits - 1))), digits)
 
 
+def format_pvalues(pvalues, digits: int = 3, eps: float = float(np.finfo(float).eps)) -> list[str]:
+    """R's ``format.pval(p, digits = 3, eps = .Machine$double.eps)`` as ``printCoefmat`` uses it."""
+    pv = np.asarray(pvalues, dtype=float)
+    out = ["NA"] * len(pv)
+    small = pv < eps
+    rest = [i for i in range(len(pv)) if not small[i] and np.isfinite(pv[i])]
+    exponent = np.floor(np.log10(np.where(pv > 0, pv, 1e-50)))
+    for group in ([i for i in rest if exponent[i] >= -3 or pv[i] == 0], [i for i in rest if exponent[i] < -3]):
+        if group:
+            for i, text in zip(group, r_format(pv[group], digits)):
+                out[i] = text.strip()
+    if small.any():
+        d = max(1, digits - 2)
+        if rest:
+            nc = max(len(out[i]) for i in rest)
+            if d > 1 and d + 6 > nc:
+                d = max(1, nc - 7)
+            sep = "" if d == 1 and nc <= 6 else " "
+        else:
+            sep = "" if d == 1 else " "
+        text = f"{eps:.{d - 1}e}".replace("e-", "e-")
+        mantissa, power = text.split("e")
+        text = f"{mantissa}e{power[0]}{int(power[1:]):02d}"
+        for i in np.flatnonzero(small):
+            out[i] = "<" + sep + text
+    return out
+
+
+def significance_stars(pvalues) -> list[str]:
+    """R's ``symnum`` stars: *** < 0.001 <= ** < 0.01 <= * < 0.05 <= . < 0.1."""
+    cuts = [(0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")]
+    out = []
+    for p in pvalues:
+        star = next((s for c, s in cuts if p <= c), " ") if np.isfinite(p) else ""
+        out.append(star.ljust(3))
+    return out
+
+
+SIGNIF_LEGEND = "Signif. codes:  0 ‘***’ 0.001 ‘**’ 0.01 ‘*’ 0.05 ‘.’ 0.1 ‘ ’ 1"
+
+
+def lmertest_table(table: pd.DataFrame, digits: int = 4) -> str:
+    """The fixed-effects table of lmerTest's summary (``printCoefmat`` with df among the
+    columns rounded with the estimates, t values to 3 decimals, p-values and stars)."""
+    n = len(table)
+    both = np.concatenate([table["estimate"], table["std_error"], table["df"]]).astype(float)
+    finite = np.abs(both[np.isfinite(both) & (both != 0)])
+    smallest = 1 + int(np.floor(np.log10(finite.min()))) if finite.size else 1
+    places = max(1, digits - smallest)
+    cells = r_format(np.round(both, places), digits)
+    t_cells = r_format(np.round(table["t_value"].to_numpy(float), max(1, min(5, digits - 1))), digits)
+    frame = pd.DataFrame({"Estimate": cells[:n], "Std. Error": cells[n:2 * n], "df": cells[2 * n:],
+                          "t value": t_cells, "Pr(>|t|)": format_pvalues(table["p_value"].to_numpy(float)),
+                          "": significance_stars(table["p_value"].to_numpy(float))}, index=table.index)
+    return format_table(frame) + "\n---\n" + SIGNIF_LEGEND
+
+
 def format_table(frame: pd.DataFrame, index_name: str = "") -> str:
     """Right-aligned columns, left-aligned index, as R prints a matrix."""
     cells = [[str(i) for i in frame.index]] + [[str(v) for v in frame[c]] for c in frame.columns]
@@ -121,14 +178,22 @@ def groups_line(result) -> str:
     return f"Number of obs: {result.nobs}, groups:  " + "; ".join(parts)
 
 
-def point_summary(result) -> str:
-    """lmer-style summary of a :class:`~bayeslmm.results.PointResult`."""
+def point_summary(result, ddf: str | None = "default") -> str:
+    """lmer-style summary of a :class:`~bayeslmm.results.PointResult`; with ``ddf``
+    (Satterthwaite by default for REML/ML fits) the fixed effects are lmerTest's table
+    with df, p-values and significance stars."""
     design = result.design
     out = []
+    if ddf == "default":
+        ddf = "satterthwaite" if result.method in ("reml", "ml") else None
+    method_name = {"satterthwaite": "Satterthwaite", "kenward-roger": "Kenward-Roger"}.get(
+        str(ddf).lower().replace("_", "-")) if ddf else None
+    tests = f". t-tests use {method_name}'s method [lmerModLmerTest]" if method_name else " ['bayeslmm']"
     if result.method == "reml":
-        out.append("Linear mixed model fit by REML ['bayeslmm']")
+        out.append("Linear mixed model fit by REML" + tests)
     elif result.method == "ml":
-        out.append("Linear mixed model fit by maximum likelihood ['bayeslmm']")
+        out.append("Linear mixed model fit by maximum likelihood " + tests.lstrip(" ") if method_name
+                   else "Linear mixed model fit by maximum likelihood ['bayeslmm']")
     else:
         out.append("Linear mixed model fit by maximum a posteriori (MAP, random effects integrated out) ['bayeslmm']")
     out.append(f"Formula: {design.formula.text}")
@@ -160,12 +225,15 @@ def point_summary(result) -> str:
     out.append(random_effects_table(result))
     out.append(groups_line(result))
     out.append("")
-    fixef = result.fixef()
-    estimate, std_error, t_value = coefficient_columns(fixef["estimate"].to_numpy(), fixef["std_error"].to_numpy(),
-                                                       fixef["t_value"].to_numpy())
-    table = pd.DataFrame({"Estimate": estimate, "Std. Error": std_error, "t value": t_value}, index=fixef.index)
+    fixef = result.fixef(ddf=ddf)
     out.append("Fixed effects:")
-    out.append(format_table(table))
+    if ddf:
+        out.append(lmertest_table(fixef))
+    else:
+        estimate, std_error, t_value = coefficient_columns(fixef["estimate"].to_numpy(),
+                                                           fixef["std_error"].to_numpy(), fixef["t_value"].to_numpy())
+        table = pd.DataFrame({"Estimate": estimate, "Std. Error": std_error, "t value": t_value}, index=fixef.index)
+        out.append(format_table(table))
     if len(fixef) > 1:
         se = np.sqrt(np.diag(result.vcov_beta))
         corr = result.vcov_beta / np.outer(se, se)

@@ -1,0 +1,187 @@
+"""Satterthwaite / Kenward-Roger tests, F-tests and confidence intervals against lmerTest 3.1-3,
+pbkrtest 0.5.2 and lme4 1.1-31 (../shared/reference/inference)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeslmm as blm
+from bayeslmm.inference import VarianceModel
+
+from conftest import LME4_CASES, REFERENCE_DIR, reference_fit
+
+CASES = [c for c in LME4_CASES if (REFERENCE_DIR / "inference" / f"{c}.json").exists()]
+SMALL = [c for c in CASES if c != "insteval"]
+
+
+@lru_cache(maxsize=None)
+def inference_reference(case: str) -> dict:
+    return json.loads((REFERENCE_DIR / "inference" / f"{case}.json").read_text())
+
+
+def _frame(rows, index="term"):
+    return pd.DataFrame(rows).set_index(index)
+
+
+# ------------------------------------------------------------------ the derivatives
+@pytest.mark.parametrize("case", ["sleep_rs", "sleep_rs_ml", "exam_sex", "pastes"])
+def test_gradient_and_hessian_match_finite_differences(case):
+    """The analytic derivatives of the deviance in (theta, sigma), checked against central
+    differences of the deviance itself (an independent oracle)."""
+    fit = reference_fit(case)
+    vm = VarianceModel(fit.design, reml=fit.reml)
+    x0 = np.r_[fit.theta, fit.sigma]
+    step = 1e-5 * np.maximum(np.abs(x0), 1e-2)
+    f = lambda x: vm.deviance(x[:-1], x[-1])  # noqa: E731
+    grad = vm.gradient(fit.theta, fit.sigma)
+    hess = vm.hessian(fit.theta, fit.sigma)
+    for i in range(len(x0)):
+        e = np.zeros_like(x0)
+        e[i] = step[i]
+        assert grad[i] == pytest.approx((f(x0 + e) - f(x0 - e)) / (2 * step[i]), abs=1e-4 * max(1, abs(hess[i, i]) * step[i]))
+        column = (vm.gradient((x0 + e)[:-1], (x0 + e)[-1]) - vm.gradient((x0 - e)[:-1], (x0 - e)[-1])) / (2 * step[i])
+        np.testing.assert_allclose(hess[:, i], column, rtol=1e-5, atol=1e-6 * np.abs(hess).max())
+
+
+@pytest.mark.parametrize("case", ["sleep_rs", "pastes", "exam_sex"])
+def test_variance_model_reproduces_the_fit(case):
+    fit = reference_fit(case)
+    vm = VarianceModel(fit.design, reml=fit.reml)
+    sol = vm.solve(fit.theta)
+    np.testing.assert_allclose(sol.beta, fit.beta, rtol=1e-9, atol=1e-12)
+    assert np.sqrt(sol.rss / vm.n_eff) == pytest.approx(fit.sigma, rel=1e-9)
+    assert vm.profiled_deviance(fit.theta, sol) == pytest.approx(fit.criterion, abs=1e-7)
+    np.testing.assert_allclose(vm.vcov_beta(fit.sigma, sol), fit.vcov_beta, rtol=1e-8)
+
+
+# ------------------------------------------------------------------ Satterthwaite
+@pytest.mark.parametrize("case", CASES)
+def test_satterthwaite_table_matches_lmertest(case):
+    ref = _frame(inference_reference(case)["satterthwaite"])
+    table = reference_fit(case).fixef()
+    assert list(table.columns) == ["estimate", "std_error", "df", "t_value", "p_value"]
+    assert list(table.index) == list(ref.index)
+    np.testing.assert_allclose(table["df"], ref["df"], rtol=1e-3)
+    np.testing.assert_allclose(table["p_value"], ref["Pr(>|t|)"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(table["t_value"], table["estimate"] / table["std_error"], rtol=1e-12)
+
+
+def test_fixef_without_ddf_keeps_the_three_columns():
+    fit = reference_fit("sleep_rs")
+    table = fit.fixef(ddf=None)
+    assert list(table.columns) == ["estimate", "std_error", "t_value"]
+    np.testing.assert_allclose(table["t_value"], fit.fixef()["t_value"])
+
+
+def test_fixef_rejects_an_unknown_ddf():
+    with pytest.raises(blm.BayesLMMError, match="unknown ddf"):
+        reference_fit("sleep_rs").fixef(ddf="containment")
+
+
+def test_summary_prints_lmertest_layout():
+    text = reference_fit("sleep_rs").summary()
+    assert text.splitlines()[0] == ("Linear mixed model fit by REML. t-tests use Satterthwaite's method "
+                                    "[lmerModLmerTest]")
+    # lmerTest's printed table for this model
+    assert "            Estimate Std. Error      df t value Pr(>|t|)    " in text
+    assert "(Intercept)  251.405      6.825  17.000  36.838  < 2e-16 ***" in text
+    assert "Days          10.467      1.546  17.000   6.771 3.26e-06 ***" in text
+    assert "Signif. codes:  0 \u2018***\u2019 0.001 \u2018**\u2019 0.01 \u2018*\u2019 0.05 \u2018.\u2019 0.1 \u2018 \u2019 1" in text
+    plain = reference_fit("sleep_rs").summary(ddf=None)
+    assert "Pr(>|t|)" not in plain and plain.splitlines()[0] == "Linear mixed model fit by REML ['bayeslmm']"
+
+
+def test_pvalue_formatting_follows_format_pval():
+    from bayeslmm.summary import format_pvalues, significance_stars
+
+    assert format_pvalues([1e-20, 3.26e-6, 0.5]) == ["< 2e-16", "3.26e-06", "0.5"]
+    assert format_pvalues([1e-20]) == ["<2e-16"]
+    assert format_pvalues([0.0123, 0.5]) == ["0.0123", "0.5000"]
+    assert significance_stars([0.0005, 0.005, 0.03, 0.07, 0.5]) == ["***", "** ", "*  ", ".  ", "   "]
+
+
+def test_tidy_carries_df_and_p_value():
+    fit = reference_fit("sleep_rs")
+    tidy = fit.tidy(effects="fixed").set_index("term")
+    table = fit.fixef()
+    np.testing.assert_allclose(tidy["df"], table["df"])
+    np.testing.assert_allclose(tidy["p_value"], table["p_value"])
+
+
+# ------------------------------------------------------------------ anova and contest
+ANOVA_CASES = [c for c in CASES if inference_reference(c)["anova_satterthwaite"]]
+
+
+@pytest.mark.parametrize("case", ANOVA_CASES)
+def test_type3_anova_matches_lmertest(case):
+    ref = _frame(inference_reference(case)["anova_satterthwaite"])
+    table = reference_fit(case).anova()
+    assert list(table.index) == list(ref.index)
+    assert list(table.columns) == ["sum_sq", "mean_sq", "num_df", "den_df", "f_value", "p_value"]
+    np.testing.assert_array_equal(table["num_df"], ref["NumDF"])
+    np.testing.assert_allclose(table["f_value"], ref["F value"], rtol=1e-4)
+    np.testing.assert_allclose(table["den_df"], ref["DenDF"], rtol=1e-3)
+    np.testing.assert_allclose(table["p_value"], ref["Pr(>F)"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(table["sum_sq"], ref["Sum Sq"], rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def factor_fit():
+    data = blm.datasets.load("sleepstudy")
+    data["g"] = pd.Categorical(np.tile(["a", "b", "c"], len(data) // 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return blm.LMM("Reaction ~ Days + g + (Days | Subject)", data).fit()
+
+
+def test_factor_is_tested_as_a_whole_and_contest_agrees(factor_fit):
+    table = factor_fit.anova()
+    assert table.loc["g", "num_df"] == 2
+    joint = factor_fit.contest(np.array([[0, 0, 1, 0], [0, 0, 0, 1]]))
+    assert joint.loc[0, "f_value"] == pytest.approx(table.loc["g", "f_value"], rel=1e-12)
+    assert joint.loc[0, "den_df"] == pytest.approx(table.loc["g", "den_df"], rel=1e-12)
+    # the F value of a 2-d test is the Wald statistic over 2 (an independent computation)
+    beta, V = factor_fit.beta[2:], factor_fit.vcov_beta[2:, 2:]
+    assert table.loc["g", "f_value"] == pytest.approx(beta @ np.linalg.solve(V, beta) / 2, rel=1e-10)
+    # each direction's df lies between the combined df's bounds: nu_m > 2 and finite
+    assert 2 < table.loc["g", "den_df"] < factor_fit.nobs
+
+
+def test_contest_1d_equals_the_fixef_row():
+    fit = reference_fit("sleep_rs")
+    row = fit.contest({"Days": 1.0}).iloc[0]
+    ref = fit.fixef().loc["Days"]
+    for column in ("estimate", "std_error", "df", "t_value", "p_value"):
+        assert row[column] == pytest.approx(ref[column], rel=1e-12)
+    # a 1-row F-test is the squared t-test
+    f = fit.contest(np.array([[0.0, 1.0]]), joint=True).iloc[0]
+    assert f["f_value"] == pytest.approx(ref["t_value"] ** 2, rel=1e-12)
+    assert f["den_df"] == pytest.approx(ref["df"], rel=1e-12)
+
+
+def test_contest_names_a_bad_contrast():
+    fit = reference_fit("sleep_rs")
+    with pytest.raises(blm.BayesLMMError, match="one per fixed effect"):
+        fit.contest([1.0, 0.0, 0.0])
+    with pytest.raises(blm.BayesLMMError, match="unknown coefficient"):
+        fit.contest({"Day": 1.0})
+
+
+def test_sequential_and_type2_anova_on_an_interaction():
+    data = blm.datasets.load("sleepstudy")
+    data["g"] = pd.Categorical(np.tile(["a", "b", "c"], len(data) // 3))
+    fit = blm.LMM("Reaction ~ Days * g + (Days | Subject)", data).fit()
+    type1, type2 = fit.anova(type=1), fit.anova(type=2)
+    assert list(type1.index) == ["Days", "g", "Days:g"]
+    # the last term of a sequential table and a type II table is the marginal test
+    assert type1.loc["Days:g", "f_value"] == pytest.approx(type2.loc["Days:g", "f_value"], rel=1e-10)
+    marginal = fit.contest(np.eye(6)[4:])
+    assert type2.loc["Days:g", "f_value"] == pytest.approx(marginal.loc[0, "f_value"], rel=1e-10)
+    with pytest.raises(blm.BayesLMMError, match="sum-to-zero"):
+        fit.anova(type=3)
