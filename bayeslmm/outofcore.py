@@ -183,17 +183,26 @@ def _partition_statistics(part: pd.DataFrame, plan: "_Plan"):
     Z = plan.design.blocks[0].new_columns(part)
     y = part[plan.response].to_numpy(dtype=float)
     codes = plan.codes(part[plan.group])
-    W = np.column_stack([X, Z, y]) - plan.shift
-    present, local = np.unique(codes, return_inverse=True)
+    # one contiguous row per column: the products below read columns, not strided rows
+    W = np.vstack([X.T, Z.T, y[None, :]])
+    W -= plan.shift[:, None]
+    # codes are 0..J-1: the groups present and a local index by counting, not sorting
+    counts = np.bincount(codes, minlength=len(plan.levels))
+    present = np.flatnonzero(counts)
     G = len(present)
-    n = np.bincount(local, minlength=G).astype(float)
-    d = W.shape[1]
+    position = np.zeros(len(counts), dtype=np.int64)
+    position[present] = np.arange(G)
+    local = position[codes]
+    n = counts[present].astype(float)
+    d = W.shape[0]
     sums = np.empty((G, d))
     products = np.empty((G, d, d))
+    scratch = np.empty(W.shape[1])
     for a in range(d):
-        sums[:, a] = np.bincount(local, weights=W[:, a], minlength=G)
+        sums[:, a] = np.bincount(local, weights=W[a], minlength=G)
         for b in range(a, d):
-            products[:, a, b] = products[:, b, a] = np.bincount(local, weights=W[:, a] * W[:, b], minlength=G)
+            np.multiply(W[a], W[b], out=scratch)
+            products[:, a, b] = products[:, b, a] = np.bincount(local, weights=scratch, minlength=G)
     return present, n, sums, products
 
 
@@ -451,10 +460,18 @@ def resolve_priors(design: OutOfCoreDesign, priors: dict | None):
     return resolve(moment_design(design), priors)
 
 
+#: Above this many numbers (draws x groups x terms) the group effects are not drawn by default
+#: (100,000 groups x 2 terms x 4,000 draws would be 6.4 GB).
+MAX_EFFECT_CELLS = 50_000_000
+
+
 def sample_statistics(design: OutOfCoreDesign, prior_set, draws: int = 1000, tune: int = 1000, chains: int = 4,
-                      random_seed=None, target_accept: float = 0.9, progressbar: bool = True):
+                      random_seed=None, target_accept: float = 0.9, progressbar: bool = True,
+                      group_effects: bool | None = None):
     """The collapsed (marginal) posterior from the statistics: the same sampler, the same
-    packed model as ``LMM.sample`` in memory; the group effects are drawn exactly."""
+    packed model as ``LMM.sample`` in memory; the group effects are drawn exactly when
+    ``group_effects`` is True (default: when draws x groups x terms is at most
+    ``MAX_EFFECT_CELLS``; otherwise ``ranef()`` is not available and the attrs say so)."""
     import xarray as xr
 
     from .bayes import bar_labels
@@ -473,8 +490,13 @@ def sample_statistics(design: OutOfCoreDesign, prior_set, draws: int = 1000, tun
     run = run_marginal(problem, prior_set, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                        target_accept=target_accept, progressbar=progressbar)
     flat = run.x.reshape(-1, problem.ndim)
-    effects = problem.draw_effects(flat, run.blob, np.random.default_rng([run.seed, 2]))
+    if group_effects is None:
+        group_effects = len(flat) * J * block.n_terms <= MAX_EFFECT_CELLS
+    effects = problem.draw_effects(flat, run.blob, np.random.default_rng([run.seed, 2])) if group_effects else None
     posterior = posterior_dataset(problem, run, effects)
+    if effects is None:
+        posterior.attrs["group_effects"] = (f"not drawn: {len(flat)} draws x {J} groups x {block.n_terms} terms; "
+                                            "pass group_effects=True to draw them")
     posterior.attrs.update({"formula": design.formula.text, "sampler": "nutpie", "parametrization": "marginal",
                             "priors": prior_set.describe(design), "sampling_seconds": run.seconds,
                             "out_of_core": 1, "nobs": design.nobs})
@@ -518,13 +540,15 @@ class OutOfCoreLMM:
 
     def sample(self, draws: int = 1000, tune: int = 1000, chains: int = 4, random_seed: int | None = None,
                sampler: str = "nutpie", target_accept: float = 0.9, progressbar: bool = True,
-               parametrization: str = "auto", **kwargs):
-        """The posterior with the collapsed sampler (``parametrization="full"`` needs the rows)."""
+               parametrization: str = "auto", group_effects: bool | None = None, **kwargs):
+        """The posterior with the collapsed sampler (``parametrization="full"`` needs the rows);
+        ``group_effects`` as in :func:`sample_statistics`."""
         if sampler != "nutpie" or str(parametrization).lower() == "full" or kwargs:
             raise BayesLMMError("out of core, sample() runs the collapsed sampler on nutpie only "
                                 "(sampler='nutpie', parametrization='auto' or 'marginal', no sampler options)")
         return sample_statistics(self.design, self.resolved_priors(), draws=draws, tune=tune, chains=chains,
-                                 random_seed=random_seed, target_accept=target_accept, progressbar=progressbar)
+                                 random_seed=random_seed, target_accept=target_accept, progressbar=progressbar,
+                                 group_effects=group_effects)
 
     def __repr__(self) -> str:
         block = self.design.blocks[0]
