@@ -9,6 +9,7 @@ from . import datasets
 from .errors import BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PriorError, SamplingWarning
 from .model import LMM
 from .posterior import PosteriorResult, load
+from .power import power, power_curve
 from .priors import LKJ, Exponential, Flat, Gamma, HalfNormal, HalfStudentT, LogNormal, Normal, StudentT
 from .reml import make_deviance
 from .report import anova, compare
@@ -20,5 +21,6 @@ __all__ = [
     "LMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
     "datasets", "make_deviance", "lmm", "SingularFitWarning", "WorkflowResult", "__version__",
     "PosteriorResult", "load", "SamplingWarning", "ConvergenceWarning", "anova", "compare",
+    "power", "power_curve",
     "Normal", "StudentT", "Flat", "HalfStudentT", "HalfNormal", "Exponential", "Gamma", "LogNormal", "LKJ",
 ]

@@ -40,6 +40,24 @@ class LMM:
     >>> est.fixef()
     """
 
+    def __new__(cls, formula: str | None = None, data=None, priors: dict | None = None):
+        # a Dask dataframe: the out-of-core model (per-group statistics; bayeslmm.outofcore)
+        if cls is LMM and data is not None:
+            from .outofcore import OutOfCoreLMM, is_dask_frame
+
+            if is_dask_frame(data):
+                return OutOfCoreLMM(formula, data, priors)
+        return super().__new__(cls)
+
+    @classmethod
+    def from_parquet(cls, formula: str, path, priors: dict | None = None, client=None, **read_kwargs):
+        """The model of Parquet data larger than memory (``dask.dataframe.read_parquet(path,
+        **read_kwargs)``), fitted from per-group statistics; see :mod:`bayeslmm.outofcore`.
+        ``client`` (a ``dask.distributed.Client``) runs the passes on its cluster."""
+        from .outofcore import OutOfCoreLMM, read_parquet
+
+        return OutOfCoreLMM(formula, read_parquet(path, **read_kwargs), priors, client=client)
+
     def __init__(self, formula: str, data: pd.DataFrame, priors: dict | None = None):
         self.parsed = parse_formula(formula)
         self.design: Design = build_design(self.parsed, data)

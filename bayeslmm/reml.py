@@ -342,6 +342,60 @@ class ProfiledDeviance:
         except (FitError, np.linalg.LinAlgError):
             return np.inf
 
+    # -- out of core: the same deviance from cross-products (additive; see CrossProducts)
+    @classmethod
+    def from_cross_products(cls, design: Design, products: "CrossProducts", reml: bool = True) -> "ProfiledDeviance":
+        """The deviance of ``design`` (one bar: its block gives the terms and levels; no row
+        is read) from ``products``. It sets the attributes that ``__init__`` and
+        ``_precompute`` set, so ``solve`` and everything after it are shared with the
+        in-memory path (tests/test_outofcore.py checks that the two agree)."""
+        if len(design.blocks) != 1:
+            raise FitError("the deviance from cross-products supports one random-effect term")
+        self = cls.__new__(cls)
+        self.design, self.reml = design, reml
+        self.layout = ThetaLayout.from_design(design)
+        block = design.blocks[0]
+        q, J, p = block.n_terms, block.n_levels, products.XtX.shape[0]
+        self.q_sizes = [q]
+        self.n, self.p = int(products.n), p
+        self.y_scale = float(products.y_std) or 1.0
+        scale = np.where(products.z_rms > 0, products.z_rms, 1.0)
+        self.term_scales = [scale]
+        self._X = None
+        self.theta_scale = np.concatenate([scale[rows] for rows in self.layout.rows])
+        self.evaluations = 0
+        self.q1, self.J1 = q, J
+        self.A11 = products.ZtZ / np.outer(scale, scale)
+        zx = np.concatenate([products.ZtX, products.Zty[:, :, None] / self.y_scale], axis=2) / scale[None, :, None]
+        self.Ax1 = zx.transpose(2, 0, 1).reshape(p + 1, J * q)
+        xy = products.Xty / self.y_scale
+        self.Axx = np.block([[products.XtX, xy[:, None]], [xy[None, :], np.array([[products.yty / self.y_scale**2]])]])
+        self.qr = 0
+        return self
+
+
+# ---------------------------------------------------------------- from cross-products (out of core)
+@dataclass(frozen=True)
+class CrossProducts:
+    """The cross-products the profiled deviance of one grouping factor consumes, on the
+    user's scale, without the rows (built out of core by :mod:`bayeslmm.outofcore`).
+
+    ``ZtZ`` (J, q, q), ``ZtX`` (J, q, p) and ``Zty`` (J, q) per level of the factor;
+    ``XtX`` (p, p), ``Xty`` (p,), ``yty`` and ``n`` over all rows; ``y_std`` (population
+    standard deviation of y) and ``z_rms`` (q,) (root mean square of each column of Z) set
+    the internal scaling exactly as the in-memory constructor sets it.
+    """
+
+    ZtZ: np.ndarray
+    ZtX: np.ndarray
+    Zty: np.ndarray
+    XtX: np.ndarray
+    Xty: np.ndarray
+    yty: float
+    n: int
+    y_std: float
+    z_rms: np.ndarray
+
 
 def make_deviance(design: Design, reml: bool = True) -> ProfiledDeviance:
     """Return the profiled deviance of ``design`` as a function of ``theta``.

@@ -137,3 +137,16 @@ def assert_agrees_with_brms(post, case: str) -> None:
         assert abs(mean - row["mean"]) <= 0.2 * row["sd"], (row["variable"], mean, row["mean"], row["sd"])
         assert sd == pytest.approx(row["sd"], rel=0.15), (row["variable"], sd, row["sd"])
     assert post.divergences == 0
+
+
+# ------------------------------------------------------------------ a real Dask cluster
+@pytest.fixture(scope="session")
+def dask_client():
+    """A real ``LocalCluster`` of two worker processes (one thread each), shared by the power,
+    bootstrap and out-of-core tests; skipped only where the ``dask`` extra is not installed.
+    Workers import bayeslmm, so it must be importable there (PYTHONPATH or an install)."""
+    pytest.importorskip("dask.dataframe")
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as client:
+        yield client

@@ -54,3 +54,32 @@ def test_failures_and_warnings_are_recorded_not_fatal(capsys):
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(BayesLMMError, match=message):
         run_tasks(_draw, [1], **kwargs)
+
+
+def test_a_real_dask_cluster_gives_the_serial_results(dask_client):
+    """Two worker processes: the same values as in process, in task order, failures and
+    warnings recorded; the function is a bayeslmm one (partial of a module-level function),
+    which the workers import, as power analysis sends it."""
+    from functools import partial
+
+    import bayeslmm as blm
+    from bayeslmm.power import _simulate_and_test, _spec
+
+    fit = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy")).fit()
+    covs = {(b.group, b.terms): c for b, c in zip(fit.design.blocks, fit.covariances)}
+    spec = _spec(fit, fit.design, fit.beta, covs, fit.sigma, "Days", "wald")
+    function = partial(_simulate_and_test, spec)
+    serial = run_tasks(function, range(5), random_seed=3, n_jobs=1, progressbar=False)
+    cluster = run_tasks(function, range(5), random_seed=3, client=dask_client, progressbar=False)
+    assert [o.index for o in cluster] == list(range(5))
+    assert [o.value for o in cluster] == [o.value for o in serial]
+    failed = run_tasks(partial(_fails_on_odd_module_level), range(4), random_seed=0, client=dask_client,
+                       progressbar=False)
+    assert [o.ok for o in failed] == [True, False, True, False]
+    assert failed[1].error.startswith("ValueError: odd task 1")
+    assert failed[0].warnings == ("UserWarning: singular fit",)
+
+
+def _fails_on_odd_module_level(task, seed):
+    # a module-level function of the test module (Dask pickles it with cloudpickle)
+    return _fails_on_odd(task, seed)
