@@ -419,27 +419,38 @@ def run_marginal(problem: MarginalProblem, prior_set: P.PriorSet, draws: int = 1
                  progressbar: bool = True, **kwargs) -> MarginalDraws:
     """NUTS (nutpie) on the collapsed posterior of ``problem``; the low-level entry that
     :func:`sample_marginal` and the large-data benchmark share."""
-    import nutpie
-    from nutpie.compile_pymc import CompiledPyMCModel
-
     from . import marginal_kernels as K
 
     blob = problem.pack(prior_set)
-    ndim = problem.ndim
     logp_cfunc, expand_cfunc = K.nutpie_functions(bool(blob[K.H_SINGLE]))
+    return run_nutpie(blob, problem.ndim, logp_cfunc, expand_cfunc, problem.initial_point, draws=draws, tune=tune,
+                      chains=chains, random_seed=random_seed, target_accept=target_accept,
+                      progressbar=progressbar, **kwargs)
+
+
+def run_nutpie(blob: np.ndarray, ndim: int, logp_cfunc, expand_cfunc, initial_point, draws: int = 1000,
+               tune: int = 1000, chains: int = 4, random_seed: int | None = None, target_accept: float = 0.9,
+               progressbar: bool = True, **kwargs) -> MarginalDraws:
+    """nutpie on a density given as numba C callbacks over one packed array ``blob``
+    (shared by the collapsed sampler and the partially collapsed one of
+    :mod:`bayeslmm.crossed`); ``initial_point(rng)`` gives a start."""
+    import nutpie
+    from nutpie.compile_pymc import CompiledPyMCModel
+
     compiled = CompiledPyMCModel(
         _n_dim=ndim, dims={}, _coords={}, _shapes={"_x": (ndim,)},
         compiled_logp_func=logp_cfunc, compiled_expand_func=expand_cfunc,
-        initial_point_func=lambda seed: problem.initial_point(np.random.default_rng(seed)),
-        shared_data={}, user_data=blob, n_expanded=ndim,
+        initial_point_func=lambda seed: initial_point(np.random.default_rng(seed)),
+        shared_data={}, shared_var_keys={}, user_data=blob, n_expanded=ndim,
         shape_info=(["_x"], [slice(0, ndim)], [(ndim,)]), logp_func=None, expand_func=None)
     seed = int(np.random.default_rng().integers(2**31)) if random_seed is None else int(random_seed)
     start = time.perf_counter()
     raw = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed, progress_bar=progressbar,
                         target_accept=target_accept, save_warmup=False, **kwargs)
     seconds = time.perf_counter() - start
-    stats = raw.sample_stats.drop_vars([v for v in raw.sample_stats.data_vars if v.startswith("unconstrained")])
-    return MarginalDraws(raw.posterior["_x"].to_numpy(), stats, blob, seed, seconds)
+    stats = raw["sample_stats"].to_dataset() if hasattr(raw["sample_stats"], "to_dataset") else raw.sample_stats
+    stats = stats.drop_vars([v for v in stats.data_vars if v.startswith("unconstrained")])
+    return MarginalDraws(raw["posterior"]["_x"].to_numpy(), stats, blob, seed, seconds)
 
 
 def posterior_dataset(problem: MarginalProblem, run: MarginalDraws, effects: np.ndarray | None = None):
@@ -495,10 +506,6 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
     FitError
         If the design has crossed factors with too many group effects to integrate out jointly.
     """
-    import arviz as az
-
-    from .posterior import PosteriorResult, to_inference_data
-
     ok, reason = marginal_supported(design)
     if not ok:
         raise FitError(f"the marginal parametrization does not apply: {reason}")
@@ -508,12 +515,27 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
                        target_accept=target_accept, progressbar=progressbar, **kwargs)
     flat = run.x.reshape(-1, problem.ndim)
     effects = problem.draw_effects(flat, run.blob, np.random.default_rng([run.seed, 2]))
-    raw = az.InferenceData(posterior=posterior_dataset(problem, run, effects), sample_stats=run.sample_stats)
-    idata = to_inference_data(design, raw, prior_set, sampler="nutpie", parametrization="marginal", loglik=False)
-    idata.posterior.attrs["sampling_seconds"] = run.seconds
+    return build_result(design, prior_set, posterior_dataset(problem, run, effects), run, "marginal",
+                        {"sampling_seconds": run.seconds},
+                        lambda posterior: _log_likelihood(design, layout, posterior, effects))
+
+
+def build_result(design: Design, prior_set: P.PriorSet, posterior, run: MarginalDraws, parametrization: str,
+                 attrs: dict, loglik):
+    """The PosteriorResult of a collapsed or partially collapsed run: the posterior
+    variables (xarray.Dataset), the sampler statistics, ``attrs`` on the posterior, and the
+    pointwise log-likelihood ``loglik(posterior)`` (an xarray.Dataset) if it is not too large."""
+    import arviz as az
+
+    from .posterior import PosteriorResult, to_inference_data
+
+    raw = az.InferenceData(posterior=posterior, sample_stats=run.sample_stats)
+    idata = to_inference_data(design, raw, prior_set, sampler="nutpie", parametrization=parametrization,
+                              loglik=False)
+    idata.posterior.attrs.update(attrs)
     n_chain, n_draw = run.x.shape[:2]
     if n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
-        idata.add_groups({"log_likelihood": _log_likelihood(design, layout, idata.posterior, effects)})
+        idata.add_groups({"log_likelihood": loglik(idata.posterior)})
     return PosteriorResult(design=design, idata=idata, prior_set=prior_set)
 
 

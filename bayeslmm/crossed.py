@@ -1,0 +1,486 @@
+"""Stage 3e: the partially collapsed sampler for crossed designs of any size.
+
+Crossed factors (subjects x items, students x lecturers) do not split the likelihood by
+group, so the collapsed sampler of :mod:`bayeslmm.marginal` could only integrate all their
+effects out jointly: one dense m x m factorization per gradient, m^3 flops (kb07 with 4x4
+blocks: m = 352, ~15 Mflop for the Cholesky alone and as much again for the inverse the
+gradient needs; ~1e5 gradients per run: far too slow; InstEval's m = 4,114 is out of
+reach). A sparse joint Cholesky does not help much: in a fully crossed design (kb07: every
+subject sees every item) the Schur complement of one factor is dense.
+
+What scales is to integrate out one factor *conditional on the others* ("marginalizing
+random effects inside HMC", Lai, Domke & Sheldon 2024). Given the effects b_S of the
+*sampled* bars, the rows split by the levels of the *top* factor T again, and the effects
+of every bar nested in T (the *integrated* bars, b_I) integrate out group by group exactly
+as in the collapsed sampler, on the residual y - X beta - Z_S b_S::
+
+    p(y | beta, b_S, Sigma, sigma) = prod_j N(r_j | 0, sigma^2 (I + Z_j Lt Lt' Z_j'))
+
+NUTS samples beta, the covariance parameters (same transforms and priors as the
+collapsed and the full model), log sigma and u_S (b_S = Lambda_S u_S, u_S ~ N(0, I),
+non-centered). One gradient costs a pass over the rows and the per-group algebra:
+O(n (p + q) + sum_j m_j^3), no padding of groups (kb07 4x4: ~20 us; InstEval: ~0.3 ms).
+Afterwards b_I is drawn exactly from its Gaussian conditional given each draw (beta, b_S,
+Sigma, sigma), so the posterior has the full model's layout and is the same posterior.
+
+The top factor is the one whose integration leaves the least to sample (the largest
+number of integrated effects), among those whose per-group algebra is cheap; "auto" in
+:meth:`bayeslmm.LMM.sample` compares this plan with the collapsed and the full model by
+an estimated cost (:func:`plan_sampler`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import priors as P
+from .design import Design
+from .errors import FitError
+from .marginal import Bar, MarginalDraws, MarginalProblem, _prior_code, run_nutpie
+
+
+# ---------------------------------------------------------------- the problem
+@dataclass(frozen=True)
+class Factor:
+    """One bar as arrays: grouping codes (n,), its model columns (n, q), its terms."""
+
+    label: str
+    codes: np.ndarray
+    Z: np.ndarray
+    terms: tuple[str, ...]
+    correlated: bool
+    levels: tuple
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def q(self) -> int:
+        return len(self.terms)
+
+
+def factors_of(design: Design) -> list[Factor]:
+    from .bayes import bar_labels
+
+    return [Factor(label, np.asarray(block.codes, dtype=np.int64), np.asarray(block.X, dtype=float),
+                   tuple(block.terms), bool(block.correlated), tuple(block.levels))
+            for label, block in zip(bar_labels(design), design.blocks)]
+
+
+def nested_in(factors: list[Factor], top: int) -> list[int]:
+    """Indices of the bars whose levels each lie within one level of bar ``top``."""
+    codes = factors[top].codes
+    out = []
+    for k, f in enumerate(factors):
+        pairs = np.unique(f.codes * factors[top].n_levels + codes)
+        if len(pairs) == len(np.unique(f.codes)):
+            out.append(k)
+    return out
+
+
+def group_sizes(factors: list[Factor], top: int, integrated: list[int]) -> np.ndarray:
+    """m_j: integrated effects per level of the top factor."""
+    J = factors[top].n_levels
+    m = np.zeros(J, dtype=np.int64)
+    for k in integrated:
+        f = factors[k]
+        level_group = np.zeros(f.n_levels, dtype=np.int64)
+        level_group[f.codes] = factors[top].codes
+        m += np.bincount(level_group, minlength=J) * f.q
+    return m
+
+
+@dataclass(frozen=True)
+class CrossedProblem:
+    """The partially collapsed model: bars ``integrated`` (nested in the top factor) are
+    integrated out group by group given the ``sampled`` bars' effects, which NUTS samples
+    non-centered. Exposes the parameter layout of :class:`~bayeslmm.marginal.MarginalProblem`
+    for its first ``ndim_base`` coordinates, followed by u of each sampled bar (level-major)."""
+
+    fixed_names: tuple[str, ...]
+    intercept: int | None
+    means: np.ndarray
+    y_center: float
+    y_scale: float
+    bars: tuple[Bar, ...]
+    top: int
+    integrated: tuple[int, ...]
+    sampled: tuple[int, ...]
+    n_groups: int
+    group_m: np.ndarray          # (J,) integrated effects per group
+    order: np.ndarray            # rows sorted by group
+    arrays: dict = field(repr=False)
+
+    p = MarginalProblem.p
+    slices = MarginalProblem.slices
+    expand = MarginalProblem.expand
+
+    @property
+    def ndim_base(self) -> int:
+        return self.p + sum(bar.q + bar.n_cpc for bar in self.bars) + 1
+
+    @property
+    def u_starts(self) -> list[int]:
+        start, out = self.ndim_base, []
+        for k in self.sampled:
+            out.append(start)
+            start += len(self.bars[k].levels) * self.bars[k].q
+        return out
+
+    @property
+    def ndim(self) -> int:
+        return self.ndim_base + sum(len(self.bars[k].levels) * self.bars[k].q for k in self.sampled)
+
+    @classmethod
+    def from_design(cls, design: Design, top: int | None = None) -> "CrossedProblem":
+        return cls.from_factors(design.y, design.X, tuple(design.fixed_names), factors_of(design), top)
+
+    @classmethod
+    def from_factors(cls, y, X, fixed_names, factors: list[Factor], top: int | None = None) -> "CrossedProblem":
+        """From arrays (no DataFrame: any number of rows the machine holds). ``top``: the
+        bar whose factor is integrated out (with every bar nested in it); default: the one
+        integrating the most effects."""
+        y, X = np.asarray(y, dtype=float), np.asarray(X, dtype=float)
+        n = len(y)
+        if top is None:
+            top = best_top(factors)
+        integrated = nested_in(factors, top)
+        sampled = [k for k in range(len(factors)) if k not in integrated]
+        tf = factors[top]
+        J = tf.n_levels
+        # slots: each integrated level's first effect within its group
+        used = np.zeros(J, dtype=np.int64)
+        bars = []
+        offsets = {}
+        for k, f in enumerate(factors):
+            if k in integrated:
+                level_group = np.zeros(f.n_levels, dtype=np.int64)
+                level_group[f.codes] = tf.codes
+                # vectorized running offset per group, levels in order
+                order = np.argsort(level_group, kind="stable")
+                counts = np.bincount(level_group, minlength=J)
+                rank = np.empty(f.n_levels, dtype=np.int64)
+                rank[order] = np.arange(f.n_levels) - np.repeat(np.cumsum(counts) - counts, counts)
+                offset = used[level_group] + rank * f.q
+                used += counts * f.q
+                offsets[k] = offset
+                bars.append(Bar(f.label, f.terms, f.correlated, f.levels, level_group, offset))
+            else:
+                bars.append(Bar(f.label, f.terms, f.correlated, f.levels, np.zeros(f.n_levels, dtype=np.int64),
+                                np.zeros(f.n_levels, dtype=np.int64)))
+        intercept = fixed_names.index("(Intercept)") if "(Intercept)" in fixed_names else None
+        means = X.mean(axis=0) if intercept is not None else np.zeros(X.shape[1])
+        if intercept is not None:
+            means[intercept] = 0.0
+        y_center = float(y.mean()) if intercept is not None else 0.0
+        y_scale = float(np.std(y)) or 1.0
+        order = np.argsort(tf.codes, kind="stable")
+        group = tf.codes[order]
+        arrays = {
+            "y": (y[order] - y_center) / y_scale,
+            "X": np.ascontiguousarray((X - means)[order]),
+            "slots": np.ascontiguousarray(np.column_stack([offsets[k][factors[k].codes[order]]
+                                                           for k in integrated]).astype(np.int64)),
+            "zi": np.ascontiguousarray(np.column_stack([factors[k].Z[order] for k in integrated])),
+            "codes": (np.ascontiguousarray(np.column_stack([factors[k].codes[order] for k in sampled]))
+                      if sampled else np.zeros((n, 0), dtype=np.int64)),
+            "zs": (np.ascontiguousarray(np.column_stack([factors[k].Z[order] for k in sampled]))
+                   if sampled else np.zeros((n, 0))),
+            "group_ptr": np.searchsorted(group, np.arange(J + 1)).astype(np.int64),
+        }
+        return cls(tuple(fixed_names), intercept, means, y_center, y_scale, tuple(bars), top, tuple(integrated),
+                   tuple(sampled), J, used, order, arrays)
+
+    # -- packing for the kernels
+    def pack(self, prior_set: P.PriorSet) -> np.ndarray:
+        from . import crossed_kernels as C
+        from . import marginal_kernels as K
+
+        a = self.arrays
+        n, p, J = len(a["y"]), self.p, self.n_groups
+        sd_sl, cpc_sl, sigma_index = self.slices()
+        fixed = []
+        for i, name in enumerate(self.fixed_names):
+            if i == self.intercept:
+                fixed.append(_prior_code(prior_set.intercept) + [self.y_center])
+            else:
+                fixed.append(_prior_code(prior_set.fixed[name]) + [0.0])
+        bar_rows, sd_priors = [], []
+        for k, bar in enumerate(self.bars):
+            eta = prior_set.cor[k].eta if k in prior_set.cor else 1.0
+            bar_rows.append([bar.q, bar.n_cpc, sd_sl[k].start, cpc_sl[k].start, eta, len(sd_priors)])
+            sd_priors.extend(_prior_code(prior_set.sd[(k, term)]) + [0.0] for term in bar.terms)
+        m = self.group_m
+        soff = np.concatenate([[0], np.cumsum(m * m)[:-1]]).astype(np.int64)
+        voff = np.concatenate([[0], np.cumsum(m)[:-1]]).astype(np.int64)
+        S = np.zeros(int((m * m).sum()))
+        qs = np.array([self.bars[k].q for k in self.integrated], dtype=np.int64)
+        C.group_crossproducts(a["group_ptr"], a["slots"], a["zi"], qs, m, soff, S)
+        ent_group = np.concatenate([self.bars[k].group_of_level for k in self.integrated])
+        ent_bar = np.concatenate([np.full(len(self.bars[k].levels), k) for k in self.integrated])
+        ent_off = np.concatenate([self.bars[k].offset for k in self.integrated])
+        eorder = np.argsort(ent_group, kind="stable")
+        gptr = np.searchsorted(ent_group[eorder], np.arange(J + 1))
+        entries = np.column_stack([ent_bar[eorder], ent_off[eorder]])
+        sbar, e0 = [], 0
+        for k, u0 in zip(self.sampled, self.u_starts):
+            L = len(self.bars[k].levels)
+            sbar.append([k, L, u0, e0])
+            e0 += L * self.bars[k].q
+        sections = {
+            K.H_FPRI: np.ravel(fixed), K.H_SPRI: np.ravel(_prior_code(prior_set.sigma) + [0.0]),
+            K.H_BARS: np.ravel(bar_rows), K.H_SDPRI: np.ravel(sd_priors),
+            C.C_Y: a["y"], C.C_X: a["X"], C.C_ROWSLOT: a["slots"], C.C_ZI: a["zi"], C.C_GROW: a["group_ptr"],
+            C.C_GPTR: gptr, C.C_ENT: entries, C.C_GM: m, C.C_GSOFF: soff, C.C_GVOFF: voff, C.C_S: S,
+            C.C_IBAR: np.array(self.integrated), C.C_SBAR: np.ravel(sbar), C.C_CODE: a["codes"], C.C_ZS: a["zs"]}
+        header = np.zeros(C.C_SIZE)
+        header[[K.H_P, K.H_K, K.H_NDIM, K.H_MMAX, K.H_SIGMA, K.H_N, K.H_SCALE]] = [
+            p, len(self.bars), self.ndim, max(int(m.max()), 1), sigma_index, n, self.y_scale]
+        header[[C.C_J, C.C_KI, C.C_KS, C.C_QI, C.C_QS, C.C_NEFF, C.C_NVEC]] = [
+            J, len(self.integrated), len(self.sampled), a["zi"].shape[1], a["zs"].shape[1], max(e0, 1),
+            max(int(m.sum()), 1)]
+        position = C.C_SIZE
+        parts = [header]
+        for slot, section in sections.items():
+            section = np.asarray(section, dtype=float).ravel()
+            header[slot] = position
+            position += section.size
+            parts.append(section)
+        header[K.H_LEN] = position
+        return np.concatenate(parts)
+
+    # -- the rest of the sampler's interface
+    def initial_point(self, rng: np.random.Generator) -> np.ndarray:
+        """Least squares for beta, sds of half the response sd, jittered; u_S near 0."""
+        a = self.arrays
+        XX, Xy = a["X"].T @ a["X"], a["X"].T @ a["y"]
+        try:
+            beta = np.linalg.solve(XX, Xy)
+            se = np.sqrt(np.clip(np.diag(np.linalg.inv(XX)), 0, None))
+        except np.linalg.LinAlgError:
+            beta, se = np.zeros(self.p), np.ones(self.p)
+        x = rng.uniform(-0.5, 0.5, size=self.ndim)
+        x[:self.p] = beta + x[:self.p] * se
+        sd_sl, _, sigma_index = self.slices()
+        for sl in sd_sl:
+            x[sl] += np.log(0.5)
+        x[sigma_index] += np.log(0.5)
+        x[self.ndim_base:] *= 0.2
+        return x
+
+    def draw_effects(self, x: np.ndarray, blob: np.ndarray, rng: np.random.Generator,
+                     chunk: int = 128) -> list[np.ndarray]:
+        """Per bar (S, levels, q), user's scale: the integrated bars drawn exactly from their
+        conditional given each draw ``x`` (S, ndim), the sampled bars from their u."""
+        from . import crossed_kernels as C
+
+        S = len(x)
+        n_int, n_smp = int(self.group_m.sum()), int(blob[C.C_NEFF])
+        flat_i = np.empty((S, n_int))
+        flat_s = np.zeros((S, n_smp))
+        for start in range(0, S, chunk):
+            part = np.ascontiguousarray(x[start:start + chunk])
+            normals = rng.standard_normal((len(part), n_int))
+            C.crossed_draw(part, blob, normals, flat_i[start:start + chunk], flat_s[start:start + chunk])
+        if not np.all(np.isfinite(flat_i)):
+            raise FitError("a group's conditional precision was not positive definite while drawing the "
+                           "integrated group effects")
+        flat_i *= self.y_scale
+        flat_s *= self.y_scale
+        voff = np.concatenate([[0], np.cumsum(self.group_m)[:-1]])
+        out, e0 = [], 0
+        for k, bar in enumerate(self.bars):
+            idx = np.arange(bar.q)[None, :]
+            if k in self.integrated:
+                out.append(flat_i[:, (voff[bar.group_of_level] + bar.offset)[:, None] + idx])
+            else:
+                L = len(bar.levels)
+                out.append(flat_s[:, e0:e0 + L * bar.q].reshape(S, L, bar.q))
+                e0 += L * bar.q
+        return out
+
+    def split_effects(self, per_bar: list[np.ndarray]) -> list[np.ndarray]:
+        return per_bar
+
+
+# ---------------------------------------------------------------- the plan
+#: Rough per-operation costs (seconds), measured with the kernels on this kind of machine:
+#: a row's pass (residual + gradient, per column of X and Z), one flop of the per-group
+#: dense algebra (~3 m^3 per group per gradient), and the full PyMC model's compilation.
+ROW_COST = 1.5e-9
+FLOP_COST = 1.0e-9
+FULL_COMPILE = 25.0
+
+
+def best_top(factors: list[Factor]) -> int:
+    """The bar whose factor integrates out the most effects at a modest per-group cost."""
+    def score(t):
+        integ = nested_in(factors, t)
+        m = group_sizes(factors, t, integ)
+        return (float((m.astype(float) ** 3).sum()) <= 5e7, int(m.sum()))
+    return max(range(len(factors)), key=score)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How ``LMM.sample(parametrization="auto")`` samples, and why."""
+
+    parametrization: str            # "marginal", "crossed" or "full"
+    top: int | None                 # for "crossed": the integrated factor's bar
+    reason: str
+    costs: dict                     # estimated seconds per candidate
+
+
+def _steps(ndim: int) -> float:
+    """Leapfrog steps per NUTS iteration: grows about as ndim^(1/4) on well-scaled targets."""
+    return 4.0 * max(ndim, 1) ** 0.25
+
+
+def estimate_costs(design: Design, draws: int = 1000, tune: int = 1000, chains: int = 4) -> dict:
+    """Estimated wall seconds of each sampler on ``design`` (same units, for comparison):
+    gradients = chains * (draws + tune) * steps(ndim); cost per gradient from the rows'
+    pass and the per-group algebra (sum of m_j^3 over groups, no padding)."""
+    from .marginal import marginal_supported
+
+    factors = factors_of(design)
+    n, p = design.nobs, design.n_fixed
+    Q = sum(f.q for f in factors)
+    iters = chains * (draws + tune) / 2.0  # two cores
+    n_hyper = p + 1 + sum(f.q + f.q * (f.q - 1) // 2 for f in factors)
+    costs = {}
+    ok, _ = marginal_supported(design)
+    top_all = min(range(len(factors)), key=lambda k: factors[k].n_levels)
+    if len(nested_in(factors, top_all)) == len(factors):
+        m = group_sizes(factors, top_all, list(range(len(factors)))).astype(float)
+        per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * len(m) * (p + 1)
+        costs["marginal"] = iters * _steps(n_hyper) * per
+    elif ok:  # a small crossed design, all effects in one joint group
+        mtot = float(sum(f.q * f.n_levels for f in factors))
+        costs["marginal"] = iters * _steps(n_hyper) * 3.0 * FLOP_COST * mtot ** 3
+    for t in range(len(factors)):
+        integ = nested_in(factors, t)
+        if len(integ) == len(factors):
+            continue  # nothing sampled: that is the collapsed sampler
+        m = group_sizes(factors, t, integ).astype(float)
+        sampled = sum(factors[k].q * factors[k].n_levels for k in range(len(factors)) if k not in integ)
+        per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * n * (p + Q)
+        key = f"crossed:{t}"
+        costs[key] = iters * _steps(n_hyper + sampled) * per
+    n_eff = sum(f.q * f.n_levels for f in factors)
+    costs["full"] = FULL_COMPILE + iters * _steps(n_hyper + n_eff) * ROW_COST * 4.0 * n * (p + Q)
+    return costs
+
+
+def plan_sampler(design: Design, draws: int = 1000, tune: int = 1000, chains: int = 4) -> Plan:
+    """The cheapest sampler by :func:`estimate_costs`, with the reason in words."""
+    factors = factors_of(design)
+    costs = estimate_costs(design, draws, tune, chains)
+    best = min(costs, key=costs.get)
+    ranked = ", ".join(f"{k.split(':')[0] if ':' not in k else 'crossed (' + factors[int(k[8:])].label + ')'} "
+                       f"~{v:.3g} s" for k, v in sorted(costs.items(), key=lambda kv: kv[1]))
+    if best.startswith("crossed"):
+        top = int(best.split(":")[1])
+        integ = nested_in(factors, top)
+        names = ", ".join(f"'{factors[k].label}'" for k in integ)
+        rest = ", ".join(f"'{factors[k].label}'" for k in range(len(factors)) if k not in integ)
+        reason = (f"partially collapsed: {names} integrated out given {rest}, which NUTS samples "
+                  f"(estimated cost: {ranked})")
+        return Plan("crossed", top, reason, costs)
+    if best == "marginal":
+        reason = f"collapsed: every group effect integrated out (estimated cost: {ranked})"
+    else:
+        reason = f"full model: group effects sampled non-centered (estimated cost: {ranked})"
+    return Plan(best, None, reason, costs)
+
+
+# ---------------------------------------------------------------- sampling
+def run_crossed(problem: CrossedProblem, prior_set: P.PriorSet, draws: int = 1000, tune: int = 1000,
+                chains: int = 4, random_seed: int | None = None, target_accept: float = 0.9,
+                progressbar: bool = True, **kwargs) -> MarginalDraws:
+    """NUTS (nutpie) on the partially collapsed posterior of ``problem``."""
+    from . import crossed_kernels as C
+    from . import marginal_kernels as K
+
+    blob = problem.pack(prior_set)
+    _, expand_cfunc = K.nutpie_functions(False)
+    return run_nutpie(blob, problem.ndim, C.nutpie_logp(), expand_cfunc, problem.initial_point, draws=draws,
+                      tune=tune, chains=chains, random_seed=random_seed, target_accept=target_accept,
+                      progressbar=progressbar, **kwargs)
+
+
+def crossed_posterior(problem: CrossedProblem, run: MarginalDraws, effects: list[np.ndarray] | None):
+    """The contract's posterior variables (xarray.Dataset), as
+    :func:`bayeslmm.marginal.posterior_dataset`."""
+    from .marginal import posterior_dataset
+
+    base = MarginalDraws(run.x[..., :problem.ndim], run.sample_stats, run.blob, run.seed, run.seconds)
+    return posterior_dataset(problem, base, effects)
+
+
+def sample_crossed(design: Design, prior_set: P.PriorSet, draws: int = 1000, tune: int = 1000, chains: int = 4,
+                   random_seed: int | None = None, target_accept: float = 0.9, progressbar: bool = True,
+                   top: int | None = None, reason: str | None = None):
+    """Sample the partially collapsed model with nutpie, then draw the integrated effects.
+
+    Parameters
+    ----------
+    design : Design
+        Any Gaussian design with at least one random-effect term.
+    prior_set : PriorSet
+        The same priors as the full model.
+    draws, tune, chains, random_seed, target_accept, progressbar
+        As in :meth:`bayeslmm.LMM.sample`.
+    top : int, optional
+        The bar whose factor (with every bar nested in it) is integrated out; by default
+        the one that integrates out the most effects.
+    reason : str, optional
+        Why this sampler was chosen, kept in ``idata.posterior.attrs["sampler_choice"]``.
+
+    Returns
+    -------
+    PosteriorResult
+        In the full model's layout, with ``parametrization = "crossed"`` in the attrs.
+    """
+    from .marginal import build_result
+
+    if not design.blocks:
+        raise FitError("the partially collapsed sampler needs at least one random-effect term")
+    problem = CrossedProblem.from_design(design, top)
+    run = run_crossed(problem, prior_set, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                      target_accept=target_accept, progressbar=progressbar)
+    flat = run.x.reshape(-1, problem.ndim)
+    start = time.perf_counter()
+    effects = problem.draw_effects(flat, run.blob, np.random.default_rng([run.seed, 2]))
+    attrs = {"sampling_seconds": run.seconds, "effect_draw_seconds": time.perf_counter() - start,
+             "integrated": ", ".join(problem.bars[k].label for k in problem.integrated),
+             "sampled": ", ".join(problem.bars[k].label for k in problem.sampled)}
+    if reason:
+        attrs["sampler_choice"] = reason
+    return build_result(design, prior_set, crossed_posterior(problem, run, effects), run, "crossed", attrs,
+                        lambda posterior: pointwise_log_likelihood(design, posterior, effects))
+
+
+def pointwise_log_likelihood(design: Design, posterior, effects: list[np.ndarray]):
+    """Log-likelihood of every observation given each draw's group effects (for LOO)."""
+    import xarray as xr
+
+    from .crossed_kernels import pointwise_loglik
+
+    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
+    beta = np.ascontiguousarray(posterior["beta"].to_numpy().reshape(n_chain * n_draw, -1))
+    sigma = posterior["sigma"].to_numpy().ravel()
+    codes = np.ascontiguousarray(np.column_stack([b.codes for b in design.blocks]).astype(np.int64))
+    Z = np.ascontiguousarray(np.column_stack([b.X for b in design.blocks]).astype(float))
+    qs = np.array([b.n_terms for b in design.blocks], dtype=np.int64)
+    sizes = np.array([e.shape[1] * e.shape[2] for e in effects], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    flat = np.ascontiguousarray(np.hstack([e.reshape(len(e), -1) for e in effects]))
+    out = np.empty((len(sigma), design.nobs))
+    pointwise_loglik(design.y, np.ascontiguousarray(design.X, dtype=float), codes, Z, qs, starts, beta, sigma,
+                     flat, out)
+    return xr.Dataset({"y": (("chain", "draw", "obs"), out.reshape(n_chain, n_draw, design.nobs))},
+                      coords={"chain": posterior.chain, "draw": posterior.draw, "obs": np.arange(design.nobs)})

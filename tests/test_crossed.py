@@ -1,0 +1,207 @@
+"""The partially collapsed sampler for crossed designs (bayeslmm.crossed).
+
+Its pieces are checked against independent computations: the conditional marginal
+likelihood against a dense multivariate normal, the gradient against finite differences,
+the priors against the collapsed sampler's (checked against scipy in test_marginal), the
+draws of the integrated effects against the dense conditional Gaussian; then the sampler as
+a whole against the collapsed sampler on a crossed design small enough for both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeslmm as blm
+from bayeslmm import crossed_kernels as C
+from bayeslmm import marginal_kernels as K
+from bayeslmm.crossed import CrossedProblem, estimate_costs, nested_in, factors_of, plan_sampler
+from bayeslmm.marginal import MarginalProblem
+
+
+def crossed_data(n_a=12, n_b=7, n=150, seed=0, slope=True):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(n_a, size=n), rng.integers(n_b, size=n)
+    a[:n_a], b[:n_b] = np.arange(n_a), np.arange(n_b)
+    x = rng.normal(size=n)
+    y = (1.0 + 0.5 * x + rng.normal(size=n_a)[a] + 0.4 * rng.normal(size=n_a)[a] * x
+         + 0.7 * rng.normal(size=n_b)[b] + 0.3 * rng.normal(size=n_b)[b] * x + rng.normal(size=n))
+    return pd.DataFrame({"y": 10 + 3 * y, "x": x, "a": a.astype(str), "b": b.astype(str),
+                         "c": (a // 3).astype(str)})
+
+
+CASES = [("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin", None),
+         ("y ~ x + (x | a) + (x | b)", "sim", None),
+         ("y ~ x + (x | a) + (1 | b)", "sim", 1),           # integrate b, sample a's slopes
+         ("y ~ x + (x || a) + (x | b) + (1 | c)", "sim", None),  # a nested in c: c sampled, a integrated
+         ("y ~ 0 + x + (1 | a) + (x | b)", "sim", None)]
+
+
+def case(formula, name, priors=None):
+    data = crossed_data() if name == "sim" else blm.datasets.load(name)
+    model = blm.LMM(formula, data, priors=priors)
+    return model.design, model.resolved_priors()
+
+
+def dense_conditional(design, problem, x):
+    """log N(y | X beta + Z_S b_S, sigma^2 I + Z_I G_I Z_I') on the user's scale, written out."""
+    values = problem.expand(x[None, :])
+    s = problem.y_scale
+    beta, sigma = values["beta"][0], values["sigma"][0]
+    mean = design.X @ beta
+    V = sigma ** 2 * np.eye(design.nobs)
+    for k, (bar, block) in enumerate(zip(problem.bars, design.blocks)):
+        sd = values[f"sd_{bar.label}"][0]
+        R = np.eye(bar.q)
+        if bar.n_cpc:
+            Lc = np.zeros((bar.q, bar.q))
+            sd_sl, cpc_sl, _ = problem.slices()
+            K.cpc_cholesky(np.ascontiguousarray(x[cpc_sl[k]]), bar.q, Lc)
+            R = Lc @ Lc.T
+        cov = sd[:, None] * R * sd[None, :]
+        Z = np.zeros((design.nobs, block.n_levels * bar.q))
+        for t in range(bar.q):
+            Z[np.arange(design.nobs), block.codes * bar.q + t] = block.X[:, t]
+        if k in problem.integrated:
+            V += Z @ np.kron(np.eye(block.n_levels), cov) @ Z.T
+        else:
+            u0 = problem.u_starts[problem.sampled.index(k)]
+            u = x[u0:u0 + block.n_levels * bar.q].reshape(block.n_levels, bar.q)
+            lam = np.linalg.cholesky(cov)
+            mean = mean + Z @ (u @ lam.T).ravel()
+    Cv = np.linalg.cholesky(V)
+    r = np.linalg.solve(Cv, design.y - mean)
+    return -0.5 * (design.nobs * np.log(2 * np.pi) + r @ r) - np.sum(np.log(np.diag(Cv)))
+
+
+def point(problem, seed):
+    x = problem.initial_point(np.random.default_rng(seed))
+    x[problem.ndim_base:] = np.random.default_rng(seed + 10).normal(size=problem.ndim - problem.ndim_base)
+    return x
+
+
+@pytest.mark.parametrize("formula,name,top", CASES)
+def test_conditional_likelihood_equals_dense_multivariate_normal(formula, name, top):
+    design, prior_set = case(formula, name)
+    problem = CrossedProblem.from_design(design, top)
+    assert problem.sampled  # something is sampled in every case
+    blob = problem.pack(prior_set)
+    for seed in (0, 1):
+        x = point(problem, seed)
+        # the kernel works on y / s: its density is larger by n log s
+        got = C.crossed_loglik(x, blob) - design.nobs * np.log(problem.y_scale)
+        assert got == pytest.approx(dense_conditional(design, problem, x), abs=1e-8)
+
+
+@pytest.mark.parametrize("formula,name,top", CASES)
+def test_gradient_equals_finite_differences(formula, name, top):
+    plain, _ = case(formula, name)
+    priors = {"sd": blm.HalfNormal(sigma=3.0), "sigma": blm.Gamma(alpha=2.0, beta=0.5)}
+    if any(b.correlated and b.n_terms > 1 for b in plain.blocks):
+        priors["cor"] = blm.LKJ(eta=2.5)
+    design, prior_set = case(formula, name, priors)
+    problem = CrossedProblem.from_design(design, top)
+    blob = problem.pack(prior_set)
+    x = point(problem, 3)
+    grad = np.zeros(problem.ndim)
+    C.crossed_logp(x, grad, blob)
+    numeric = np.zeros(problem.ndim)
+    scratch = np.zeros(problem.ndim)
+    h = 1e-6
+    for i in range(problem.ndim):
+        step = np.zeros(problem.ndim)
+        step[i] = h
+        numeric[i] = (C.crossed_logp(x + step, scratch, blob) - C.crossed_logp(x - step, scratch, blob)) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+
+
+def test_priors_and_jacobians_equal_the_collapsed_samplers():
+    """logp - loglik is the prior part: the collapsed sampler's (on the shared coordinates)
+    plus the standard normal density of u_S."""
+    design, prior_set = case("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin",
+                             {"sd": blm.LogNormal(mu=0.0, sigma=1.0), "sigma": blm.Exponential(lam=2.0)})
+    crossed = CrossedProblem.from_design(design)
+    marginal = MarginalProblem.from_design(design)
+    cb, mb = crossed.pack(prior_set), marginal.pack(prior_set)
+    x = point(crossed, 4)
+    base = x[:crossed.ndim_base].copy()
+    u = x[crossed.ndim_base:]
+    c_prior = C.crossed_logp(x, np.zeros(crossed.ndim), cb) - C.crossed_loglik(x, cb)
+    m_prior = K.logp_grad(base, np.zeros(marginal.ndim), mb) - K.loglik_value(base, mb)
+    assert c_prior == pytest.approx(m_prior - 0.5 * u @ u, abs=1e-9)
+
+
+def test_integrated_factor_is_the_one_with_most_effects_and_no_group_is_padded():
+    design, _ = case("y ~ x + (x | a) + (1 | b)", "sim")
+    problem = CrossedProblem.from_design(design)
+    assert [problem.bars[k].label for k in problem.integrated] == ["a"]  # 24 effects vs 7
+    assert problem.group_m.tolist() == [2] * 12
+    design, _ = case("y ~ x + (x || a) + (x | b) + (1 | c)", "sim")
+    factors = factors_of(design)
+    labels = [f.label for f in factors]
+    assert sorted(labels[k] for k in nested_in(factors, labels.index("c"))) == ["a", "c"]
+    problem = CrossedProblem.from_design(design)
+    # c's four groups hold c's effect and the intercepts and slopes of their three a's
+    assert problem.group_m.tolist() == [7, 7, 7, 7]
+
+
+@pytest.mark.parametrize("formula,name,top", [CASES[0], CASES[3]])
+def test_integrated_effect_draws_follow_the_exact_conditional(formula, name, top):
+    """b_I | y, b_S, theta ~ N(G Z' V^-1 r, G - G Z' V^-1 Z G), r = y - X beta - Z_S b_S."""
+    design, prior_set = case(formula, name)
+    problem = CrossedProblem.from_design(design, top)
+    blob = problem.pack(prior_set)
+    x = point(problem, 5)
+    values = problem.expand(x[None, :])
+    S = 20000
+    draws = problem.draw_effects(np.tile(x, (S, 1)), blob, np.random.default_rng(0))
+    # dense pieces, bar by bar
+    beta, sigma = values["beta"][0], values["sigma"][0]
+    mean = design.X @ beta
+    Zs, Gs = [], []
+    for k, (bar, block) in enumerate(zip(problem.bars, design.blocks)):
+        sd = values[f"sd_{bar.label}"][0]
+        R = np.eye(bar.q)
+        if bar.n_cpc:
+            Lc = np.zeros((bar.q, bar.q))
+            K.cpc_cholesky(np.ascontiguousarray(x[problem.slices()[1][k]]), bar.q, Lc)
+            R = Lc @ Lc.T
+        cov = sd[:, None] * R * sd[None, :]
+        Z = np.zeros((design.nobs, block.n_levels * bar.q))
+        for t in range(bar.q):
+            Z[np.arange(design.nobs), block.codes * bar.q + t] = block.X[:, t]
+        if k in problem.integrated:
+            Zs.append(Z)
+            Gs.append(np.kron(np.eye(block.n_levels), cov))
+        else:
+            u0 = problem.u_starts[problem.sampled.index(k)]
+            b = (x[u0:u0 + block.n_levels * bar.q].reshape(block.n_levels, bar.q) @ np.linalg.cholesky(cov).T)
+            np.testing.assert_allclose(draws[k][0], b, rtol=1e-10)
+            assert np.ptp(draws[k], axis=0).max() <= 1e-12 * np.abs(b).max()  # given, not drawn
+            mean = mean + Z @ b.ravel()
+    Z = np.hstack(Zs)
+    G = np.zeros((Z.shape[1], Z.shape[1]))
+    start = 0
+    for g in Gs:
+        G[start:start + len(g), start:start + len(g)] = g
+        start += len(g)
+    V = sigma ** 2 * np.eye(design.nobs) + Z @ G @ Z.T
+    VZG = np.linalg.solve(V, Z @ G)
+    cond_mean = VZG.T @ (design.y - mean)
+    cond_cov = G - G @ Z.T @ VZG
+    flat = np.hstack([draws[k].reshape(S, -1) for k in problem.integrated])
+    sd = np.sqrt(np.diag(cond_cov))
+    z = (flat.mean(axis=0) - cond_mean) / (sd / np.sqrt(S))
+    assert np.max(np.abs(z)) < 4.5
+    np.testing.assert_allclose(flat.std(axis=0), sd, rtol=0.04)
+    assert np.max(np.abs(np.cov(flat.T) - cond_cov)) < 0.05 * np.max(np.diag(cond_cov))
+
+
+def test_auto_plan_picks_by_cost_and_says_why():
+    sleep = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy")).design
+    plan = plan_sampler(sleep)
+    assert plan.parametrization == "marginal" and plan.reason.startswith("collapsed")
+    design, _ = case("y ~ x + (x | a) + (x | b)", "sim")
+    costs = estimate_costs(design)
+    assert set(costs) == {"marginal", "crossed:0", "crossed:1", "full"}
