@@ -431,14 +431,15 @@ def run_marginal(problem: MarginalProblem, prior_set: P.PriorSet, draws: int = 1
         _n_dim=ndim, dims={}, _coords={}, _shapes={"_x": (ndim,)},
         compiled_logp_func=logp_cfunc, compiled_expand_func=expand_cfunc,
         initial_point_func=lambda seed: problem.initial_point(np.random.default_rng(seed)),
-        shared_data={}, user_data=blob, n_expanded=ndim,
+        shared_data={}, shared_var_keys={}, user_data=blob, n_expanded=ndim,
         shape_info=(["_x"], [slice(0, ndim)], [(ndim,)]), logp_func=None, expand_func=None)
     seed = int(np.random.default_rng().integers(2**31)) if random_seed is None else int(random_seed)
     start = time.perf_counter()
     raw = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed, progress_bar=progressbar,
                         target_accept=target_accept, save_warmup=False, **kwargs)
     seconds = time.perf_counter() - start
-    stats = raw.sample_stats.drop_vars([v for v in raw.sample_stats.data_vars if v.startswith("unconstrained")])
+    stats = raw["sample_stats"].to_dataset()  # nutpie returns an xarray.DataTree
+    stats = stats.drop_vars([v for v in stats.data_vars if v.startswith("unconstrained")])
     return MarginalDraws(raw.posterior["_x"].to_numpy(), stats, blob, seed, seconds)
 
 
@@ -495,9 +496,7 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
     FitError
         If the design has crossed factors with too many group effects to integrate out jointly.
     """
-    import arviz as az
-
-    from .posterior import PosteriorResult, to_inference_data
+    from .posterior import PosteriorResult, add_group, to_inference_data
 
     ok, reason = marginal_supported(design)
     if not ok:
@@ -508,12 +507,12 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
                        target_accept=target_accept, progressbar=progressbar, **kwargs)
     flat = run.x.reshape(-1, problem.ndim)
     effects = problem.draw_effects(flat, run.blob, np.random.default_rng([run.seed, 2]))
-    raw = az.InferenceData(posterior=posterior_dataset(problem, run, effects), sample_stats=run.sample_stats)
+    raw = {"posterior": posterior_dataset(problem, run, effects), "sample_stats": run.sample_stats}
     idata = to_inference_data(design, raw, prior_set, sampler="nutpie", parametrization="marginal", loglik=False)
     idata.posterior.attrs["sampling_seconds"] = run.seconds
     n_chain, n_draw = run.x.shape[:2]
     if n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
-        idata.add_groups({"log_likelihood": _log_likelihood(design, layout, idata.posterior, effects)})
+        add_group(idata, "log_likelihood", _log_likelihood(design, layout, idata.posterior, effects))
     return PosteriorResult(design=design, idata=idata, prior_set=prior_set)
 
 
