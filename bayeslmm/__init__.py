@@ -15,7 +15,7 @@ from .reml import make_deviance
 from .report import anova, compare
 from .workflow import SingularFitWarning, WorkflowResult, lmm
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "LMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",

@@ -17,6 +17,8 @@ The posterior is returned in the layout of :mod:`bayeslmm.posterior` (``beta``, 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .design import Design
@@ -91,6 +93,8 @@ def build_model(design: Design, prior_set: PriorSet, likelihood: str = "pointwis
     import pymc as pm
     import pytensor.tensor as pt
 
+    resolve_pytensor_blas()
+
     names = list(design.fixed_names)
     has_intercept = "(Intercept)" in names
     others = [j for j, name in enumerate(names) if name != "(Intercept)"]
@@ -146,6 +150,24 @@ def build_model(design: Design, prior_set: PriorSet, likelihood: str = "pointwis
             fixed = ([intercept_c] if has_intercept else []) + slopes
             pm.Potential("_loglik", _sufficient_loglik(design, Xc, has_intercept, fixed, effects_per_bar, sigma))
     return model
+
+
+def resolve_pytensor_blas() -> None:
+    """Resolve PyTensor's BLAS flags once, without its "could not link to a BLAS" notice.
+
+    PyTensor searches for a BLAS the first time it compiles a C function and, on a pip
+    install without one, warns. bayeslmm's samplers never run that code: nutpie compiles the
+    log density with numba and the marginal sampler runs its own numba kernels; the C
+    backend only compiles small helpers (initial points, prior draws). So the notice says
+    nothing about the user's model. Only this message is silenced, only during the search;
+    a BLAS that exists is still found and used, and flags the user set are left alone.
+    """
+    import pytensor
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS installation",
+                                category=UserWarning)
+        pytensor.config.blas__ldflags  # noqa: B018 (reading it runs and caches the search)
 
 
 def _sufficient_loglik(design: Design, Xc: np.ndarray, has_intercept: bool, fixed: list, effects: list, sigma):
@@ -237,19 +259,25 @@ def jax_available() -> bool:
     return True
 
 
-#: Newest minor versions of the JAX samplers PyMC 5.28's glue works with: blackjax 1.4
-#: passes PyMC's ``progress_bar`` on to the NUTS kernel, which then fails with a TypeError.
-JAX_SAMPLER_MAX_VERSION = {"blackjax": (1, 3), "numpyro": (0, 22)}
+#: Newest minor versions of the JAX samplers that PyMC's glue works with (None: no limit).
+#: PyMC 6.4 hands its ``progress_bar`` option to blackjax's window adaptation, which passes
+#: it on to the NUTS kernel; blackjax >= 1.4 rejects it with a TypeError (measured with
+#: blackjax 1.7.1), and blackjax 1.3 needs fastprogress's web stack, so blackjax is not in
+#: the ``jax`` extra. numpyro 0.22 samples (tests/test_bayes.py).
+JAX_SAMPLER_MAX_VERSION = {"blackjax": (1, 3), "numpyro": None}
 
 
 def check_jax_sampler_version(sampler: str, version: str) -> None:
-    """Raise a BayesLMMError for a JAX sampler newer than PyMC's glue supports."""
-    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
+    """Raise a BayesLMMError for a JAX sampler that PyMC's glue cannot drive."""
     newest = JAX_SAMPLER_MAX_VERSION[sampler]
+    if newest is None:
+        return
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
     if tuple(parts + [0] * (2 - len(parts))) > newest:
-        pin = ".".join(map(str, newest))
-        raise BayesLMMError(f"sampler={sampler!r}: {sampler} {version} is newer than PyMC 5.28 supports "
-                            f"(up to {pin}.x): pip install '{sampler}~={pin}.0', or pip install 'bayeslmm[jax]'")
+        raise BayesLMMError(f"sampler={sampler!r} does not work with {sampler} {version}: PyMC passes its "
+                            f"progress_bar option on to {sampler}'s NUTS kernel, which rejects it (a PyMC bug, "
+                            f"{sampler} >= 1.4). Use sampler='numpyro' (pip install 'bayeslmm[jax]') or the "
+                            "default sampler='nutpie'")
 
 
 #: nutpie's backend for the full model. Measured (benchmarks/bench_sampling.py, 2 busy
@@ -285,7 +313,7 @@ def cholesky_initial_points(model) -> dict[str, np.ndarray]:
 
 def run_sampler(model, sampler: str, draws: int, tune: int, chains: int, random_seed, target_accept: float,
                 progressbar: bool, **kwargs):
-    """Sample ``model`` with the chosen NUTS implementation; returns arviz.InferenceData.
+    """Sample ``model`` with the chosen NUTS implementation; returns its ``xarray.DataTree``.
 
     ``backend`` ("numba" or "jax", nutpie only) may be among ``kwargs``; the rest go to
     ``nutpie.sample`` or ``pm.sample``.

@@ -448,7 +448,7 @@ def run_nutpie(blob: np.ndarray, ndim: int, logp_cfunc, expand_cfunc, initial_po
     raw = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed, progress_bar=progressbar,
                         target_accept=target_accept, save_warmup=False, **kwargs)
     seconds = time.perf_counter() - start
-    stats = raw["sample_stats"].to_dataset() if hasattr(raw["sample_stats"], "to_dataset") else raw.sample_stats
+    stats = raw["sample_stats"].to_dataset()  # nutpie returns an xarray.DataTree
     stats = stats.drop_vars([v for v in stats.data_vars if v.startswith("unconstrained")])
     return MarginalDraws(raw["posterior"]["_x"].to_numpy(), stats, blob, seed, seconds)
 
@@ -525,17 +525,15 @@ def build_result(design: Design, prior_set: P.PriorSet, posterior, run: Marginal
     """The PosteriorResult of a collapsed or partially collapsed run: the posterior
     variables (xarray.Dataset), the sampler statistics, ``attrs`` on the posterior, and the
     pointwise log-likelihood ``loglik(posterior)`` (an xarray.Dataset) if it is not too large."""
-    import arviz as az
+    from .posterior import PosteriorResult, add_group, to_inference_data
 
-    from .posterior import PosteriorResult, to_inference_data
-
-    raw = az.InferenceData(posterior=posterior, sample_stats=run.sample_stats)
+    raw = {"posterior": posterior, "sample_stats": run.sample_stats}
     idata = to_inference_data(design, raw, prior_set, sampler="nutpie", parametrization=parametrization,
                               loglik=False)
     idata.posterior.attrs.update(attrs)
     n_chain, n_draw = run.x.shape[:2]
     if n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
-        idata.add_groups({"log_likelihood": loglik(idata.posterior)})
+        add_group(idata, "log_likelihood", loglik(idata.posterior))
     return PosteriorResult(design=design, idata=idata, prior_set=prior_set)
 
 

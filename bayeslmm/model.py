@@ -174,7 +174,7 @@ class LMM:
         return PosteriorResult(design=self.design, idata=idata, prior_set=prior_set)
 
     def sample_prior_predictive(self, draws: int = 500, random_seed: int | None = None):
-        """Draws from the prior and the prior predictive distribution (arviz.InferenceData
+        """Draws from the prior and the prior predictive distribution (an ``xarray.DataTree``
         with ``prior`` and ``prior_predictive`` groups)."""
         import pymc as pm
 

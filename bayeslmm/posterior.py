@@ -1,13 +1,17 @@
 """Stage 4b: the posterior result.
 
-A :class:`PosteriorResult` holds an ``arviz.InferenceData`` in one layout, whatever
-sampler or parametrization made it:
+A :class:`PosteriorResult` holds its draws in ``idata``: an ``xarray.DataTree`` with
+ArviZ 1.x's groups (what ``arviz_base.from_dict`` / ``convert_to_datatree`` produce; it
+replaced ArviZ 0.x's ``InferenceData`` in bayeslmm 0.2.0, and ``idata.posterior``,
+``idata.log_likelihood`` etc. read as before). One layout, whatever sampler or
+parametrization made it:
 
 - ``posterior``: ``beta`` (term), ``sigma``, and per bar with label L (the group name;
   a second bar on the same group is ``L.1``): ``sd_L`` (``L__term``), ``cor_L``
   (``L__pair``, correlated bars with two or more terms), ``r_L`` (``L__level``,
   ``L__term``), the group effects;
-- ``log_likelihood``: ``y`` (obs), for LOO; ``observed_data``: ``y``;
+- ``log_likelihood``: ``y`` (obs), for LOO; ``observed_data``: ``y``; ``sample_stats``
+  (``diverging``, ...) from the sampler;
 - ``posterior.attrs``: formula, sampler, parametrization, priors, package version,
   data columns.
 
@@ -21,6 +25,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,20 +99,21 @@ class PosteriorResult(FitResult):
     # ---------------------------------------------------------- diagnostics
     def diagnostics(self) -> pd.DataFrame:
         """R-hat, bulk and tail ESS of every reported parameter (not the group effects)."""
-        import arviz as az
+        from arviz_stats import summary
 
         names = ["beta", "sigma"] + [v for v in self.idata.posterior.data_vars
                                      if v.startswith(("sd_", "cor_"))]
         with warnings.catch_warnings():
             # ArviZ's shape notices (one chain, few draws) are replaced by our own message
             warnings.simplefilter("ignore")
-            table = az.summary(self.idata, var_names=names, kind="diagnostics", round_to="none")  # compare unrounded R-hat
-        return table[["r_hat", "ess_bulk", "ess_tail"]]
+            # unrounded, so that R-hat 1.0143 is compared as such with 1.01
+            table = summary(self.idata, var_names=names, kind="diagnostics", round_to="none")
+        return table[["r_hat", "ess_bulk", "ess_tail"]].astype(float)
 
     @property
     def divergences(self) -> int:
-        stats = getattr(self.idata, "sample_stats", None)
-        if stats is None or "diverging" not in stats:
+        stats = self.idata.children.get("sample_stats")
+        if stats is None or "diverging" not in stats.data_vars:
             return 0
         return int(stats["diverging"].sum())
 
@@ -218,12 +224,15 @@ class PosteriorResult(FitResult):
     # ---------------------------------------------------------- persistence
     def to_netcdf(self, path) -> str:
         """Save the posterior with what :func:`bayeslmm.load` needs to rebuild the result:
-        formula, priors, the data used (as CSV text), data column names and package version."""
+        formula, priors, the data used (as CSV text), data column names and package version.
+
+        The file is netCDF4 (HDF5, through h5netcdf) with one group per ``idata`` group,
+        the layout ArviZ 0.x's ``InferenceData.to_netcdf`` wrote too."""
         from . import __version__
 
-        idata = self.idata.copy()
+        tree = self.idata.copy()
         data = self.design.data
-        idata.posterior.attrs.update({
+        tree["posterior"].attrs = {**_netcdf_attrs(self.idata.posterior.attrs),
             "bayeslmm_version": __version__,
             "formula": self.design.formula.text,
             "priors": self.prior_set.describe(self.design),
@@ -232,9 +241,18 @@ class PosteriorResult(FitResult):
             "data_dtypes": json.dumps({str(c): str(t) for c, t in data.dtypes.items()}),
             "data_schema": json.dumps(frame_schema(data)),
             "data_csv": frame_to_csv(data),
-        })
-        idata.to_netcdf(str(path))
+        }
+        for node in tree.subtree:
+            if node is not tree["posterior"]:
+                node.attrs = _netcdf_attrs(node.attrs)
+        tree.to_netcdf(str(path), engine="h5netcdf")
         return str(path)
+
+
+def _netcdf_attrs(attrs) -> dict:
+    """Attributes netCDF can store: ArviZ's list-valued ones (``sample_dims``) as JSON text."""
+    return {key: json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+            for key, value in attrs.items()}
 
 
 # The data travel as CSV text plus a schema, so that loading rebuilds the same design:
@@ -320,47 +338,194 @@ def priors_from_json(spec: dict) -> dict:
     return {key: getattr(P, value["class"])(**value["kwargs"]) for key, value in spec.items()}
 
 
-def load(path) -> PosteriorResult:
-    """Load a posterior saved with :meth:`PosteriorResult.to_netcdf`."""
-    import arviz as az
+class PosteriorFileError(BayesLMMError, ValueError):
+    """A file given to :func:`bayeslmm.load` is not a readable posterior saved by
+    :meth:`PosteriorResult.to_netcdf`, or its contents disagree with each other."""
 
+
+#: the attributes :meth:`PosteriorResult.to_netcdf` writes and :func:`load` needs
+_REQUIRED_ATTRS = ("formula", "data_csv", "priors_json")
+
+
+def _read_tree(path: Path):
+    """The file as an in-memory DataTree, or a PosteriorFileError saying why not."""
+    import xarray as xr
+
+    if not path.exists():
+        raise PosteriorFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise PosteriorFileError(f"{path} is a folder; give the posterior.nc file inside it")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(8)
+    except OSError as exc:
+        raise PosteriorFileError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    if magic != b"\x89HDF\r\n\x1a\n":
+        raise PosteriorFileError(f"{path} is not a netCDF4/HDF5 file (it does not start with the HDF5 "
+                                 "signature): load() reads files written by PosteriorResult.to_netcdf")
+    try:
+        with warnings.catch_warnings():
+            # h5netcdf's notice on a file that a netCDF library other than its own wrote
+            warnings.simplefilter("ignore")
+            tree = xr.open_datatree(str(path), engine="h5netcdf")
+            try:
+                tree.load()
+            finally:
+                tree.close()
+    except Exception as exc:  # h5py/h5netcdf/xarray raise OSError, KeyError, ValueError, ...
+        raise PosteriorFileError(f"{path} is damaged or truncated: it cannot be read as netCDF4 "
+                                 f"({type(exc).__name__}: {exc})") from exc
+    return tree
+
+
+def _check_consistent(path: Path, tree, design: Design) -> None:
+    """The draws in ``tree`` have the shape and labels the rebuilt ``design`` implies."""
+    posterior = tree["posterior"]
+
+    def labels(name, dim):
+        if name not in posterior.data_vars:
+            raise PosteriorFileError(f"{path}: the posterior has no variable {name!r}, which the saved "
+                                     f"formula {design.formula.text!r} needs (the file was edited or is "
+                                     "not bayeslmm's)")
+        variable = posterior[name]
+        if variable.dims[:2] != ("chain", "draw"):
+            raise PosteriorFileError(f"{path}: {name} has dims {variable.dims}, not (chain, draw, ...)")
+        if dim not in variable.dims:
+            raise PosteriorFileError(f"{path}: {name} has dims {variable.dims}, without {dim!r}")
+        return [str(v) for v in variable[dim].values]
+
+    def same(name, dim, expected):
+        found = labels(name, dim)
+        if found != [str(v) for v in expected]:
+            raise PosteriorFileError(f"{path}: {name} is labelled {found[:5]}{'...' if len(found) > 5 else ''} "
+                                     f"along {dim}, but the saved formula and data give "
+                                     f"{list(expected)[:5]}{'...' if len(expected) > 5 else ''}: the file "
+                                     "was edited or its parts do not belong together")
+
+    same("beta", "term", design.fixed_names)
+    if "sigma" not in posterior.data_vars or posterior["sigma"].dims != ("chain", "draw"):
+        raise PosteriorFileError(f"{path}: the posterior has no scalar sigma")
+    for label, block in zip(bar_labels(design), design.blocks):
+        same(f"sd_{label}", f"{label}__term", block.terms)
+        same(f"r_{label}", f"{label}__level", block.levels)
+        same(f"r_{label}", f"{label}__term", block.terms)
+        if block.correlated and block.n_terms > 1:
+            same(f"cor_{label}", f"{label}__pair", [name for _, _, name in correlation_pairs(block.terms)])
+    for group in ("observed_data", "log_likelihood"):
+        node = tree.children.get(group)
+        if node is not None and "y" in node.data_vars and node["y"].sizes.get("obs") != design.nobs:
+            raise PosteriorFileError(f"{path}: {group} has {node['y'].sizes.get('obs')} observations, the "
+                                     f"saved data {design.nobs}: the file was edited")
+    observed = tree.children.get("observed_data")
+    if observed is not None and "y" in observed.data_vars:
+        if not np.allclose(observed["y"].to_numpy(), design.y, rtol=1e-12, atol=0.0, equal_nan=True):
+            raise PosteriorFileError(f"{path}: the observed response differs from the response of the saved "
+                                     "data: the file was edited")
+
+
+def load(path) -> PosteriorResult:
+    """Load a posterior saved with :meth:`PosteriorResult.to_netcdf`.
+
+    Reads files of this release and of bayeslmm 0.1.0 (ArviZ 0.23's ``InferenceData``
+    netCDF has the same groups). ``idata`` of the result is an ``xarray.DataTree``.
+
+    Raises
+    ------
+    PosteriorFileError
+        (a :class:`BayesLMMError`) for a missing, truncated or foreign file, one without
+        bayeslmm's attributes, or one whose draws, formula and data disagree (edited).
+    """
     from .model import LMM
 
-    idata = az.from_netcdf(str(path))
-    attrs = idata.posterior.attrs
-    if "formula" not in attrs or "data_csv" not in attrs:
-        raise BayesLMMError(f"{path} was not written by bayeslmm's to_netcdf (no formula/data attributes)")
-    if "data_schema" in attrs:
-        data = frame_from_csv(attrs["data_csv"], json.loads(attrs["data_schema"]))
-    else:  # files written before the schema: numbers and text only
-        dtypes = json.loads(attrs["data_dtypes"])
-        text_columns = {c: str for c, t in dtypes.items() if not (t.startswith(("int", "float", "bool")))}
-        data = pd.read_csv(io.StringIO(attrs["data_csv"]), dtype=text_columns)
-    priors = priors_from_json(json.loads(attrs["priors_json"]))
-    model = LMM(attrs["formula"], data, priors=priors)
-    return PosteriorResult(design=model.design, idata=idata, prior_set=model.resolved_priors(), check=False)
+    path = Path(path)
+    tree = _read_tree(path)
+    if "posterior" not in tree.children:
+        raise PosteriorFileError(f"{path} has no posterior group (groups: {sorted(tree.children) or 'none'}): "
+                                 "it was not written by bayeslmm's to_netcdf")
+    attrs = tree["posterior"].attrs
+    missing = [key for key in _REQUIRED_ATTRS if key not in attrs]
+    if missing:
+        raise PosteriorFileError(f"{path} was not written by bayeslmm's to_netcdf (its posterior lacks the "
+                                 f"attributes {', '.join(missing)})")
+    try:
+        if "data_schema" in attrs:
+            data = frame_from_csv(attrs["data_csv"], json.loads(attrs["data_schema"]))
+        else:  # files written before the schema: numbers and text only
+            dtypes = json.loads(attrs["data_dtypes"])
+            text_columns = {c: str for c, t in dtypes.items() if not (t.startswith(("int", "float", "bool")))}
+            data = pd.read_csv(io.StringIO(attrs["data_csv"]), dtype=text_columns)
+        priors = priors_from_json(json.loads(attrs["priors_json"]))
+    except BayesLMMError as exc:
+        raise PosteriorFileError(f"{path}: its saved priors are not valid: {exc}") from exc
+    except Exception as exc:  # bad JSON, a schema that names no column, unparsable CSV
+        raise PosteriorFileError(f"{path}: its saved data or priors cannot be read back "
+                                 f"({type(exc).__name__}: {exc}); the file was edited or damaged") from exc
+    try:
+        model = LMM(attrs["formula"], data, priors=priors)
+        prior_set = model.resolved_priors()
+    except BayesLMMError as exc:
+        raise PosteriorFileError(f"{path}: its saved formula, data and priors do not make a model: {exc}") from exc
+    _check_consistent(path, tree, model.design)
+    for node in tree.subtree:  # ArviZ 1.x keeps sample_dims as a list
+        if isinstance(node.attrs.get("sample_dims"), str):
+            try:
+                node.attrs["sample_dims"] = json.loads(node.attrs["sample_dims"])
+            except ValueError:
+                pass
+    return PosteriorResult(design=model.design, idata=tree, prior_set=prior_set, check=False)
+
+
+def as_dataset(group):
+    """An ``xarray.Dataset`` from a DataTree node (or a Dataset, returned as is)."""
+    import xarray as xr
+
+    return group.to_dataset(inherit=False) if isinstance(group, xr.DataTree) else group
+
+
+def _group(raw, name: str):
+    """Group ``name`` of a sampler's output (a DataTree, or a dict of Datasets), or None."""
+    if isinstance(raw, dict):
+        value = raw.get(name)
+    else:
+        value = raw.children.get(name)
+    return None if value is None else as_dataset(value)
+
+
+def add_group(idata, name: str, dataset) -> None:
+    """Add (or replace) group ``name`` of a posterior's DataTree."""
+    import xarray as xr
+
+    idata[name] = xr.DataTree(dataset=as_dataset(dataset))
 
 
 def to_inference_data(design: Design, idata, prior_set: PriorSet, sampler: str, parametrization: str,
                       loglik: bool = True):
-    """Keep only the contract's variables, add log-likelihood (unless ``loglik`` is False or
-    the table would be too large), observed data and attrs."""
-    import arviz as az
+    """The contract's layout as an ``xarray.DataTree`` (ArviZ 1.x's groups).
+
+    ``idata``: the sampler's output, a DataTree (nutpie, PyMC) or a dict of Datasets with
+    ``posterior`` and optionally ``sample_stats``. Keeps only the contract's variables, adds
+    log-likelihood (unless ``loglik`` is False or the table would be too large), observed
+    data and attrs."""
     import xarray as xr
+
     from . import __version__
 
+    raw_posterior = _group(idata, "posterior")
     keep = ["beta", "sigma"] + [name for label in bar_labels(design)
                                 for name in (f"sd_{label}", f"cor_{label}", f"r_{label}")]
-    posterior = idata.posterior[[name for name in keep if name in idata.posterior]]
+    posterior = raw_posterior[[name for name in keep if name in raw_posterior.data_vars]]
+    posterior.attrs = {key: value for key, value in raw_posterior.attrs.items()
+                       if key in ("created_at", "sample_dims", "creation_library", "creation_library_version")}
     posterior.attrs.update({"formula": design.formula.text, "sampler": sampler,
                             "parametrization": parametrization, "priors": prior_set.describe(design),
                             "bayeslmm_version": __version__,
                             "data_columns": json.dumps([str(c) for c in design.data.columns])})
     groups = {"posterior": posterior,
               "observed_data": xr.Dataset({"y": ("obs", design.y)}, coords={"obs": np.arange(design.nobs)})}
-    if hasattr(idata, "sample_stats"):
-        groups["sample_stats"] = idata.sample_stats
-    out = az.InferenceData(**groups)
+    stats = _group(idata, "sample_stats")
+    if stats is not None:
+        groups["sample_stats"] = stats
+    out = xr.DataTree.from_dict(groups)
     result = PosteriorResult(design=design, idata=out, prior_set=prior_set, check=False)
     n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
     if loglik and n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
@@ -372,7 +537,7 @@ def to_inference_data(design: Design, idata, prior_set: PriorSet, sampler: str, 
         loglik *= loglik
         loglik *= -0.5
         loglik -= (np.log(sigma) + 0.5 * np.log(2.0 * np.pi))[:, None]
-        out.add_groups({"log_likelihood": xr.Dataset(
+        add_group(out, "log_likelihood", xr.Dataset(
             {"y": (("chain", "draw", "obs"), loglik.reshape(n_chain, n_draw, design.nobs))},
-            coords={"chain": posterior.chain, "draw": posterior.draw, "obs": np.arange(design.nobs)})})
+            coords={"chain": posterior.chain.values, "draw": posterior.draw.values, "obs": np.arange(design.nobs)}))
     return out

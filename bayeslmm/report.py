@@ -466,20 +466,24 @@ def ppc_pvalues(result, y_rep: np.ndarray) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- model comparison
 def loo(result, **kwargs):
-    """PSIS-LOO of a posterior (``arviz.loo``); needs the stored pointwise log-likelihood."""
-    import arviz as az
+    """PSIS-LOO of a posterior (``arviz_stats.loo``, an ``ELPDData``); needs the stored
+    pointwise log-likelihood."""
+    from arviz_stats import loo as psis_loo
 
     if not is_posterior(result):
         raise BayesLMMError("loo() needs a posterior (LMM.sample()); a REML/ML fit has no draws: "
                             "compare REML/ML fits with bayeslmm.anova(fit_a, fit_b)")
-    if "log_likelihood" not in result.idata.groups():
+    if "log_likelihood" not in result.idata.children:
         raise BayesLMMError("this posterior has no log_likelihood group (it was not stored, "
                             "probably because draws x observations was too large)")
-    return az.loo(result.idata, **kwargs)
+    return psis_loo(result.idata, **kwargs)
 
 
 def compare(*fits, names=None, **kwargs) -> pd.DataFrame:
-    """Rank posteriors by expected log predictive density (``arviz.compare``, PSIS-LOO).
+    """Rank posteriors by expected log predictive density (``arviz_stats.compare``, PSIS-LOO).
+
+    One row per model, best first; ``elpd_diff`` is each model's elpd minus the best one's
+    (<= 0, ArviZ 1.x's sign), unrounded.
 
     Parameters
     ----------
@@ -488,9 +492,9 @@ def compare(*fits, names=None, **kwargs) -> pd.DataFrame:
     names : list of str, optional
         Model names (``model_1``, ``model_2``, ... by default).
     **kwargs
-        Passed to ``arviz.compare``.
+        Passed to ``arviz_stats.compare``.
     """
-    import arviz as az
+    from arviz_stats import compare as loo_compare
 
     if len(fits) == 1 and isinstance(fits[0], dict):
         named = dict(fits[0])
@@ -510,7 +514,8 @@ def compare(*fits, names=None, **kwargs) -> pd.DataFrame:
     if len(nobs) > 1:
         raise BayesLMMError(f"the fits use different numbers of observations ({sorted(nobs)}); "
                             "LOO comparison needs the same data")
-    return az.compare({name: fit.idata for name, fit in named.items()}, **kwargs)
+    kwargs.setdefault("round_to", "none")  # arviz_stats rounds to 2 significant digits by default
+    return loo_compare({name: fit.idata for name, fit in named.items()}, **kwargs)
 
 
 def anova(*fits, names=None) -> pd.DataFrame:

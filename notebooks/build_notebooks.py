@@ -104,10 +104,11 @@ of chi-square(1) and chi-square(2) (Self and Liang, 1987), whose p-value is smal
 difference does not matter (p is about 2e-9 either way), but for a borderline p-value halve it
 rather than trust it as it is.
 
-The same question, answered by predictive accuracy: PSIS-LOO on the two posteriors. Check the
-`warning` column: True means some Pareto-k values exceed 0.7, so a few students dominate the
-estimate and LOO is unreliable for that model (`post_rs.loo()` lists the k values; with the
-default 4 x 1000 draws every k here is below 0.7)."""),
+The same question, answered by predictive accuracy: PSIS-LOO on the two posteriors (ArviZ's
+table: `elpd_diff` is each model's elpd minus the best one's). Check the `diag_elpd` column:
+an entry such as `3 k̂ > 0.70` means some Pareto-k values exceed the threshold, so a few
+students dominate the estimate and LOO is unreliable for that model (`post_rs.loo()` lists
+the k values; with the default 4 x 1000 draws every k here is below it)."""),
         ("code", """post_ri, post_rs = m_ri.sample(**SAMPLE), m_rs.sample(**SAMPLE)
 blm.compare(post_ri, post_rs)"""),
         ("code", """post_rs.icc()"""),

@@ -211,10 +211,11 @@ def test_jax_samplers_need_their_packages(monkeypatch):
             model.sample(sampler=sampler, parametrization="full", progressbar=False)
 
 
-@pytest.mark.parametrize("sampler", ["numpyro", "blackjax"])
+@pytest.mark.parametrize("sampler", ["numpyro"])
 def test_jax_samplers_sample_the_same_posterior(sampler, sleep_full):
-    """PyMC's JAX samplers (the test extra installs them): same layout, reproducible, and
-    fixed effects near lme4's (251.405 (se 6.82), 10.467 (se 1.55)) and the nutpie run's."""
+    """PyMC's JAX sampler numpyro (the test extra installs it; blackjax is refused, see the
+    next test): same layout, reproducible, and fixed effects near lme4's (251.405 (se 6.82),
+    10.467 (se 1.55)) and the nutpie run's."""
     model = blm.LMM(SLEEP, blm.datasets.load("sleepstudy"))
     post = quiet_sample(model, sampler=sampler, draws=300, tune=300, chains=2, random_seed=3)
     again = quiet_sample(model, sampler=sampler, draws=300, tune=300, chains=2, random_seed=3)
@@ -230,15 +231,24 @@ def test_jax_samplers_sample_the_same_posterior(sampler, sleep_full):
     assert abs(sigma - sleep_full.idata.posterior["sigma"].values.mean()) < 1.5  # posterior sd ~1.5
 
 
-def test_jax_sampler_versions_newer_than_pymc_supports_are_refused():
-    from bayeslmm.bayes import check_jax_sampler_version
+def test_blackjax_versions_that_pymc_cannot_drive_are_refused(monkeypatch):
+    """blackjax >= 1.4 fails inside PyMC 6.4's glue (a TypeError on progress_bar): refused up
+    front with a message naming the remedy, before any compilation."""
+    import sys
+    import types
 
-    check_jax_sampler_version("blackjax", "1.3.0")
-    check_jax_sampler_version("numpyro", "0.22.0")
-    with pytest.raises(blm.BayesLMMError, match=r"blackjax 1\.4\.0 is newer than PyMC 5\.28 supports .*blackjax~=1\.3\.0"):
-        check_jax_sampler_version("blackjax", "1.4.0")
-    with pytest.raises(blm.BayesLMMError, match="numpyro 1.0 is newer"):
-        check_jax_sampler_version("numpyro", "1.0")
+    import bayeslmm.bayes as bayes
+
+    bayes.check_jax_sampler_version("blackjax", "1.3.0")
+    bayes.check_jax_sampler_version("numpyro", "0.22.0")
+    bayes.check_jax_sampler_version("numpyro", "1.0")
+    with pytest.raises(blm.BayesLMMError, match=r"blackjax 1\.7\.1: PyMC passes its progress_bar .*sampler='numpyro'"):
+        bayes.check_jax_sampler_version("blackjax", "1.7.1")
+    monkeypatch.setattr(bayes, "jax_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "blackjax", types.SimpleNamespace(__version__="1.7.1"))
+    model = blm.LMM("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff"))
+    with pytest.raises(blm.BayesLMMError, match="does not work with blackjax 1.7.1"):
+        model.sample(sampler="blackjax", parametrization="full", progressbar=False)
 
 
 # ------------------------------------------------------------------ diagnostics

@@ -126,9 +126,12 @@ def test_plot_groups_exam(exam_fit, tmp_path):
 
 
 def test_plot_groups_title_clears_the_panels_with_many_groups():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     fig = reference_fit("exam_rs").plot_groups(max_panels=65)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    canvas = FigureCanvasAgg(fig)  # matplotlib 3.11: a bare Figure's canvas has no renderer
+    canvas.draw()
+    renderer = canvas.get_renderer()
     title_bottom = fig._suptitle.get_window_extent(renderer).y0
     top_panel = max(ax.get_tightbbox(renderer).y1 for ax in _visible_axes(fig))
     assert title_bottom >= top_panel - 1
