@@ -52,6 +52,16 @@ class PosteriorResult(FitResult):
     Build it with :meth:`LMM.sample`; load a saved one with :func:`bayeslmm.load`.
     Construction checks convergence and warns (:class:`SamplingWarning`) naming every
     parameter with R-hat > 1.01 or bulk ESS < 400, and the number of divergences.
+
+    Attributes
+    ----------
+    idata : xarray.DataTree
+        The draws, in ArviZ 1.x's layout (groups ``posterior``, ``sample_stats``,
+        ``log_likelihood``, ``observed_data``); pass it to ``arviz`` functions
+        (``az.plot_trace(post.idata)``). The name is kept from bayeslmm 0.1.0, where it was
+        an ``arviz.InferenceData``.
+    design, prior_set
+        The design and the priors the posterior was sampled under.
     """
 
     design: Design

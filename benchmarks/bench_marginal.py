@@ -134,7 +134,7 @@ def worker_sim(rows: int, groups: int) -> dict:
     posterior = posterior_dataset(problem, run, effects)
     t_effects = time.perf_counter()
 
-    import arviz as az
+    from arviz_stats import ess
 
     values = {"b0": posterior["beta"].values[..., 0], "b1": posterior["beta"].values[..., 1],
               "sd0": posterior["sd_g"].values[..., 0], "sd1": posterior["sd_g"].values[..., 1],
@@ -144,7 +144,7 @@ def worker_sim(rows: int, groups: int) -> dict:
         lo, hi = np.quantile(draws, [0.025, 0.975])
         coverage[key] = {"truth": truth[key], "mean": float(draws.mean()), "lower": float(lo), "upper": float(hi),
                          "inside": bool(lo <= truth[key] <= hi),
-                         "ess_bulk": float(az.ess(draws.reshape(4, -1), method="bulk"))}
+                         "ess_bulk": float(ess(draws.reshape(4, -1), method="bulk"))}
     return {"rows": rows, "groups": groups, "import_s": t_import - start, "stats_s": t_stats - t_import,
             "sample_s": t_sample - t_stats, "effects_s": t_effects - t_sample,
             "total_s": t_effects - start, "divergences": int(run.sample_stats["diverging"].sum()),

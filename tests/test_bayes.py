@@ -268,6 +268,44 @@ def test_diagnostics_warning_names_parameters_and_remedies():
     assert "Warning: sampling problems" in post.summary()
 
 
+def _synthetic_posterior(beta_shift: float):
+    """A posterior of ``Reaction ~ 1 + (1 | Subject)`` from independent normal draws (4 x
+    1000), with chain 0 of the intercept shifted by ``beta_shift`` sds: a known R-hat."""
+    import xarray as xr
+
+    from bayeslmm.posterior import PosteriorResult, to_inference_data
+
+    model = blm.LMM("Reaction ~ 1 + (1 | Subject)", blm.datasets.load("sleepstudy"))
+    rng = np.random.default_rng(0)
+    beta = rng.normal(size=(4, 1000))
+    beta[0] += beta_shift
+    dims = ("chain", "draw")
+    posterior = xr.Dataset({
+        "beta": (dims + ("term",), 300.0 + 10.0 * beta[..., None]),
+        "sigma": (dims, 40.0 + rng.normal(size=(4, 1000))),
+        "sd_Subject": (dims + ("Subject__term",), 30.0 + rng.normal(size=(4, 1000, 1))),
+        "r_Subject": (dims + ("Subject__level", "Subject__term"), rng.normal(size=(4, 1000, 18, 1)))},
+        coords={"term": ["(Intercept)"], "Subject__term": ["(Intercept)"],
+                "Subject__level": list(model.design.blocks[0].levels)})
+    idata = to_inference_data(model.design, {"posterior": posterior}, model.resolved_priors(), sampler="test",
+                              parametrization="full")
+    return idata, model, PosteriorResult
+
+
+def test_rhat_is_compared_unrounded():
+    """R-hat 1.0144 is above 1.01 and warns (ArviZ's default rounding would show 1.01 or 1.0)."""
+    idata, model, PosteriorResult = _synthetic_posterior(0.41)
+    with pytest.warns(blm.SamplingWarning, match=r"R-hat > 1\.01 for beta\[\(Intercept\)\]") as record:
+        post = PosteriorResult(design=model.design, idata=idata, prior_set=model.resolved_priors())
+    assert len(record) == 1
+    rhat = post.diagnostics().loc["beta[(Intercept)]", "r_hat"]
+    assert rhat == pytest.approx(1.01445, abs=5e-5)
+    idata, model, PosteriorResult = _synthetic_posterior(0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert PosteriorResult(design=model.design, idata=idata, prior_set=model.resolved_priors()).divergences == 0
+
+
 def test_clean_run_emits_no_warning(sleep_full):
     # re-run the construction-time check of the cached fit: only problems produce text
     message = sleep_full.diagnostic_message()

@@ -124,3 +124,18 @@ def test_round_trip_of_this_release_keeps_arviz_attrs(tmp_path):
     shutil.copy(DATA / "v0.1.0_dyestuff.nc", tmp_path / "copy.nc")  # the shipped file is not modified by loading
     blm.load(tmp_path / "copy.nc")
     assert (tmp_path / "copy.nc").read_bytes() == (DATA / "v0.1.0_dyestuff.nc").read_bytes()
+
+
+def test_arviz_1_functions_take_post_idata():
+    """post.idata is what ArviZ 1.x works with: its summary and trace plot run on it (no
+    warning, no conversion) and agree with bayeslmm's own verbs."""
+    import arviz as az
+    import matplotlib.pyplot as plt
+
+    post = blm.load(DATA / "v0.1.0_dyestuff.nc")
+    table = az.summary(post.idata, var_names=["beta", "sigma"], round_to="none")
+    assert table.loc["beta[(Intercept)]", "mean"] == pytest.approx(post.fixef().loc["(Intercept)", "mean"])
+    assert table.loc["sigma", "r_hat"] == pytest.approx(post.diagnostics().loc["sigma", "r_hat"])
+    collection = az.plot_trace(post.idata, var_names=["beta", "sigma"])
+    assert set(collection.viz["plot"].data_vars) == {"beta", "sigma"}  # one panel each
+    plt.close("all")
