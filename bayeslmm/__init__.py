@@ -6,7 +6,8 @@
 """
 
 from . import datasets
-from .errors import BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PriorError, SamplingWarning
+from .errors import (BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PerfectFitWarning,
+                     PriorError, SamplingWarning, SettingsError)
 from .model import LMM
 from .posterior import PosteriorResult, load
 from .priors import LKJ, Exponential, Flat, Gamma, HalfNormal, HalfStudentT, LogNormal, Normal, StudentT
@@ -20,5 +21,6 @@ __all__ = [
     "LMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
     "datasets", "make_deviance", "lmm", "SingularFitWarning", "WorkflowResult", "__version__",
     "PosteriorResult", "load", "SamplingWarning", "ConvergenceWarning", "anova", "compare",
+    "SettingsError", "PerfectFitWarning",
     "Normal", "StudentT", "Flat", "HalfStudentT", "HalfNormal", "Exponential", "Gamma", "LogNormal", "LKJ",
 ]

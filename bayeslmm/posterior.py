@@ -116,12 +116,12 @@ class PosteriorResult(FitResult):
         problems = []
         if self.idata.posterior.sizes["chain"] > 1:
             table = self.diagnostics()
-            bad_rhat = table.index[table["r_hat"] > 1.01].tolist()
+            bad_rhat = table.index[~(table["r_hat"] <= 1.01)].tolist()  # NaN (one draw) is a problem too
             if bad_rhat:
                 problems.append(f"R-hat > 1.01 for {', '.join(bad_rhat)}")
         else:
             table = self.diagnostics()
-        bad_ess = table.index[table["ess_bulk"] < 400].tolist()
+        bad_ess = table.index[~(table["ess_bulk"] >= 400)].tolist()  # NaN (one draw) is a problem too
         if bad_ess:
             problems.append(f"bulk ESS < 400 for {', '.join(bad_ess)}")
         if self.divergences:

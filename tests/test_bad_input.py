@@ -267,9 +267,18 @@ def test_as_many_levels_as_observations(toy):
 
 def test_more_random_effects_than_observations(toy):
     data = toy.assign(pair=np.repeat(np.arange(30), 2), x2=toy["x"] ** 2)
-    raises_exactly(DataError, "the random term (x + x2 | pair) has 90 random effects (30 levels x 3 "
-                   "terms) for 60 observations: more random effects than observations; simplify it",
-                   "y ~ x + (x + x2 | pair)", data)
+    raises_exactly(DataError, "number of observations (=60) <= number of random effects (=90) for term "
+                   "(x + x2 | pair) (30 levels x 3 terms): the random-effects parameters and the residual "
+                   "variance are unidentifiable; simplify it", "y ~ x + (x + x2 | pair)", data)
+
+
+def test_as_many_random_effects_as_observations_is_refused_as_lme4_does(toy):
+    # lme4's check.nobs.vs.nRE stops at n <= number of random effects, equality included
+    data = toy.assign(pair=np.repeat(np.arange(30), 2))
+    raises_exactly(DataError, "number of observations (=60) <= number of random effects (=60) for term "
+                   "(x | pair) (30 levels x 2 terms): the random-effects parameters and the residual "
+                   "variance are unidentifiable; simplify it", "y ~ x + (x | pair)", data)
+    assert blm.LMM("y ~ x + (1 | pair)", data).design.blocks[0].n_levels == 30  # 30 < 60 is fine
 
 
 @pytest.mark.parametrize("values, levels", [
