@@ -419,6 +419,12 @@ def resolve_priors(design: Design, priors: dict | None, for_map: bool = False) -
     sigma, sources["sigma"] = pick(["sigma"], Exponential(lam=1.0 / s_y), "positive")
     _check_scale_prior(sigma, sources["sigma"], "sigma", s_y)
 
+    # a class-level key the model does not use is still checked for its kind of prior
+    for key, support in (("Intercept", "real"), ("b", "real"), ("sd", "positive"), ("sigma", "positive"),
+                         ("cor", "corr")):
+        if key in priors and key not in used:
+            pick([key], priors[key], support)
+            used.discard(key)
     # a class-level key for a class the model lacks is said, not silently dropped; it stays
     # legal so that one priors dict can serve nested models ((1 | g) beside (x | g))
     absent = {"Intercept": intercept is None, "b": not fixed, "cor": not cor}
