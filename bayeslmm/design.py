@@ -359,6 +359,29 @@ def _check_column_types(formula: ParsedFormula, data: pd.DataFrame, used: list[s
         if is_time and column not in group_vars:
             raise DataError(f"column '{column}' holds dates or durations ({values.dtype}); convert it "
                             "to numbers (e.g. days since the start) or to text for a factor")
+        if column not in group_vars:
+            _check_numbers_stored_as_text(column, values)
+
+
+def _check_numbers_stored_as_text(column: str, values: pd.Series) -> None:
+    """A numeric column with a few text cells ('n/a', '.', '1,5' in a CSV) is read as text and
+    would become a factor with a level per distinct number, silently; refuse it, naming them."""
+    if not (values.dtype == object or pd.api.types.is_string_dtype(values)) or \
+            isinstance(values.dtype, pd.CategoricalDtype):
+        return
+    present = values.dropna()
+    if present.empty or not all(isinstance(v, str) for v in present.iloc[:1000]):
+        return
+    numeric = pd.to_numeric(present, errors="coerce")
+    parsed = int(numeric.notna().sum())
+    if parsed == len(present) or parsed < 0.8 * len(present) or numeric.nunique() <= 10:
+        return  # all numbers (text codes of a factor on purpose), mostly text, or few distinct values
+    odd = present[numeric.isna()]
+    shown = ", ".join(f"{v!r} (row {i})" for i, v in list(odd.items())[:3]) + (" ..." if len(odd) > 3 else "")
+    raise DataError(f"column '{column}' holds numbers stored as text with {len(odd)} value(s) that are not numbers: "
+                    f"{shown}; it would be fitted as a factor with {present.nunique()} levels. Fix those values, or "
+                    f"make them missing with pd.to_numeric(data['{column}'], errors='coerce'); for a factor on "
+                    f"purpose, convert the column with .astype('category')")
 
 
 def _check_response_column(formula: ParsedFormula, data: pd.DataFrame) -> None:

@@ -91,12 +91,29 @@ def _available_memory() -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def check_draws_fit_in_memory(design: Design, draws: int, chains: int) -> None:
+def _check_no_misspelled_option(kwargs: dict) -> None:
+    """Options the sampler does not know would pass to it; one that is a misspelling of ours
+    (draw=, seed=, chain=) would be ignored or fail deep inside: name the intended one."""
+    import difflib
+
+    aliases = {"seed": "random_seed", "n_draws": "draws", "n_chains": "chains", "warmup": "tune"}
+    for key in kwargs:
+        guess = aliases.get(key) or next(iter(difflib.get_close_matches(key, _SAMPLE_OPTIONS, n=1, cutoff=0.75)), None)
+        if guess:
+            raise SettingsError(f"unknown option {key}={kwargs[key]!r}: did you mean {guess}=?")
+
+
+_SAMPLE_OPTIONS = ("draws", "tune", "chains", "random_seed", "sampler", "target_accept", "progressbar",
+                   "parametrization")
+
+
+def check_draws_fit_in_memory(design: Design, draws: int, chains: int, per_draw: int = 0) -> None:
     """Refuse, before anything is allocated, draws that would not fit in memory."""
-    needed = 8 * draws * chains * saved_scalars(design)
+    scalars = saved_scalars(design) + per_draw
+    needed = 8 * draws * chains * scalars
     available = _available_memory()
     if needed > MEMORY_SHARE * available:
-        raise SettingsError(f"{chains} chain(s) x {draws:,} draws x {saved_scalars(design):,} saved numbers "
+        raise SettingsError(f"{chains} chain(s) x {draws:,} draws x {scalars:,} saved numbers "
                             f"would take {_bytes(needed)} of memory; {_bytes(available)} is available: "
                             "use fewer draws or chains")
 
@@ -260,6 +277,7 @@ class LMM:
         draws, tune, chains, random_seed = (settings[k] for k in ("draws", "tune", "chains", "random_seed"))
         target_accept, progressbar = settings["target_accept"], settings["progressbar"]
         check_draws_fit_in_memory(self.design, draws, chains)
+        _check_no_misspelled_option(kwargs)
         prior_set = self.resolved_priors()
         choice = settings["parametrization"]
         fallback = None
@@ -300,7 +318,7 @@ class LMM:
         draws = _whole(draws, "draws", 1, MAX_DRAWS)
         if random_seed is not None:
             random_seed = _whole(random_seed, "random_seed", 0, 2**63 - 1)
-        check_draws_fit_in_memory(self.design, draws, 1)
+        check_draws_fit_in_memory(self.design, draws, 1, per_draw=self.design.nobs)  # + the predictive y
         prior_set = self.resolved_priors()
         flat = prior_set.flat_parameters()
         if flat:

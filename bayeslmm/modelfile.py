@@ -32,9 +32,7 @@ from .datasets import DATASETS, load
 from .errors import BayesLMMError, DataError, SettingsError
 
 METHODS = ("reml", "ml", "map", "sample", "all")
-_PRIOR_CLASSES = {name: getattr(P, name) for name in
-                  ("Normal", "StudentT", "Flat", "HalfStudentT", "HalfNormal", "Exponential", "Gamma",
-                   "LogNormal", "LKJ")}
+_PRIOR_CLASSES = P.PRIOR_CLASSES
 
 
 class ModelFileError(BayesLMMError, ValueError):

@@ -317,7 +317,7 @@ def priors_to_json(prior_set: PriorSet, design: Design) -> dict:
 def priors_from_json(spec: dict) -> dict:
     from . import priors as P
 
-    return {key: getattr(P, value["class"])(**value["kwargs"]) for key, value in spec.items()}
+    return P.priors_from_mapping(spec)  # the prior classes only, never any name of the module
 
 
 def load(path) -> PosteriorResult:

@@ -444,3 +444,35 @@ def resolve_priors(design: Design, priors: dict | None, for_map: bool = False) -
         raise PriorError(f"prior key(s) {', '.join(map(repr, unknown))} name no parameter of this model; "
                          f"valid keys: {', '.join(dict.fromkeys(valid))}")
     return PriorSet(intercept=intercept, fixed=fixed, sd=sd, cor=cor, sigma=sigma, sources=sources)
+
+
+# ---------------------------------------------------------------- priors named in files
+#: the prior classes a file may name (model files, saved posteriors); nothing else in this
+#: module is reachable by name from a file (an edited posterior.nc named any function here)
+PRIOR_CLASSES = {cls.__name__: cls for cls in (Normal, StudentT, Flat, HalfStudentT, HalfNormal, Exponential,
+                                               Gamma, LogNormal, LKJ)}
+
+
+def prior_from_spec(kind, kwargs) -> Prior:
+    """``("HalfNormal", {"sigma": 10})`` -> ``HalfNormal(sigma=10.0)``, checked: the class is
+    one of :data:`PRIOR_CLASSES` and the keywords are its parameters (numbers)."""
+    if not isinstance(kind, str) or kind not in PRIOR_CLASSES:
+        raise PriorError(f"unknown prior class {kind!r}: use one of {', '.join(PRIOR_CLASSES)}")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise PriorError(f"the parameters of {kind} must be a table of names and numbers, not {kwargs!r:.60}")
+    try:
+        return PRIOR_CLASSES[kind](**kwargs)
+    except TypeError as exc:  # an unknown keyword
+        raise PriorError(f"{kind}: {exc}") from exc
+
+
+def priors_from_mapping(spec) -> dict:
+    """``{key: {"class": "HalfNormal", "kwargs": {...}}}`` (as saved with a posterior) -> priors."""
+    if not isinstance(spec, dict):
+        raise PriorError(f"saved priors must be a table, not {type(spec).__name__}")
+    out = {}
+    for key, value in spec.items():
+        if not isinstance(value, dict):
+            raise PriorError(f"saved prior {key!r} must be a table with 'class' and 'kwargs', not {value!r:.60}")
+        out[key] = prior_from_spec(value.get("class"), value.get("kwargs", {}))
+    return out

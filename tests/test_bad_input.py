@@ -668,3 +668,25 @@ def test_nan_r_hat_and_ess_do_not_pass_the_diagnostics(tmp_path, monkeypatch):
         {"r_hat": [np.nan], "ess_bulk": [np.nan], "ess_tail": [np.nan]}, index=["sigma"]))
     message = post.diagnostic_message()
     assert "R-hat > 1.01 for sigma" in message and "bulk ESS < 400 for sigma" in message
+
+
+# ---------------------------------------------------------------- found beyond the list
+def test_numbers_stored_as_text_are_not_silently_a_factor(toy):
+    values = [f"{v:.4f}" for v in toy["x"]]
+    values[5], values[17] = "n/a", "."
+    raises_exactly(DataError, "column 'xt' holds numbers stored as text with 2 value(s) that are not numbers: "
+                   "'n/a' (row 5), '.' (row 17); it would be fitted as a factor with 60 levels. Fix those values, "
+                   "or make them missing with pd.to_numeric(data['xt'], errors='coerce'); for a factor on purpose, "
+                   "convert the column with .astype('category')", "y ~ xt + (1 | g)", toy.assign(xt=values))
+    # text factors and digit codes of a factor are still factors
+    assert blm.LMM("y ~ f + (1 | g)", toy).design.fixed_names == ("(Intercept)", "fb", "fc")
+    codes = toy.assign(code=np.tile(["1", "2", "3"], 20))
+    assert blm.LMM("y ~ code + (1 | g)", codes).design.fixed_names == ("(Intercept)", "code2", "code3")
+
+
+@pytest.mark.parametrize("option, guess", [("draw", "draws"), ("seed", "random_seed"), ("chain", "chains"),
+                                           ("target_acept", "target_accept"), ("warmup", "tune")])
+def test_a_misspelled_sample_option_names_the_intended_one(toy, option, guess):
+    model = blm.LMM("y ~ x + (1 | g)", toy)
+    with pytest.raises(blm.SettingsError, match=re.escape(f"unknown option {option}=10: did you mean {guess}=?")):
+        model.sample(**{option: 10})
