@@ -6,7 +6,8 @@
 """
 
 from . import datasets
-from .errors import BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PriorError, SamplingWarning
+from .errors import (BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PerfectFitWarning,
+                     PriorError, SamplingWarning, SettingsError)
 from .model import LMM
 from .posterior import PosteriorResult, load
 from .power import power, power_curve
@@ -21,6 +22,6 @@ __all__ = [
     "LMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
     "datasets", "make_deviance", "lmm", "SingularFitWarning", "WorkflowResult", "__version__",
     "PosteriorResult", "load", "SamplingWarning", "ConvergenceWarning", "anova", "compare",
-    "power", "power_curve",
+    "power", "power_curve", "SettingsError", "PerfectFitWarning",
     "Normal", "StudentT", "Flat", "HalfStudentT", "HalfNormal", "Exponential", "Gamma", "LogNormal", "LKJ",
 ]

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except BayesLMMError as exc:
         print(f"bayeslmm: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the user gave: a folder for a file, a file for a folder, no permission
+        print(f"bayeslmm: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("bayeslmm: interrupted", file=sys.stderr)
         return 130
@@ -96,7 +99,13 @@ def _fit(args) -> int:
     if out:
         if out.exists() and not out.is_dir():
             raise BayesLMMError(f"--out {out} is a file; give a folder (it is created if missing)")
-        out.mkdir(parents=True, exist_ok=True)
+        blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+        if blocking is not None:
+            raise BayesLMMError(f"--out {out} cannot be created: {blocking} is a file, not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BayesLMMError(f"--out {out} cannot be created: {exc.strerror or exc}") from exc
 
     data = spec.load_data()
     model = LMM(spec.formula, data, priors=spec.priors or None)

@@ -170,10 +170,40 @@ class Design:
         return full[:, keep]
 
     def new_codes(self, block: RandomBlock, data: pd.DataFrame) -> np.ndarray:
-        """Level index of each row of new data in ``block``; -1 for a level not in the fit."""
+        """Level index of each row of new data in ``block``; -1 for a level not in the fit.
+
+        Labels are matched by their text, as R's ``as.character`` (1, 1.0 and "1" all find
+        level "1"). Where a grouping column's type differs from the fitted one and some
+        labels match no level, a warning names the column, the types and the labels, since a
+        typo in type (text "01" against numbers) would otherwise make new groups silently.
+        """
         labels = _group_labels(data, block.group_vars)
         lookup = {level: j for j, level in enumerate(block.levels)}
-        return np.array([lookup.get(label, -1) for label in labels], dtype=np.int64)
+        codes = np.array([lookup.get(label, -1) for label in labels], dtype=np.int64)
+        if (codes < 0).any():
+            changed = [(var, _kind(data[var]), _kind(self.data[var])) for var in block.group_vars
+                       if var in self.data.columns and _kind(data[var]) != _kind(self.data[var])]
+            if changed:
+                unmatched = list(dict.fromkeys(label for label, code in zip(labels, codes) if code < 0))
+                shown = ", ".join(repr(u) for u in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+                types = "; ".join(f"'{var}' holds {new} in the new data but {old} in the fitted data"
+                                  for var, new, old in changed)
+                warnings.warn(f"{types}: {int((codes < 0).sum())} row(s) with label(s) {shown} match no fitted "
+                              f"level of '{block.group}' and are treated as new groups; convert the column to "
+                              "the fitted type if they are meant to be fitted groups", UserWarning, stacklevel=3)
+        return codes
+
+    def compare_observations(self, other: "Design") -> str | None:
+        """Why two designs do not describe the same observations of the same response (None
+        if they do): likelihoods of different data cannot be compared."""
+        if self.response.replace(" ", "") != other.response.replace(" ", ""):
+            return f"different responses ('{self.response}' and '{other.response}')"
+        if self.nobs != other.nobs:
+            return f"different numbers of observations ({self.nobs} and {other.nobs})"
+        if not np.array_equal(np.sort(self.y), np.sort(other.y)):  # the order of the rows does not matter
+            return ("different rows of the data (the same number of observations, other response values: other "
+                    "data, or missing values dropped in other columns)")
+        return None
 
 
 def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
@@ -326,6 +356,10 @@ def _check_column_types(formula: ParsedFormula, data: pd.DataFrame, used: list[s
     columns may be of any type (they are factors)."""
     group_vars = {var for term in formula.random for var in term.group_vars}
     counts = Counter(str(c) for c in data.columns)  # once: a check per column was quadratic
+    if "Intercept" in used:
+        raise DataError("a column named 'Intercept' would be taken for the intercept (formulae's name for it) and "
+                        "replace it silently; rename the column, e.g. data.rename(columns={'Intercept': "
+                        "'intercept_col'})")
     for column in used:
         count = counts[column]
         if count > 1:
@@ -338,6 +372,29 @@ def _check_column_types(formula: ParsedFormula, data: pd.DataFrame, used: list[s
         if is_time and column not in group_vars:
             raise DataError(f"column '{column}' holds dates or durations ({values.dtype}); convert it "
                             "to numbers (e.g. days since the start) or to text for a factor")
+        if column not in group_vars:
+            _check_numbers_stored_as_text(column, values)
+
+
+def _check_numbers_stored_as_text(column: str, values: pd.Series) -> None:
+    """A numeric column with a few text cells ('n/a', '.', '1,5' in a CSV) is read as text and
+    would become a factor with a level per distinct number, silently; refuse it, naming them."""
+    if not (values.dtype == object or pd.api.types.is_string_dtype(values)) or \
+            isinstance(values.dtype, pd.CategoricalDtype):
+        return
+    present = values.dropna()
+    if present.empty or not all(isinstance(v, str) for v in present.iloc[:1000]):
+        return
+    numeric = pd.to_numeric(present, errors="coerce")
+    parsed = int(numeric.notna().sum())
+    if parsed == len(present) or parsed < 0.8 * len(present) or numeric.nunique() <= 10:
+        return  # all numbers (text codes of a factor on purpose), mostly text, or few distinct values
+    odd = present[numeric.isna()]
+    shown = ", ".join(f"{v!r} (row {i})" for i, v in list(odd.items())[:3]) + (" ..." if len(odd) > 3 else "")
+    raise DataError(f"column '{column}' holds numbers stored as text with {len(odd)} value(s) that are not numbers: "
+                    f"{shown}; it would be fitted as a factor with {present.nunique()} levels. Fix those values, or "
+                    f"make them missing with pd.to_numeric(data['{column}'], errors='coerce'); for a factor on "
+                    f"purpose, convert the column with .astype('category')")
 
 
 def _check_response_column(formula: ParsedFormula, data: pd.DataFrame) -> None:
@@ -369,6 +426,18 @@ def _check_finite_columns(matrix: np.ndarray, names, data: pd.DataFrame, what: s
 
 
 # ---------------------------------------------------------------- fixed part
+def _check_unique_names(raw: list[str], names, what: str) -> None:
+    """lme4's names drop formulae's brackets ('x[1]' -> 'x1'), so a factor's level and a
+    column can meet under one name; two coefficients must never share one."""
+    seen: dict[str, str] = {}
+    for original, name in zip(raw, names):
+        if name in seen:
+            first = seen[name]
+            raise DataError(f"two {what} coefficients would both be named '{name}': '{first}' and '{original}' "
+                            "(a factor's level next to a column of that name?); rename the column or the level")
+        seen[name] = original
+
+
 def _lme4_name(name: str) -> str:
     """formulae column name -> lme4's: 'Intercept' -> '(Intercept)', 'sex[M]' -> 'sexM'."""
     if name == "Intercept":
@@ -442,7 +511,9 @@ def _full_rank(common, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...],
     if common is None:
         raise FormulaError("the fixed part has no columns; write '1' for an intercept-only model")
     X = np.asarray(common.design_matrix, dtype=float)
-    names = tuple(_lme4_name(n) for n in common.as_dataframe().columns)
+    raw_names = [str(n) for n in common.as_dataframe().columns]
+    names = tuple(_lme4_name(n) for n in raw_names)
+    _check_unique_names(raw_names, names, "fixed-effect")
     _check_finite_columns(X, names, data, "the fixed-effect")
     if X.shape[1] == 0:
         return X, names, names, ()
@@ -516,6 +587,15 @@ def _natural_key(values: pd.Series) -> list:
     return list(values.astype(str))
 
 
+def _kind(values: pd.Series) -> str:
+    """A column's type as a reader names it: numbers, text, booleans, categories of ..."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return f"categories of {_kind(pd.Series(values.cat.categories))}"
+    inferred = pd.api.types.infer_dtype(values, skipna=True)
+    return {"integer": "numbers", "floating": "numbers", "mixed-integer-float": "numbers", "decimal": "numbers",
+            "string": "text", "boolean": "booleans"}.get(inferred, inferred)
+
+
 def _level_label(value) -> str:
     """A level's name from its value alone, as R's as.character: 1.0 -> '1', 2.5 -> '2.5',
     1e20 -> '1e+20', so that new data name a level as the fitted data did whatever the
@@ -585,7 +665,9 @@ def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
     if common is None or np.asarray(common.design_matrix).shape[1] == 0:
         raise FormulaError(f"the random term {term.text} (position {term.position}) has no columns")
     X = np.asarray(common.design_matrix, dtype=float)
-    terms = tuple(_lme4_name(n) for n in common.as_dataframe().columns)
+    raw_terms = [str(n) for n in common.as_dataframe().columns]
+    terms = tuple(_lme4_name(n) for n in raw_terms)
+    _check_unique_names(raw_terms, terms, f"random-effect ({term.text})")
     _check_finite_columns(X, terms, data, f"the random term {term.text}:")
     if not term.correlated and _has_factor(common):
         warnings.warn(f"'||' in {term.text} with a factor: bayeslmm gives every coefficient "
@@ -625,10 +707,10 @@ def _check_random_sizes(blocks: list[RandomBlock], nobs: int) -> None:
                             "observations: the number of levels must be less than the number of "
                             "observations (every group needs replicates)")
         n_effects = block.n_levels * block.n_terms
-        if n_effects > nobs:
-            raise DataError(f"the random term {block.term.text} has {n_effects} random effects "
-                            f"({block.n_levels} levels x {block.n_terms} terms) for {nobs} "
-                            "observations: more random effects than observations; simplify it")
+        if n_effects >= nobs:  # lme4's check.nobs.vs.nRE: stop when n <= number of random effects
+            raise DataError(f"number of observations (={nobs}) <= number of random effects (={n_effects}) for "
+                            f"term {block.term.text} ({block.n_levels} levels x {block.n_terms} terms): the "
+                            "random-effects parameters and the residual variance are unidentifiable; simplify it")
 
 
 def _evaluate_new(evaluator, data: pd.DataFrame, expr: str) -> np.ndarray:

@@ -31,3 +31,12 @@ class SamplingWarning(UserWarning):
 
 class ConvergenceWarning(UserWarning):
     """The REML, ML or MAP optimizer stopped without meeting its convergence criterion."""
+
+
+class SettingsError(BayesLMMError, ValueError):
+    """An option of a fit or of the sampler is invalid (draws, chains, seed, method, ...)."""
+
+
+class PerfectFitWarning(UserWarning):
+    """The residual variance is (numerically) zero: the response is an exact function of the
+    fixed and group effects, so standard errors, t values and the likelihood mean nothing."""

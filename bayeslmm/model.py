@@ -5,13 +5,143 @@ This is glue, as ``lmer()`` is in lme4: formula -> design -> back end -> result.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
+import numpy as np
 import pandas as pd
 
 from .design import Design, build_design
-from .errors import BayesLMMError
+from .errors import BayesLMMError, FitError, PerfectFitWarning, PriorError, SettingsError
 from .formula import parse_formula
+
+SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
+PARAMETRIZATIONS = ("auto", "marginal", "full")
+#: explicit bounds on the sampler's settings (the memory the draws take is checked too)
+MAX_DRAWS = 10**7
+MAX_CHAINS = 1000
+#: refuse draws that would take more than this share of the available memory
+MEMORY_SHARE = 0.5
+#: residual sd below this share of the response's sd: an (essentially) perfect fit
+PERFECT_FIT_RATIO = 1e-6
+
+
+def _whole(value, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        kind = type(value).__name__
+        hint = f" (did you mean {int(value)}?)" if isinstance(value, float) and float(value).is_integer() else ""
+        raise SettingsError(f"{name}={value!r} must be a whole number, not {kind}{hint}")
+    if not low <= int(value) <= high:
+        raise SettingsError(f"{name}={value!r} must be between {low} and {high:,}")
+    return int(value)
+
+
+def check_sample_arguments(draws=1000, tune=1000, chains=4, random_seed=None, sampler="nutpie",
+                          target_accept=0.9, progressbar=True, parametrization="auto") -> dict:
+    """Check the sampler's settings, as the model file's [sample] table is checked.
+
+    Returns
+    -------
+    dict
+        The settings as plain Python values.
+
+    Raises
+    ------
+    SettingsError
+        Naming the setting and what it must be.
+    """
+    out = {"draws": _whole(draws, "draws", 1, MAX_DRAWS), "tune": _whole(tune, "tune", 0, MAX_DRAWS),
+           "chains": _whole(chains, "chains", 1, MAX_CHAINS)}
+    if random_seed is not None:
+        random_seed = _whole(random_seed, "random_seed", 0, 2**63 - 1)
+    out["random_seed"] = random_seed
+    if isinstance(target_accept, bool) or not isinstance(target_accept, numbers.Real) \
+            or not 0.0 < float(target_accept) < 1.0:
+        raise SettingsError(f"target_accept={target_accept!r} must be a number between 0 and 1 (e.g. 0.9)")
+    out["target_accept"] = float(target_accept)
+    if not isinstance(progressbar, (bool, np.bool_)):
+        raise SettingsError(f"progressbar={progressbar!r} must be True or False")
+    out["progressbar"] = bool(progressbar)
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise SettingsError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    out["sampler"] = sampler
+    if not isinstance(parametrization, str) or parametrization.lower() not in PARAMETRIZATIONS:
+        raise SettingsError(f"parametrization must be 'auto', 'marginal' or 'full', not {parametrization!r}")
+    out["parametrization"] = parametrization.lower()
+    return out
+
+
+def saved_scalars(design: Design) -> int:
+    """Numbers kept per draw: fixed effects, sigma, and per bar its sds, correlation matrix
+    and group effects."""
+    total = design.n_fixed + 1
+    for block in design.blocks:
+        total += block.n_terms + block.n_terms**2 + block.n_levels * block.n_terms
+    return total
+
+
+def _available_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with the test extra
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _check_no_misspelled_option(kwargs: dict) -> None:
+    """Options the sampler does not know would pass to it; one that is a misspelling of ours
+    (draw=, seed=, chain=) would be ignored or fail deep inside: name the intended one."""
+    import difflib
+
+    aliases = {"seed": "random_seed", "n_draws": "draws", "n_chains": "chains", "warmup": "tune"}
+    for key in kwargs:
+        guess = aliases.get(key) or next(iter(difflib.get_close_matches(key, _SAMPLE_OPTIONS, n=1, cutoff=0.75)), None)
+        if guess:
+            raise SettingsError(f"unknown option {key}={kwargs[key]!r}: did you mean {guess}=?")
+
+
+_SAMPLE_OPTIONS = ("draws", "tune", "chains", "random_seed", "sampler", "target_accept", "progressbar",
+                   "parametrization")
+
+
+def check_draws_fit_in_memory(design: Design, draws: int, chains: int, per_draw: int = 0) -> None:
+    """Refuse, before anything is allocated, draws that would not fit in memory."""
+    scalars = saved_scalars(design) + per_draw
+    needed = 8 * draws * chains * scalars
+    available = _available_memory()
+    if needed > MEMORY_SHARE * available:
+        raise SettingsError(f"{chains} chain(s) x {draws:,} draws x {scalars:,} saved numbers "
+                            f"would take {_bytes(needed)} of memory; {_bytes(available)} is available: "
+                            "use fewer draws or chains")
+
+
+def _bytes(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if count < 1024 or unit == "PB":
+            return f"{count:.1f} {unit}" if unit != "bytes" else f"{int(count)} bytes"
+        count /= 1024
+    return f"{count:.1f} PB"  # unreachable
+
+
+def check_priors_argument(priors) -> dict | None:
+    """``priors`` must be None or a dict of text keys to bayeslmm priors."""
+    from .priors import Prior
+
+    if priors is None:
+        return None
+    if not isinstance(priors, dict):
+        raise PriorError(f"priors must be a dict like {{'sd': blm.HalfNormal(sigma=10)}}, not "
+                         f"{type(priors).__name__} ({priors!r:.60})")
+    for key, value in priors.items():
+        if not isinstance(key, str):
+            raise PriorError(f"prior keys are text like 'b_Days' or 'sd_Subject', not {key!r}")
+        if not isinstance(value, Prior):
+            raise PriorError(f"the prior for '{key}' must be a bayeslmm prior such as "
+                             f"blm.Normal(mu=0, sigma=1), not {value!r:.60}")
+    return dict(priors)
 
 
 class LMM:
@@ -61,7 +191,16 @@ class LMM:
     def __init__(self, formula: str, data: pd.DataFrame, priors: dict | None = None):
         self.parsed = parse_formula(formula)
         self.design: Design = build_design(self.parsed, data)
-        self.priors = priors
+        self.priors = check_priors_argument(priors)
+        if self.priors:
+            # every key is checked now, whatever the method: fit(method="reml") uses no prior,
+            # and a misspelled key must not pass silently there. Notes about class keys the
+            # model lacks are given when the priors are used (sample, MAP)
+            from .priors import resolve_priors
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                resolve_priors(self.design, self.priors)
 
     @property
     def formula(self) -> str:
@@ -80,16 +219,25 @@ class LMM:
         -------
         PointResult
         """
-        key = str(method).lower()
-        if key in ("reml", "ml"):
-            from .reml import fit_profiled
+        if not isinstance(method, str):
+            raise SettingsError(f"method must be 'reml', 'ml' or 'map', not {method!r}")
+        key = method.lower()
+        if key not in ("reml", "ml", "map"):
+            raise SettingsError(f"unknown method {method!r}: use 'reml', 'ml' or 'map'")
+        from .map import fit_map
+        from .reml import fit_profiled
 
-            return fit_profiled(self.design, reml=(key == "reml"))
-        if key == "map":
-            from .map import fit_map
-
-            return fit_map(self.design, self.priors)
-        raise BayesLMMError(f"unknown method {method!r}: use 'reml', 'ml' or 'map'")
+        try:
+            if key == "map":
+                result = fit_map(self.design, self.priors)
+            else:
+                result = fit_profiled(self.design, reml=(key == "reml"))
+        except BayesLMMError:
+            raise
+        except (ArithmeticError, ValueError, KeyError, IndexError, np.linalg.LinAlgError) as exc:
+            # a numerical failure deep in the optimizer is reported as a failed fit, not a raw error
+            raise FitError(f"the {key.upper()} fit failed: {type(exc).__name__}: {exc}") from exc
+        return _warn_if_perfect(result, self.design)
 
     def resolved_priors(self, for_map: bool = False):
         """The :class:`~bayeslmm.priors.PriorSet` in force: the user's priors over the defaults."""
@@ -141,10 +289,15 @@ class LMM:
         from .marginal import marginal_supported, sample_marginal
         from .posterior import PosteriorResult, to_inference_data
 
+        settings = check_sample_arguments(draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                                         sampler=sampler, target_accept=target_accept,
+                                         progressbar=progressbar, parametrization=parametrization)
+        draws, tune, chains, random_seed = (settings[k] for k in ("draws", "tune", "chains", "random_seed"))
+        target_accept, progressbar = settings["target_accept"], settings["progressbar"]
+        check_draws_fit_in_memory(self.design, draws, chains)
+        _check_no_misspelled_option(kwargs)
         prior_set = self.resolved_priors()
-        choice = str(parametrization).lower()
-        if choice not in ("auto", "marginal", "full"):
-            raise BayesLMMError(f"parametrization must be 'auto', 'marginal' or 'full', not {parametrization!r}")
+        choice = settings["parametrization"]
         fallback = None
         if choice == "marginal" and sampler != "nutpie":
             raise BayesLMMError(f"parametrization='marginal' runs on nutpie only, not sampler={sampler!r}; "
@@ -180,6 +333,10 @@ class LMM:
 
         from .bayes import build_model
 
+        draws = _whole(draws, "draws", 1, MAX_DRAWS)
+        if random_seed is not None:
+            random_seed = _whole(random_seed, "random_seed", 0, 2**63 - 1)
+        check_draws_fit_in_memory(self.design, draws, 1, per_draw=self.design.nobs)  # + the predictive y
         prior_set = self.resolved_priors()
         flat = prior_set.flat_parameters()
         if flat:
@@ -195,3 +352,17 @@ class LMM:
         groups = ", ".join(f"{b.group} ({b.n_levels})" for b in self.design.blocks)
         return (f"LMM({self.formula!r}): {self.design.nobs} observations, "
                 f"{self.design.n_fixed} fixed effects, groups: {groups}")
+
+
+def _warn_if_perfect(result, design: Design):
+    """lm in R says "essentially perfect fit"; a mixed model fitted to a response with no
+    residual noise returns a residual sd at the optimizer's floor and meaningless standard
+    errors, t values and likelihood: say so, naming the numbers."""
+    sigma = getattr(result, "sigma", None)
+    spread = float(np.std(design.y))
+    if sigma is not None and spread > 0 and float(sigma) < PERFECT_FIT_RATIO * spread:
+        warnings.warn(f"essentially perfect fit: the residual sd is {float(sigma):.3g} against a response sd of "
+                      f"{spread:.4g}: '{design.response}' is an exact function of the fixed and group effects, "
+                      "so standard errors, t values and the likelihood are unreliable (noise left out of a "
+                      "simulation?)", PerfectFitWarning, stacklevel=3)
+    return result

@@ -29,12 +29,10 @@ import pandas as pd
 
 from . import priors as P
 from .datasets import DATASETS, load
-from .errors import BayesLMMError, DataError
+from .errors import BayesLMMError, DataError, SettingsError
 
 METHODS = ("reml", "ml", "map", "sample", "all")
-_PRIOR_CLASSES = {name: getattr(P, name) for name in
-                  ("Normal", "StudentT", "Flat", "HalfStudentT", "HalfNormal", "Exponential", "Gamma",
-                   "LogNormal", "LKJ")}
+_PRIOR_CLASSES = P.PRIOR_CLASSES
 
 
 class ModelFileError(BayesLMMError, ValueError):
@@ -65,10 +63,30 @@ class ModelSpec:
         if not path.exists():
             raise DataError(f"data file {path} does not exist (and '{self.data}' is not a bundled data set: "
                             f"{', '.join(DATASETS)})")
-        try:
-            return pd.read_csv(path)
-        except Exception as exc:
-            raise DataError(f"cannot read {path} as CSV: {exc}") from exc
+        if not path.is_file():
+            raise DataError(f"data file {path} is a folder, not a CSV file")
+        return read_csv(path)
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file as a DataFrame; two columns with one name are an error (pandas would rename
+    the second 'x.1', and a formula naming 'x' would silently fit the first)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+        frame = pd.read_csv(path)
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as CSV: {exc}") from exc
+    seen: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if name in seen:
+            raise DataError(f"{path} has two columns named '{name}' (columns {seen[name]} and {position}); "
+                            "rename one: pandas would call the second '{name}.1' and a formula naming "
+                            f"'{name}' would use the first")
+        seen[name] = position
+    return frame
 
 
 def parse_priors(table: dict) -> dict:
@@ -78,7 +96,7 @@ def parse_priors(table: dict) -> dict:
         if not isinstance(spec, dict) or "dist" not in spec:
             raise ModelFileError(f"prior '{key}' must be a table like {{ dist = \"HalfNormal\", sigma = 10 }}")
         kind = spec["dist"]
-        if kind not in _PRIOR_CLASSES:
+        if not isinstance(kind, str) or kind not in _PRIOR_CLASSES:
             raise ModelFileError(f"prior '{key}': unknown dist '{kind}'; use one of {', '.join(_PRIOR_CLASSES)}")
         kwargs = {k: v for k, v in spec.items() if k != "dist"}
         for name, value in kwargs.items():
@@ -118,31 +136,53 @@ def check_sample_settings(sample: dict, where: str) -> dict:
         ok, wanted = _SAMPLE_CHECKS[key]
         if not ok(value):
             raise ModelFileError(f"{where}: [sample] {key} = {value!r} must be {wanted}")
+    # then the API's own checks and bounds (draws, chains, seed range), so both paths agree
+    from .model import check_sample_arguments
+
+    try:
+        check_sample_arguments(**{("random_seed" if key == "seed" else key): value for key, value in sample.items()})
+    except SettingsError as exc:
+        raise ModelFileError(f"{where}: [sample] {exc}") from exc
     return sample
 
 
+#: top-level entries of a model file and the type each must have
+_ENTRY_TYPES = {"name": str, "description": str, "data": str, "formula": str, "method": str, "reml": bool,
+                "priors": dict, "sample": dict}
+
+
 def read_model_file(path: str | Path) -> ModelSpec:
-    """Read and check a model file."""
+    """Read and check a model file: every entry has its type (``reml = "false"`` is an error,
+    not REML), every prior and [sample] setting is checked as the API checks it."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} is a folder; give a .toml file (see models/ for examples)")
     try:
         content = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {path}: {exc}") from exc
     for key in ("data", "formula"):
         if key not in content:
             raise ModelFileError(f"{path} has no '{key}' entry")
-    unknown = set(content) - {"name", "description", "data", "formula", "method", "reml", "priors", "sample"}
+    unknown = set(content) - set(_ENTRY_TYPES)
     if unknown:
         raise ModelFileError(f"{path}: unknown entries {', '.join(sorted(unknown))}")
+    words = {str: "text in quotes", bool: "true or false (no quotes)", dict: "a table"}
+    for key, kind in _ENTRY_TYPES.items():
+        if key in content and not isinstance(content[key], kind):
+            raise ModelFileError(f"{path}: {key} = {content[key]!r} must be {words[kind]}, not "
+                                 f"{type(content[key]).__name__}")
     method = str(content.get("method", "all")).lower()
     if method not in METHODS:
         raise ModelFileError(f"{path}: method must be one of {', '.join(METHODS)}, not '{method}'")
     if not isinstance(content.get("sample", {}), dict) or not isinstance(content.get("priors", {}), dict):
         raise ModelFileError(f"{path}: [sample] and [priors] must be tables")
     sample = check_sample_settings(dict(content.get("sample", {})), str(path))
-    return ModelSpec(name=str(content.get("name", path.stem)), data=str(content["data"]),
-                     formula=str(content["formula"]), method=method, reml=bool(content.get("reml", True)),
+    return ModelSpec(name=content.get("name", path.stem), data=content["data"],
+                     formula=content["formula"], method=method, reml=content.get("reml", True),
                      priors=parse_priors(content.get("priors", {})), sample=sample,
-                     description=str(content.get("description", "")), base_dir=path.parent)
+                     description=content.get("description", ""), base_dir=path.parent)

@@ -132,12 +132,12 @@ class PosteriorResult(FitResult):
         problems = []
         if self.idata.posterior.sizes["chain"] > 1:
             table = self.diagnostics()
-            bad_rhat = table.index[table["r_hat"] > 1.01].tolist()
+            bad_rhat = table.index[~(table["r_hat"] <= 1.01)].tolist()  # NaN (one draw) is a problem too
             if bad_rhat:
                 problems.append(f"R-hat > 1.01 for {', '.join(bad_rhat)}")
         else:
             table = self.diagnostics()
-        bad_ess = table.index[table["ess_bulk"] < 400].tolist()
+        bad_ess = table.index[~(table["ess_bulk"] >= 400)].tolist()  # NaN (one draw) is a problem too
         if bad_ess:
             problems.append(f"bulk ESS < 400 for {', '.join(bad_ess)}")
         if self.divergences:
@@ -345,7 +345,7 @@ def priors_to_json(prior_set: PriorSet, design: Design) -> dict:
 def priors_from_json(spec: dict) -> dict:
     from . import priors as P
 
-    return {key: getattr(P, value["class"])(**value["kwargs"]) for key, value in spec.items()}
+    return P.priors_from_mapping(spec)  # the prior classes only, never any name of the module
 
 
 class PosteriorFileError(BayesLMMError, ValueError):

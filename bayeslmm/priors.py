@@ -57,6 +57,10 @@ class Prior:
 
     #: parameters that must be positive (scales, degrees of freedom, rates, shapes)
     _positive = ("sigma", "nu", "lam", "alpha", "beta", "eta")
+    #: every parameter's magnitude stays within [1 / LIMIT, LIMIT] (0 allowed for locations):
+    #: the densities square scales and rates, and 1e308 or 1e-300 overflow there (the MAP
+    #: fit failed with a raw OverflowError); data in any sane unit is far inside
+    LIMIT = 1e100
 
     def __post_init__(self):
         # checked here, so a bad prior fails where it is written, not deep in a sampler
@@ -68,6 +72,11 @@ class Prior:
                 raise PriorError(f"{type(self).__name__}({f.name}={value!r}): {f.name} must be finite")
             if f.name in self._positive and value <= 0:
                 raise PriorError(f"{type(self).__name__}({f.name}={value!r}): {f.name} must be positive")
+            magnitude = abs(float(value))
+            if magnitude > self.LIMIT or (0 < magnitude < 1.0 / self.LIMIT):
+                raise PriorError(f"{type(self).__name__}({f.name}={value!r}): {f.name} must be between "
+                                 f"{1.0 / self.LIMIT:g} and {self.LIMIT:g} in size; rescale the data (e.g. "
+                                 "other units) if the prior needs such a value")
 
     def kwargs(self) -> dict[str, float]:
         # floats, never ints: PyMC may type an int constant as int8 and overflow
@@ -320,6 +329,35 @@ def _term_scale(design: Design, k: int, t: int, s_y: float) -> float:
     return s_y if s_x == 0 else s_y / s_x
 
 
+#: a prior on an sd whose typical value is below this share of the data's scale for that sd
+#: pins it at zero; the MAP fit then fails or returns nonsense (tried: 1e-7 .. 1e-20)
+MIN_RELATIVE_SCALE = 1e-6
+
+
+def _typical_value(prior: Prior) -> float | None:
+    """A scale prior's typical size (its scale, or its mean for Exponential and Gamma)."""
+    if isinstance(prior, (HalfNormal, HalfStudentT)):
+        return prior.sigma
+    if isinstance(prior, Exponential):
+        return 1.0 / prior.lam
+    if isinstance(prior, Gamma):
+        return prior.alpha / prior.beta
+    if isinstance(prior, LogNormal):
+        return float(np.exp(min(prior.mu, 700.0)))
+    return None
+
+
+def _check_scale_prior(prior: Prior, source: str, name: str, data_scale: float) -> None:
+    typical = _typical_value(prior)
+    if source == "default" or typical is None or not data_scale > 0:
+        return
+    if typical < MIN_RELATIVE_SCALE * data_scale:
+        raise PriorError(f"the prior {prior} on '{name}' (set by '{source}') has a typical value of {typical:.3g}, "
+                         f"{typical / data_scale:.2g} times the data's scale for it ({data_scale:.4g}): that pins "
+                         f"it at zero; give a scale of at least {MIN_RELATIVE_SCALE:g} times the data's, or rescale "
+                         "the data")
+
+
 def resolve_priors(design: Design, priors: dict | None, for_map: bool = False) -> PriorSet:
     """Combine the user's ``priors`` dict with the defaults (see the module docstring).
 
@@ -340,6 +378,9 @@ def resolve_priors(design: Design, priors: dict | None, for_map: bool = False) -
                 if not isinstance(prior, Prior):
                     raise PriorError(f"the prior for '{key}' must be a bayeslmm prior such as "
                                      f"blm.Normal(mu=0, sigma=1), not {prior!r}")
+                if support == "real" and prior.support == "positive":
+                    raise PriorError(f"'{key}' is a coefficient that can be negative: {prior} gives it no "
+                                     f"density below 0; use Normal, StudentT or Flat")
                 if support == "positive" and prior.support == "real" and not isinstance(prior, Flat):
                     raise PriorError(f"'{key}' is a scale: give a positive prior (HalfNormal, "
                                      f"HalfStudentT, Exponential, Gamma, LogNormal), not {prior}")
@@ -370,11 +411,20 @@ def resolve_priors(design: Design, priors: dict | None, for_map: bool = False) -
             scale = _term_scale(design, k, t, s_y)
             sd[(k, term)], sources[f"sd_{block.group}__{term}"] = pick(
                 [f"sd_{block.group}__{term}", f"sd_{block.group}", "sd"], Gamma(alpha=2.0, beta=2.0 / scale), "positive")
+            _check_scale_prior(sd[(k, term)], sources[f"sd_{block.group}__{term}"],
+                               f"sd_{block.group}__{term}", scale)
         if block.correlated and block.n_terms > 1:
             cor[k], sources[f"cor_{block.group}"] = pick([f"cor_{block.group}", "cor"],
                                                          LKJ(eta=2.0 if for_map else 1.0), "corr")
     sigma, sources["sigma"] = pick(["sigma"], Exponential(lam=1.0 / s_y), "positive")
+    _check_scale_prior(sigma, sources["sigma"], "sigma", s_y)
 
+    # a class-level key the model does not use is still checked for its kind of prior
+    for key, support in (("Intercept", "real"), ("b", "real"), ("sd", "positive"), ("sigma", "positive"),
+                         ("cor", "corr")):
+        if key in priors and key not in used:
+            pick([key], priors[key], support)
+            used.discard(key)
     # a class-level key for a class the model lacks is said, not silently dropped; it stays
     # legal so that one priors dict can serve nested models ((1 | g) beside (x | g))
     absent = {"Intercept": intercept is None, "b": not fixed, "cor": not cor}
@@ -394,3 +444,35 @@ def resolve_priors(design: Design, priors: dict | None, for_map: bool = False) -
         raise PriorError(f"prior key(s) {', '.join(map(repr, unknown))} name no parameter of this model; "
                          f"valid keys: {', '.join(dict.fromkeys(valid))}")
     return PriorSet(intercept=intercept, fixed=fixed, sd=sd, cor=cor, sigma=sigma, sources=sources)
+
+
+# ---------------------------------------------------------------- priors named in files
+#: the prior classes a file may name (model files, saved posteriors); nothing else in this
+#: module is reachable by name from a file (an edited posterior.nc named any function here)
+PRIOR_CLASSES = {cls.__name__: cls for cls in (Normal, StudentT, Flat, HalfStudentT, HalfNormal, Exponential,
+                                               Gamma, LogNormal, LKJ)}
+
+
+def prior_from_spec(kind, kwargs) -> Prior:
+    """``("HalfNormal", {"sigma": 10})`` -> ``HalfNormal(sigma=10.0)``, checked: the class is
+    one of :data:`PRIOR_CLASSES` and the keywords are its parameters (numbers)."""
+    if not isinstance(kind, str) or kind not in PRIOR_CLASSES:
+        raise PriorError(f"unknown prior class {kind!r}: use one of {', '.join(PRIOR_CLASSES)}")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise PriorError(f"the parameters of {kind} must be a table of names and numbers, not {kwargs!r:.60}")
+    try:
+        return PRIOR_CLASSES[kind](**kwargs)
+    except TypeError as exc:  # an unknown keyword
+        raise PriorError(f"{kind}: {exc}") from exc
+
+
+def priors_from_mapping(spec) -> dict:
+    """``{key: {"class": "HalfNormal", "kwargs": {...}}}`` (as saved with a posterior) -> priors."""
+    if not isinstance(spec, dict):
+        raise PriorError(f"saved priors must be a table, not {type(spec).__name__}")
+    out = {}
+    for key, value in spec.items():
+        if not isinstance(value, dict):
+            raise PriorError(f"saved prior {key!r} must be a table with 'class' and 'kwargs', not {value!r:.60}")
+        out[key] = prior_from_spec(value.get("class"), value.get("kwargs", {}))
+    return out

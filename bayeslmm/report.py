@@ -548,6 +548,10 @@ def anova(*fits, names=None) -> pd.DataFrame:
                                 f"{'a posterior' if is_posterior(fit) else repr(method)}: "
                                 "use bayeslmm.compare() for posteriors")
         ml_fits.append(fit_profiled(fit.design, reml=False) if method == "reml" else fit)
+    for name, fit in zip(names[1:], fits[1:]):  # same response, same rows (harden, issue 13)
+        reason = fits[0].design.compare_observations(fit.design)
+        if reason:
+            raise BayesLMMError(f"anova() compares models of the same data; '{names[0]}' and '{name}' have {reason}")
     nobs = {fit.nobs for fit in ml_fits}
     if len(nobs) > 1:
         raise BayesLMMError(f"the fits use different numbers of observations ({sorted(nobs)}): "

@@ -11,10 +11,14 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from .errors import BayesLMMError
-from .model import LMM
+from .errors import BayesLMMError, SettingsError
+from .model import LMM, check_sample_arguments
+
+_SAMPLE_ARGUMENTS = ("draws", "tune", "chains", "random_seed", "sampler", "target_accept", "progressbar",
+                     "parametrization")
 
 
 class SingularFitWarning(UserWarning):
@@ -85,10 +89,22 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "auto", fallback: str = 
     WorkflowResult
         ``.path`` records what was done; ``.result`` is the fit to report.
     """
-    if fallback not in ("map", "sample"):
-        raise BayesLMMError(f"fallback must be 'map' or 'sample', not {fallback!r}")
+    if not isinstance(fallback, str) or fallback not in ("map", "sample"):
+        raise SettingsError(f"fallback must be 'map' or 'sample', not {fallback!r}")
+    if not isinstance(reml, (bool, np.bool_)):
+        # a model file's reml = "false" once meant REML: the same check here
+        raise SettingsError(f"reml must be True or False, not {reml!r}")
+    if not isinstance(method, str) or method.lower() not in ("auto", "reml", "ml", "map", "sample"):
+        raise SettingsError(f"unknown method {method!r}: use 'auto', 'reml', 'ml', 'map' or 'sample'")
+    key = method.lower()
+    samples = key == "sample" or (key == "auto" and fallback == "sample")
+    if sample_kwargs and not samples:
+        raise SettingsError(f"sampler setting(s) {', '.join(sorted(sample_kwargs))} given, but method={method!r} "
+                            f"with fallback={fallback!r} never samples; pass fallback='sample' or method='sample'")
+    if sample_kwargs:
+        known = {k: v for k, v in sample_kwargs.items() if k in _SAMPLE_ARGUMENTS}
+        check_sample_arguments(**known)  # before the REML fit, not after it
     model = LMM(formula, data, priors=priors)
-    key = str(method).lower()
     if key in ("reml", "ml"):
         return WorkflowResult(path=key, reason=f"method={key!r} requested", reml=model.fit(key))
     if key == "map":
@@ -97,8 +113,6 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "auto", fallback: str = 
         post = model.sample(**sample_kwargs)
         return WorkflowResult(path="sample", reason="method='sample' requested", reml=model.fit("reml"),
                               posterior=post)
-    if key != "auto":
-        raise BayesLMMError(f"unknown method {method!r}: use 'auto', 'reml', 'ml', 'map' or 'sample'")
 
     first = model.fit("reml" if reml else "ml")
     if not first.is_singular:

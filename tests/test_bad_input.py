@@ -267,9 +267,18 @@ def test_as_many_levels_as_observations(toy):
 
 def test_more_random_effects_than_observations(toy):
     data = toy.assign(pair=np.repeat(np.arange(30), 2), x2=toy["x"] ** 2)
-    raises_exactly(DataError, "the random term (x + x2 | pair) has 90 random effects (30 levels x 3 "
-                   "terms) for 60 observations: more random effects than observations; simplify it",
-                   "y ~ x + (x + x2 | pair)", data)
+    raises_exactly(DataError, "number of observations (=60) <= number of random effects (=90) for term "
+                   "(x + x2 | pair) (30 levels x 3 terms): the random-effects parameters and the residual "
+                   "variance are unidentifiable; simplify it", "y ~ x + (x + x2 | pair)", data)
+
+
+def test_as_many_random_effects_as_observations_is_refused_as_lme4_does(toy):
+    # lme4's check.nobs.vs.nRE stops at n <= number of random effects, equality included
+    data = toy.assign(pair=np.repeat(np.arange(30), 2))
+    raises_exactly(DataError, "number of observations (=60) <= number of random effects (=60) for term "
+                   "(x | pair) (30 levels x 2 terms): the random-effects parameters and the residual "
+                   "variance are unidentifiable; simplify it", "y ~ x + (x | pair)", data)
+    assert blm.LMM("y ~ x + (1 | pair)", data).design.blocks[0].n_levels == 30  # 30 < 60 is fine
 
 
 @pytest.mark.parametrize("values, levels", [
@@ -497,3 +506,187 @@ def test_double_bar_warning_detects_factors_by_type(toy, expr, warns):
         warnings.simplefilter("always")
         blm.LMM(f"y ~ x + ({expr} || h)", data)
     assert any("with a factor" in str(w.message) for w in caught) is warns
+
+
+# ---------------------------------------------------------------- silent wrong answers (issue 13)
+def test_a_column_named_intercept_does_not_replace_the_intercept(toy):
+    raises_exactly(DataError, "a column named 'Intercept' would be taken for the intercept (formulae's name for "
+                   "it) and replace it silently; rename the column, e.g. data.rename(columns={'Intercept': "
+                   "'intercept_col'})", "y ~ x + Intercept + (1 | g)", toy.assign(Intercept=toy["x"] ** 2))
+    # unused, it is harmless
+    assert blm.LMM("y ~ x + (1 | g)", toy.assign(Intercept=1.0)).design.fixed_names == ("(Intercept)", "x")
+
+
+def test_a_level_and_a_column_never_share_a_coefficient_name(toy):
+    data = toy.assign(v=np.tile(["1", "2", "3"], 20), v2=toy["x"] ** 2)
+    raises_exactly(DataError, "two fixed-effect coefficients would both be named 'v2': 'v[2]' and 'v2' (a factor's "
+                   "level next to a column of that name?); rename the column or the level", "y ~ v + v2 + (1 | g)", data)
+    raises_exactly(DataError, "two random-effect ((v + v2 | g)) coefficients would both be named 'v2': 'v[2]' and "
+                   "'v2' (a factor's level next to a column of that name?); rename the column or the level",
+                   "y ~ 1 + (v + v2 | g)", data)
+
+
+def test_group_labels_of_another_type_in_new_data(toy):
+    model = blm.LMM("y ~ x + (1 | g)", toy)  # g holds the numbers 1..10
+    design, block = model.design, model.design.blocks[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # text "3" and 3.0 are the fitted level 3, as R's as.character
+        assert list(design.new_codes(block, pd.DataFrame({"g": ["3", "10"]}))) == [2, 9]
+        assert list(design.new_codes(block, pd.DataFrame({"g": [3.0, 10.0]}))) == [2, 9]
+        assert list(design.new_codes(block, pd.DataFrame({"g": pd.Categorical([3, 10])}))) == [2, 9]
+        assert list(design.new_codes(block, pd.DataFrame({"g": [11]}))) == [-1]  # a new group, same type
+    with pytest.warns(UserWarning, match=re.escape(
+            "'g' holds text in the new data but numbers in the fitted data: 2 row(s) with label(s) '03', '3.0' "
+            "match no fitted level of 'g' and are treated as new groups")):
+        codes = design.new_codes(block, pd.DataFrame({"g": ["03", "3.0", "4"]}))
+    assert list(codes) == [-1, -1, 3]
+
+
+def test_perfect_fit_is_said(toy):
+    levels = np.random.default_rng(3).normal(size=10)
+    data = toy.assign(y=levels[toy["g"] - 1] * 3.0 + 1.0 + 2.0 * toy["x"])  # no residual noise
+    for method in ("reml", "ml"):
+        with pytest.warns(blm.PerfectFitWarning, match=r"essentially perfect fit: the residual sd is [0-9.e+-]+ "
+                                                       r"against a response sd of [0-9.]+: 'y' is an exact function"):
+            blm.LMM("y ~ x + (1 | g)", data).fit(method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", blm.PerfectFitWarning)
+        blm.LMM("y ~ x + (1 | g)", toy).fit()  # real data: no warning
+
+
+def test_anova_refuses_other_responses_and_other_rows():
+    sleep = blm.datasets.load("sleepstudy")
+    base = blm.LMM("Reaction ~ Days + (1 | Subject)", sleep).fit()
+    logged = blm.LMM("np.log(Reaction) ~ Days + (1 | Subject)", sleep).fit()
+    other_rows = blm.LMM("Reaction ~ Days + (Days | Subject)", sleep.iloc[1:].reset_index(drop=True)
+                         .pipe(lambda d: pd.concat([d, d.iloc[:1]], ignore_index=True))).fit()
+    with pytest.raises(BayesLMMError, match=re.escape("anova() compares models of the same data; 'model_1' and "
+                                                      "'model_2' have different responses ('Reaction' and "
+                                                      "'np.log(Reaction)')")):
+        blm.anova(base, logged)
+    with pytest.raises(BayesLMMError, match=re.escape("have different rows of the data")):
+        blm.anova(base, other_rows)
+    reordered = blm.LMM("Reaction ~ Days + (Days | Subject)", sleep.iloc[::-1]).fit()
+    table = blm.anova(base, reordered)  # the same observations in another order are the same data
+    assert table["Df"].iloc[1] == 2
+
+
+@pytest.mark.parametrize("priors, message", [
+    ("abc", "priors must be a dict like {'sd': blm.HalfNormal(sigma=10)}, not str ('abc')"),
+    ([blm.Flat()], "priors must be a dict like {'sd': blm.HalfNormal(sigma=10)}, not list"),
+    ({"b": 3.0}, "the prior for 'b' must be a bayeslmm prior such as blm.Normal(mu=0, sigma=1), not 3.0"),
+    ({1: blm.Flat()}, "prior keys are text like 'b_Days' or 'sd_Subject', not 1"),
+    ({"b": blm.HalfNormal(sigma=1.0)}, "'b' is a coefficient that can be negative: HalfNormal(sigma=1) gives it "
+                                       "no density below 0; use Normal, StudentT or Flat"),
+    ({"sd_g__(Intercep)": blm.HalfNormal(sigma=1.0)}, "prior key(s) 'sd_g__(Intercep)' name no parameter"),
+    ({"sigma": blm.HalfNormal(sigma=1e-9)}, "the prior HalfNormal(sigma=1e-09) on 'sigma' (set by 'sigma') has a "
+                                            "typical value of 1e-09"),
+])
+def test_priors_are_checked_at_construction_for_every_method(toy, priors, message):
+    with pytest.raises(blm.PriorError) as info:
+        blm.LMM("y ~ x + (1 | g)", toy, priors=priors)  # before any fit: REML would ignore them
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("value", [1e308, 1e-300, -1e200])
+def test_prior_parameters_out_of_range(value):
+    with pytest.raises(blm.PriorError, match=r"must be between 1e-100 and 1e\+100 in size|must be positive"):
+        blm.HalfNormal(sigma=value)
+    with pytest.raises(blm.PriorError, match=r"must be between 1e-100 and 1e\+100 in size"):
+        blm.Normal(mu=value, sigma=1.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"draws": 0}, "draws=0 must be between 1 and 10,000,000"),
+    ({"chains": 0}, "chains=0 must be between 1 and 1,000"),
+    ({"tune": -1}, "tune=-1 must be between 0 and 10,000,000"),
+    ({"random_seed": "abc"}, "random_seed='abc' must be a whole number, not str"),
+    ({"random_seed": -3}, "random_seed=-3 must be between 0 and"),
+    ({"draws": 2.5}, "draws=2.5 must be a whole number, not float"),
+    ({"draws": 200.0}, "draws=200.0 must be a whole number, not float (did you mean 200?)"),
+    ({"draws": True}, "draws=True must be a whole number, not bool"),
+    ({"target_accept": 1.0}, "target_accept=1.0 must be a number between 0 and 1"),
+    ({"sampler": "stan"}, "unknown sampler 'stan': use one of nutpie, pymc, numpyro, blackjax"),
+    ({"parametrization": 3}, "parametrization must be 'auto', 'marginal' or 'full', not 3"),
+    ({"progressbar": "yes"}, "progressbar='yes' must be True or False"),
+])
+def test_sample_arguments_are_checked_before_anything_runs(toy, kwargs, message):
+    model = blm.LMM("y ~ x + (1 | g)", toy)
+    with pytest.raises(blm.SettingsError) as info:
+        model.sample(**kwargs)
+    assert str(info.value).startswith(message)
+
+
+def test_draws_that_would_not_fit_in_memory_are_refused_with_the_size(toy, monkeypatch):
+    import bayeslmm.model as M
+
+    model = blm.LMM("y ~ x + (1 | g)", toy)
+    # 15 numbers a draw: 2 fixed effects, sigma, one sd, its 1 x 1 correlation slot, 10 group effects
+    assert M.saved_scalars(model.design) == 15
+    monkeypatch.setattr(M, "_available_memory", lambda: 8 * 2**30)  # 8 GB free
+    with pytest.raises(blm.SettingsError, match=re.escape(
+            "4 chain(s) x 10,000,000 draws x 15 saved numbers would take 4.5 GB of memory; 8.0 GB is available: "
+            "use fewer draws or chains")):
+        model.sample(draws=10**7, chains=4)
+    monkeypatch.undo()
+    with pytest.raises(blm.SettingsError, match=r"^1000 chain\(s\) x 10,000,000 draws x 15 saved numbers would "
+                                                r"take 1\.1 TB of memory"):
+        model.sample(draws=10**7, chains=1000)  # more than this machine has
+    with pytest.raises(blm.SettingsError, match=r"^draws=1000000000000 must be between 1 and 10,000,000"):
+        model.sample(draws=10**12)  # the issue's case: refused by the explicit bound first
+
+
+def test_fit_and_lmm_options_are_checked(toy):
+    model = blm.LMM("y ~ x + (1 | g)", toy)
+    with pytest.raises(blm.SettingsError, match=r"^method must be 'reml', 'ml' or 'map', not 1$"):
+        model.fit(1)
+    with pytest.raises(blm.SettingsError, match=r"^reml must be True or False, not 'false'$"):
+        blm.lmm("y ~ x + (1 | g)", toy, reml="false")
+    with pytest.raises(blm.SettingsError, match=r"^sampler setting\(s\) draws given, but method='auto' with "
+                                                r"fallback='map' never samples"):
+        blm.lmm("y ~ x + (1 | g)", toy, draws=10)
+    with pytest.raises(blm.SettingsError, match=r"^draws=0 must be between"):
+        blm.lmm("y ~ x + (1 | g)", toy, fallback="sample", draws=0)
+
+
+def test_nan_r_hat_and_ess_do_not_pass_the_diagnostics(tmp_path, monkeypatch):
+    """One draw gives R-hat and ESS = NaN; NaN compared with a threshold is False, so it used
+    to pass as 'no problem'."""
+    import json
+
+    import xarray as xr
+
+    from bayeslmm.posterior import frame_schema, frame_to_csv
+
+    sleep = blm.datasets.load("sleepstudy")
+    posterior = xr.Dataset({"sigma": (("chain", "draw"), np.full((2, 1), 25.0))})
+    posterior.attrs.update(formula="Reaction ~ Days + (1 | Subject)", data_csv=frame_to_csv(sleep),
+                           priors_json="{}", data_schema=json.dumps(frame_schema(sleep)))
+    xr.DataTree.from_dict({"posterior": posterior}).to_netcdf(tmp_path / "one_draw.nc", engine="h5netcdf")
+    post = blm.load(tmp_path / "one_draw.nc")
+    monkeypatch.setattr(type(post), "diagnostics", lambda self: pd.DataFrame(
+        {"r_hat": [np.nan], "ess_bulk": [np.nan], "ess_tail": [np.nan]}, index=["sigma"]))
+    message = post.diagnostic_message()
+    assert "R-hat > 1.01 for sigma" in message and "bulk ESS < 400 for sigma" in message
+
+
+# ---------------------------------------------------------------- found beyond the issue's list
+def test_numbers_stored_as_text_are_not_silently_a_factor(toy):
+    values = [f"{v:.4f}" for v in toy["x"]]
+    values[5], values[17] = "n/a", "."
+    raises_exactly(DataError, "column 'xt' holds numbers stored as text with 2 value(s) that are not numbers: "
+                   "'n/a' (row 5), '.' (row 17); it would be fitted as a factor with 60 levels. Fix those values, "
+                   "or make them missing with pd.to_numeric(data['xt'], errors='coerce'); for a factor on purpose, "
+                   "convert the column with .astype('category')", "y ~ xt + (1 | g)", toy.assign(xt=values))
+    # text factors and digit codes of a factor are still factors
+    assert blm.LMM("y ~ f + (1 | g)", toy).design.fixed_names == ("(Intercept)", "fb", "fc")
+    codes = toy.assign(code=np.tile(["1", "2", "3"], 20))
+    assert blm.LMM("y ~ code + (1 | g)", codes).design.fixed_names == ("(Intercept)", "code2", "code3")
+
+
+@pytest.mark.parametrize("option, guess", [("draw", "draws"), ("seed", "random_seed"), ("chain", "chains"),
+                                           ("target_acept", "target_accept"), ("warmup", "tune")])
+def test_a_misspelled_sample_option_names_the_intended_one(toy, option, guess):
+    model = blm.LMM("y ~ x + (1 | g)", toy)
+    with pytest.raises(blm.SettingsError, match=re.escape(f"unknown option {option}=10: did you mean {guess}=?")):
+        model.sample(**{option: 10})

@@ -124,3 +124,48 @@ def test_console_entry_point_runs():
     assert "maximum a posteriori" in done.stdout
     failed = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "fit", "missing.toml"], capture_output=True, text=True)
     assert failed.returncode == 2 and "does not exist" in failed.stderr
+
+
+@pytest.mark.parametrize("body,message", [
+    ('reml = "false"\n', "reml = 'false' must be true or false (no quotes), not str"),
+    ('method = 3\n', "method = 3 must be text in quotes, not int"),
+    ('name = ["a"]\n', "name = ['a'] must be text in quotes, not list"),
+    ('[sample]\ndraws = 100000000\n', "[sample] draws=100000000 must be between 1 and 10,000,000"),
+    ('[sample]\nseed = 9999999999999999999\n', "[sample] random_seed=9999999999999999999 must be between 0 and"),
+    ('[priors]\nb = { dist = "HalfNormal", sigma = 1 }\n', "'b' is a coefficient that can be negative"),
+    ('[priors]\nsigma = { dist = "HalfNormal", sigma = 1e308 }\n', "sigma must be between 1e-100 and 1e+100"),
+    ('[priors]\nsd_Bach = { dist = "HalfNormal", sigma = 1 }\n', "prior key(s) 'sd_Bach' name no parameter"),
+])
+def test_every_model_file_entry_is_type_checked(tmp_path, capsys, body, message):
+    bad = tmp_path / "bad.toml"
+    table = body.startswith("[")
+    bad.write_text(("" if table else body) + 'data = "dyestuff"\nformula = "Yield ~ 1 + (1 | Batch)"\n'
+                   + (body if table else ""))
+    assert main(["fit", str(bad), "--method", "reml"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_paths_of_the_wrong_kind_are_messages_not_tracebacks(tmp_path, capsys):
+    folder = tmp_path / "a_folder.toml"
+    folder.mkdir()
+    assert main(["fit", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; give a .toml file" in err and "Traceback" not in err
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    assert main(["fit", "--data", "dyestuff", "--formula", "Yield ~ 1 + (1 | Batch)", "--method", "reml",
+                 "--out", str(taken / "sub" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot be created: {taken} is a file, not a folder" in err and "Traceback" not in err
+    assert main(["fit", "--data", str(folder), "--formula", "Yield ~ 1 + (1 | Batch)", "--method", "reml"]) == 2
+    assert "is a folder, not a CSV file" in capsys.readouterr().err
+
+
+def test_a_csv_with_two_columns_of_one_name_is_refused(tmp_path, capsys):
+    csv = tmp_path / "dup.csv"
+    rows = "\n".join(f"{i % 7 + 0.5 * i},{i % 5},{i % 3},{i // 4}" for i in range(40))
+    csv.write_text("y,x,x,g\n" + rows + "\n")
+    assert main(["fit", "--data", str(csv), "--formula", "y ~ x + (1 | g)", "--method", "reml"]) == 2
+    err = capsys.readouterr().err
+    assert f"{csv} has two columns named 'x' (columns 2 and 3); rename one" in err

@@ -158,6 +158,20 @@ def test_payloads_from_an_edited_posterior_file(tmp_path):
         _assert_not_run(marker)
 
 
+def test_an_edited_prior_class_in_a_posterior_file_names_only_a_prior(tmp_path):
+    # load() built priors with getattr(priors_module, name)(**kwargs): any function of the module
+    h5netcdf = pytest.importorskip("h5netcdf")
+    path = tmp_path / "post.nc"
+    _posterior_file(path, "Reaction ~ Days + (1 | Subject)")
+    for kind in ("resolve_priors", "warnings", "__builtins__", "np"):
+        edited = tmp_path / f"{kind}.nc"  # a copy each: a failed load may keep its file open
+        edited.write_bytes(path.read_bytes())
+        with h5netcdf.File(edited, "r+") as handle:
+            handle["posterior"].attrs["priors_json"] = json.dumps({"sd": {"class": kind, "kwargs": {}}})
+        with pytest.raises(blm.PriorError, match=f"unknown prior class '{kind}': use one of Normal, StudentT"):
+            blm.load(edited)
+
+
 def test_the_environment_holds_only_the_table():
     # what formulae can resolve by name besides columns: the elementwise transforms, and
     # np / numpy tables that expose those and nothing else
