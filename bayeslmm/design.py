@@ -39,17 +39,28 @@ class _FunctionTable:
         functions = object.__getattribute__(self, "_functions")
         if name in functions:
             return functions[name]
+        if name in ("__reduce_ex__", "__reduce__"):  # pickling (Dask ships evaluators to workers)
+            return object.__getattribute__(self, name)
         raise AttributeError(f"'{name}' is not a function a formula can use")
+
+    def __reduce__(self):
+        return (_function_table, ())
 
     def __setattr__(self, name, value):
         raise AttributeError("the formula function table is read-only")
 
 
 _ELEMENTWISE_FUNCTIONS = {name: getattr(np, name) for name in ELEMENTWISE}
+
+
+def _function_table() -> _FunctionTable:
+    """The one table (what an unpickled table becomes)."""
+    return FORMULA_NAMESPACE["np"]
+
 #: the only names formulae can resolve besides the data's columns and its own transforms
 #: (which bayeslmm.formula restricts to the table): R users write log(y), numpy users np.log(y)
-FORMULA_NAMESPACE = {"np": _FunctionTable(_ELEMENTWISE_FUNCTIONS), "numpy": _FunctionTable(_ELEMENTWISE_FUNCTIONS),
-                     **_ELEMENTWISE_FUNCTIONS}
+_TABLE = _FunctionTable(_ELEMENTWISE_FUNCTIONS)
+FORMULA_NAMESPACE = {"np": _TABLE, "numpy": _TABLE, **_ELEMENTWISE_FUNCTIONS}
 
 
 @dataclass(frozen=True)

@@ -115,26 +115,46 @@ class GroupStatistics:
         ix, iz, iy = slice(0, p), slice(p, p + q), p + q
         return ix, iz, iy
 
-    def cross_products(self):
-        """The raw (unshifted) cross-products the profiled deviance consumes."""
+    def cross_products(self, intercept: int | None):
+        """The cross-products the profiled deviance consumes, with the fixed columns (but
+        the intercept's) and the response centered at their means when the model has an
+        intercept (column ``intercept``), as :class:`~bayeslmm.reml.ProfiledDeviance`
+        centers them in memory."""
         from .reml import CrossProducts
 
         ix, iz, iy = self._parts()
-        a, c = self.shift[ix], self.shift[iy]
+        my, _, mx, _, _, _ = self.column_moments()
+        x_center = mx.copy() if intercept is not None else np.zeros(self.p)
+        if intercept is not None:
+            x_center[intercept] = 0.0
+        y_center = float(my) if intercept is not None else 0.0
+        # products about the target center m from products about the shift a, d = a - m:
+        # sum (w - m)(w - m)' = P + S d' + d S' + n d d'  (Z is not centered: m = 0 there)
+        m = np.zeros(self.p + self.q + 1)
+        m[ix], m[iy] = x_center, y_center
+        d = self.shift - m
         P, S, n = self.products, self.sums, self.n
         tot_P, tot_S, N = P.sum(axis=0), S.sum(axis=0), float(n.sum())
-        sZ = S[:, iz]
-        ZtZ = P[:, iz, iz]
-        ZtX = P[:, iz, ix] + sZ[:, :, None] * a[None, None, :]
-        Zty = P[:, iz, iy] + sZ * c
-        sX, sy = tot_S[ix], tot_S[iy]
-        XtX = tot_P[ix, ix] + np.outer(sX, a) + np.outer(a, sX) + N * np.outer(a, a)
-        Xty = tot_P[ix, iy] + sX * c + a * sy + N * a * c
-        yty = tot_P[iy, iy] + 2.0 * c * sy + N * c * c
-        y_var = tot_P[iy, iy] / N - (sy / N) ** 2  # shifted: no cancellation
-        z_rms = np.sqrt(np.diag(tot_P[iz, iz]) / N)
-        return CrossProducts(ZtZ=ZtZ, ZtX=ZtX, Zty=Zty, XtX=XtX, Xty=Xty, yty=float(yty), n=int(N),
-                             y_std=float(np.sqrt(max(y_var, 0.0))), z_rms=z_rms)
+
+        def centered(rows: np.ndarray, cols: np.ndarray, per_group: bool) -> np.ndarray:
+            dr, dc = d[rows], d[cols]
+            if per_group:
+                return (P[:, rows][:, :, cols] + S[:, rows][:, :, None] * dc[None, None, :]
+                        + dr[None, :, None] * S[:, cols][:, None, :] + n[:, None, None] * np.outer(dr, dc)[None])
+            return (tot_P[np.ix_(rows, cols)] + np.outer(tot_S[rows], dc) + np.outer(dr, tot_S[cols])
+                    + N * np.outer(dr, dc))
+
+        full = np.arange(self.p + self.q + 1)
+        xi, zi, yi = full[ix], full[iz], np.array([iy])
+        ZtZ = centered(zi, zi, True)
+        ZtX = centered(zi, xi, True)
+        Zty = centered(zi, yi, True)[:, :, 0]
+        XtX = centered(xi, xi, False)
+        Xty = centered(xi, yi, False)[:, 0]
+        yty = float(centered(yi, yi, False)[0, 0])
+        z_rms = np.sqrt(np.diag(centered(zi, zi, False)) / N)
+        return CrossProducts(ZtZ=ZtZ, ZtX=ZtX, Zty=Zty, XtX=XtX, Xty=Xty, yty=yty, n=int(N),
+                             x_center=x_center, y_center=y_center, z_rms=z_rms)
 
     def column_moments(self):
         """(mean of y, population sd of y, mean and population sd of every column of X and Z)."""
@@ -423,20 +443,24 @@ def _design_without_rows(evaluated: Design, block, levels, stats: GroupStatistic
 
 
 # ---------------------------------------------------------------- the back ends
+def _intercept(design) -> int | None:
+    """The position of the intercept among the fixed columns (None without one)."""
+    names = list(design.fixed_names)
+    return names.index("(Intercept)") if "(Intercept)" in names else None
+
+
 def fit_statistics(design: OutOfCoreDesign, reml: bool = True):
     """REML or ML from the statistics: lme4's profiled deviance, as ``LMM.fit``."""
-    from .reml import ProfiledDeviance, optimize_deviance, point_result
+    from .reml import ProfiledDeviance, optimize_profiled, point_result
 
-    deviance = ProfiledDeviance.from_cross_products(design, design.statistics.cross_products(), reml=reml)
+    deviance = ProfiledDeviance.from_cross_products(design, design.statistics.cross_products(_intercept(design)),
+                                                    reml=reml)
     try:
         np.linalg.cholesky(deviance.Axx[:-1, :-1])
     except np.linalg.LinAlgError:
         raise DataError(f"the fixed-effect columns ({', '.join(design.fixed_names)}) are linearly dependent in "
                         "the full data (the sample that named them was not); drop one") from None
-    internal, opt = optimize_deviance(deviance.internal_objective, deviance.layout.initial(),
-                                      deviance.layout.lower, counter=deviance)
-    theta = deviance.from_internal(internal)
-    opt = replace(opt, initial=deviance.from_internal(opt.initial), final=theta)
+    theta, opt = optimize_profiled(deviance)
     return point_result(deviance, theta, opt, method="reml" if reml else "ml")
 
 

@@ -16,6 +16,7 @@ Every cross-product is computed once, so an evaluation costs nothing in ``n``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -73,6 +74,14 @@ class ThetaLayout:
     def size(self) -> int:
         return len(self.lower)
 
+    def column_below(self, i: int) -> np.ndarray:
+        """Indices into theta of the entries below the diagonal entry ``i`` in its column."""
+        for sl, r, c in zip(self.slices, self.rows, self.cols):
+            if sl.start <= i < sl.stop:
+                col = c[i - sl.start]
+                return sl.start + np.flatnonzero((c == col) & (r > col))
+        raise IndexError(i)
+
     def initial(self) -> np.ndarray:
         """lme4's start: identity relative factors."""
         return np.where(np.isfinite(self.lower), 1.0, 0.0)
@@ -124,8 +133,14 @@ def _lambda_pattern(blocks, layout: ThetaLayout, first: int):
 # ---------------------------------------------------------------- the deviance
 @dataclass
 class PLSSolution:
-    """Everything the penalized least-squares solve gives at one ``theta``
-    (on the internal, standardized response scale)."""
+    """Everything the penalized least-squares solve gives at one ``theta``.
+
+    ``beta`` (the fixed effects divided by ``y_scale``), ``pwrss`` and ``u`` are on the
+    scale of ``y / y_scale``; ``RX_lower`` is the lower Cholesky factor of ``X' V^{-1} X``
+    for the user's ``X`` (``V`` relative to ``sigma^2``), ``logdet_RX`` its log
+    determinant squared, ``vcov_unscaled`` ``(X' V^{-1} X)^{-1}`` computed without forming
+    that (possibly ill-conditioned) matrix.
+    """
 
     theta: np.ndarray
     objective: float
@@ -136,10 +151,29 @@ class PLSSolution:
     RX_lower: np.ndarray
     u: np.ndarray
     factors: list[np.ndarray]
+    vcov_unscaled: np.ndarray = field(repr=False)
     internal_theta: np.ndarray = field(repr=False)
     internal_factors: list[np.ndarray] = field(repr=False)
     L11: np.ndarray = field(repr=False)
     Lrr: np.ndarray | None = field(repr=False)
+
+
+@dataclass
+class _Factor:
+    """The blocked factor at one internal theta (what the gradient reuses)."""
+
+    lambdas: list
+    lam_r: object
+    M11_inv: np.ndarray
+    L11: np.ndarray
+    V: np.ndarray
+    Lrr: np.ndarray | None
+    Lxr: np.ndarray | None
+    Lxx: np.ndarray
+    logdet: float
+    logdet_RX: float
+    pwrss: float
+    beta: np.ndarray
 
 
 class ProfiledDeviance:
@@ -154,10 +188,21 @@ class ProfiledDeviance:
     Notes
     -----
     ``theta`` is lme4's (the relative covariance factors of the columns as the user gave
-    them). Internally the response is divided by its standard deviation (the criterion
-    is corrected exactly) and each bar's columns by their root mean square, with
-    ``theta`` rescaled to match (``to_internal``), so that predictors and responses on any
-    scale give a well-conditioned problem and an optimizer with sensible step sizes.
+    them). Internally the problem is reparametrized so that no digit is lost to the
+    user's units or offsets, with every quantity transformed back exactly:
+
+    - each bar's columns are divided by their root mean square, ``theta`` rescaled to
+      match (``to_internal``); the same model, so the criterion is unchanged;
+    - the fixed-effects columns other than the intercept are centered (when the model has
+      an intercept) and scaled to unit root mean square: ``X T`` for an invertible ``T``
+      with ``beta = T beta_internal`` (``log|R_X|^2`` moves by ``-2 log|det T|``, which
+      is added back);
+    - ``y`` is centered when the constant lies in the span of ``X`` (a shift of
+      ``beta``) and scaled (the criterion is corrected by ``2 n_eff log(scale)``).
+
+    The penalized residual sum of squares is then the last pivot of a Cholesky factor of
+    cross-products of centered quantities: it no longer cancels a large mean against
+    itself (northings near 5e6 m with centimetre noise lost every digit before).
     """
 
     def __init__(self, design: Design, reml: bool = True):
@@ -168,7 +213,7 @@ class ProfiledDeviance:
         self.layout = ThetaLayout.from_design(design)
         self.q_sizes = [block.n_terms for block in design.blocks]
         self.n, self.p = design.X.shape
-        self.y_scale = float(np.std(design.y)) or 1.0
+        self._fixed_reparametrization()
         # b~ = diag(c) b for columns X / c: Lambda~ = diag(c) Lambda, row by row
         self.term_scales = []
         for block in design.blocks:
@@ -177,7 +222,55 @@ class ProfiledDeviance:
         self._X = [block.X / scale for block, scale in zip(design.blocks, self.term_scales)]
         self.theta_scale = np.concatenate([scale[rows] for scale, rows in zip(self.term_scales, self.layout.rows)])
         self.evaluations = 0
+        self.gradient_evaluations = 0
         self._precompute()
+
+    # -- the fixed-effects reparametrization beta = T beta_internal
+    def _fixed_reparametrization(self) -> None:
+        X, y = self.design.X, self.design.y
+        n, p = self.n, self.p
+        ones = np.flatnonzero(np.all(X == 1.0, axis=0)) if p else np.zeros(0, dtype=int)
+        self.intercept_col = int(ones[0]) if len(ones) else None
+        center = np.zeros(p)
+        one_coef = np.zeros(p)  # X @ one_coef == 1 when the constant is in the span of X
+        if self.intercept_col is not None:
+            center = X.mean(axis=0)
+            center[self.intercept_col] = 0.0
+            one_coef[self.intercept_col] = 1.0
+            has_one = True
+        elif p:
+            one_coef = np.linalg.lstsq(X, np.ones(n), rcond=None)[0]
+            has_one = bool(np.linalg.norm(X @ one_coef - 1.0) <= 1e-8 * np.sqrt(n))
+        else:
+            has_one = False
+        Xc = X - center
+        x_scale = np.sqrt(np.mean(Xc**2, axis=0)) if p else np.zeros(0)
+        x_scale = np.where(x_scale > 0, x_scale, 1.0)
+        self.x_center, self.x_scale = center, x_scale
+        self.one_coef = one_coef if has_one else np.zeros(p)
+        # T = (I - e_k center') D^{-1}: X T = (X - 1 center') D^{-1}
+        T = np.eye(p)
+        if self.intercept_col is not None:
+            T[self.intercept_col] -= center
+        self.T = T / x_scale[None, :]
+        self.log_det_T = -float(np.sum(np.log(x_scale)))
+        self.y_shift = float(np.mean(y)) if has_one else 0.0
+        yc = y - self.y_shift
+        self.y_scale = float(np.sqrt(np.mean(yc**2))) or 1.0
+        self._Xf = Xc / x_scale
+        self._yf = yc / self.y_scale
+
+    def beta_from_internal(self, beta_internal: np.ndarray) -> np.ndarray:
+        """Internal fixed effects -> the user's, divided by ``y_scale``."""
+        return self.T @ beta_internal + (self.y_shift / self.y_scale) * self.one_coef
+
+    def beta_to_internal(self, beta: np.ndarray) -> np.ndarray:
+        """The user's fixed effects divided by ``y_scale`` -> internal."""
+        b = np.asarray(beta, dtype=float) - (self.y_shift / self.y_scale) * self.one_coef
+        b = b.copy()
+        if self.intercept_col is not None:
+            b[self.intercept_col] += self.x_center @ b
+        return b * self.x_scale
 
     def to_internal(self, theta: np.ndarray) -> np.ndarray:
         """lme4's theta -> theta of the internally scaled columns."""
@@ -188,14 +281,17 @@ class ProfiledDeviance:
 
     def internal_objective(self, theta_internal: np.ndarray) -> float:
         """The criterion as a function of the internal theta (what the optimizers see)."""
-        return self(self.from_internal(theta_internal))
+        try:
+            return self._objective(self._factor(np.asarray(theta_internal, dtype=float)))
+        except (FitError, np.linalg.LinAlgError):
+            return np.inf
 
     # -- cross-products, once
     def _precompute(self) -> None:
         blocks = self.design.blocks
         first = blocks[0]
         self.q1, self.J1 = first.n_terms, first.n_levels
-        XY = np.column_stack([self.design.X, self.design.y / self.y_scale])
+        XY = np.column_stack([self._Xf, self._yf])
         X1 = self._X[0]
         Z1 = _block_z(first, X1)
         # the first block's Z'Z is block diagonal: one q1 x q1 block per level
@@ -205,6 +301,7 @@ class ProfiledDeviance:
         self.A11 = A11
         self.Ax1 = np.asarray((Z1.T @ XY).T)  # (p+1) x J1 q1
         self.Axx = XY.T @ XY
+        self.Ar1_dense = None
         if len(blocks) > 1:
             Zr = sp.hstack([_block_z(b, X) for b, X in zip(blocks[1:], self._X[1:])]).tocsc()
             self.qr = Zr.shape[1]
@@ -213,9 +310,25 @@ class ProfiledDeviance:
             self.Axr = np.asarray((Zr.T @ XY).T)
             self._lambda_r, self._lind_r = _lambda_pattern(blocks, self.layout, first=1)
             self._lambda_r_diagonal = all(not b.correlated or b.n_terms == 1 for b in blocks[1:])
-            self._rank_update_pairs()
+            # G = A_r1 V A_r1': a dense product where A_r1 is dense enough (every subject
+            # sees every item), else the sparse rank update over pairs of non-zeros
+            A = self.Ar1.tocsc()
+            per_level = np.add.reduceat(np.diff(A.indptr), np.arange(0, A.shape[1], self.q1)) \
+                if A.shape[1] else np.zeros(0)
+            pairs = float(np.sum(per_level * (per_level + 1) / 2.0))
+            dense_flops = float(self.qr) ** 2 * self.J1 * self.q1
+            if dense_flops <= 20.0 * pairs or self.qr * self.J1 * self.q1 <= 200_000:
+                self.Ar1_dense = self.Ar1.toarray()
+                # level-major copy (J1, qr, q1) for batched products with the per-level blocks
+                self._Ar1_levels = np.ascontiguousarray(self.Ar1_dense.reshape(self.qr, self.J1, self.q1)
+                                                        .transpose(1, 0, 2))
+            else:
+                self._rank_update_pairs()
         else:
             self.qr = 0
+        # the analytic gradient needs dense products of the size of A_r1 and A_rr
+        self.has_gradient = self.qr == 0 or (
+            self.Ar1_dense is not None and float(self.qr) ** 2 * (self.qr + self.J1 * self.q1) <= 2e9)
 
     def _rank_update_pairs(self) -> None:
         """Precompute the symbolic part of ``G = A_r1 V A_r1'`` (V block diagonal).
@@ -251,37 +364,37 @@ class ProfiledDeviance:
         return lam
 
     # -- one evaluation
-    def solve(self, theta: np.ndarray, beta_fixed: np.ndarray | None = None) -> PLSSolution:
-        """Factor the system at ``theta`` and return the full solution.
-
-        ``beta_fixed`` (standardized scale) gives the conditional modes at that ``beta``
-        instead of at its profiled value (the MAP back end needs it).
-        """
-        theta_user = np.asarray(theta, dtype=float)
-        theta = self.to_internal(theta_user)
+    def _factor(self, theta: np.ndarray) -> _Factor:
+        """Factor the blocked system at the internal ``theta``."""
         self.evaluations += 1
         lambdas = self.layout.factors(theta, self.q_sizes)
         lam1 = lambdas[0]
         q1, J1, p = self.q1, self.J1, self.p
 
         # first bar: L11_j = chol(lam1' A11_j lam1 + I), level by level
-        M11 = np.einsum("ki,jkl,lm->jim", lam1, self.A11, lam1) + np.eye(q1)
+        M11 = lam1.T @ self.A11 @ lam1 + np.eye(q1)
         L11 = np.linalg.cholesky(M11)
         logdet = 2.0 * np.log(np.einsum("jii->ji", L11)).sum()
         L11_inv = np.linalg.inv(L11)
         M11_inv = np.einsum("jki,jkl->jil", L11_inv, L11_inv)
         # V_j = lam1 M_j^{-1} lam1': with it, L_.1 L_.1' = A_.1 V A_.1'
-        V = np.einsum("ik,jkl,ml->jim", lam1, M11_inv, lam1)
-        AV = np.einsum("rjk,jkl->rjl", self.Ax1.reshape(p + 1, J1, q1), V).reshape(p + 1, J1 * q1)
+        V = lam1 @ M11_inv @ lam1.T
+        AV = (self.Ax1.reshape(p + 1, J1, q1).transpose(1, 0, 2) @ V).transpose(1, 0, 2).reshape(p + 1, J1 * q1)
         S = self.Axx - AV @ self.Ax1.T
 
-        Lrr = None
+        Lrr = Lxr = lam_r = None
         if self.qr:
             lam_r = self.lambda_rest(theta)
-            weights = self._pair_coef * V.ravel()[self._pair_v]
-            G = np.bincount(self._pair_target, weights=weights, minlength=self.qr * self.qr)
-            # only the lower triangle of Arr - G is filled and needed
-            Mrr = self._congruence(lam_r, self.Arr - G.reshape(self.qr, self.qr))
+            if self.Ar1_dense is not None:
+                AVr = (self._Ar1_levels @ V).transpose(1, 0, 2)
+                G = AVr.reshape(self.qr, J1 * q1) @ self.Ar1_dense.T
+                lower = self.Arr - G
+            else:
+                weights = self._pair_coef * V.ravel()[self._pair_v]
+                G = np.bincount(self._pair_target, weights=weights, minlength=self.qr * self.qr)
+                # only the lower triangle of Arr - G is filled and needed
+                lower = self.Arr - G.reshape(self.qr, self.qr)
+            Mrr = self._congruence(lam_r, lower)
             Mrr[np.diag_indices_from(Mrr)] += 1.0
             try:
                 Lrr = cholesky(Mrr, lower=True, check_finite=False)
@@ -298,25 +411,52 @@ class ProfiledDeviance:
         pwrss = max(float(S[p, p] - lyx @ lyx), np.finfo(float).tiny)
         beta = solve_triangular(Lxx.T, lyx, lower=False, check_finite=False) if p else np.zeros(0)
         logdet_RX = 2.0 * np.log(np.diag(Lxx)).sum() if p else 0.0
+        return _Factor(lambdas=lambdas, lam_r=lam_r, M11_inv=M11_inv, L11=L11, V=V, Lrr=Lrr, Lxr=Lxr,
+                       Lxx=Lxx, logdet=logdet, logdet_RX=logdet_RX, pwrss=pwrss, beta=beta)
 
-        # conditional modes: back-substitution through the blocked factor
-        beta_u = beta if beta_fixed is None else np.asarray(beta_fixed, dtype=float)
-        e1 = self.Ax1[p] - beta_u @ self.Ax1[:p]
+    def _modes(self, f: _Factor, beta: np.ndarray) -> np.ndarray:
+        """Conditional modes ``u`` at the internal ``beta``: back-substitution through the
+        blocked factor."""
+        p, q1, J1 = self.p, self.q1, self.J1
+        lam1 = f.lambdas[0]
+        e1 = self.Ax1[p] - beta @ self.Ax1[:p]
         if self.qr:
-            vr = Lxr[p] - beta_u @ Lxr[:p]
-            ur = solve_triangular(Lrr.T, vr, lower=False, check_finite=False)
-            e1 = e1 - self.Ar1.T @ (lam_r @ ur)
+            vr = f.Lxr[p] - beta @ f.Lxr[:p]
+            ur = solve_triangular(f.Lrr.T, vr, lower=False, check_finite=False)
+            e1 = e1 - self.Ar1.T @ (f.lam_r @ ur)
         else:
             ur = np.zeros(0)
-        u1 = np.einsum("jkl,ml,jm->jk", M11_inv, lam1, e1.reshape(J1, q1)).ravel()
-        u = np.concatenate([u1, ur])
+        u1 = (f.M11_inv @ (e1.reshape(J1, q1) @ lam1)[:, :, None])[:, :, 0].ravel()
+        return np.concatenate([u1, ur])
 
-        objective = self._objective(logdet, logdet_RX, pwrss)
-        user_factors = [lam / scale[:, None] for lam, scale in zip(lambdas, self.term_scales)]
-        return PLSSolution(theta=theta_user, objective=objective, beta=beta, pwrss=pwrss,
-                           logdet_L=logdet, logdet_RX=logdet_RX, RX_lower=Lxx, u=u,
-                           factors=user_factors, internal_theta=theta, internal_factors=lambdas,
-                           L11=L11, Lrr=Lrr)
+    def solve(self, theta: np.ndarray, beta_fixed: np.ndarray | None = None) -> PLSSolution:
+        """Factor the system at (lme4's) ``theta`` and return the full solution.
+
+        ``beta_fixed`` (the user's fixed effects divided by ``y_scale``) gives the
+        conditional modes at that ``beta`` instead of at its profiled value (the MAP back
+        end needs it).
+        """
+        theta_user = np.asarray(theta, dtype=float)
+        theta = self.to_internal(theta_user)
+        f = self._factor(theta)
+        beta_u = f.beta if beta_fixed is None else self.beta_to_internal(beta_fixed)
+        u = self._modes(f, beta_u)
+        p = self.p
+        # back to the user's X: X' V^-1 X = T^-T (R R') T^-1, R the internal factor
+        R_user = (self.x_scale[:, None] * f.Lxx)
+        if self.intercept_col is not None:
+            R_user = R_user + np.outer(self.x_center, R_user[self.intercept_col])
+        if p and np.any(np.triu(R_user, 1)):
+            # a lower factor of R_user R_user' without squaring: QR of R_user'
+            R = np.linalg.qr(R_user.T, mode="r")
+            R_user = R.T * np.sign(np.diag(R))[None, :]
+        R_inv = solve_triangular(f.Lxx, np.eye(p), lower=True, check_finite=False) if p else np.zeros((0, 0))
+        half = R_inv @ self.T.T
+        user_factors = [lam / scale[:, None] for lam, scale in zip(f.lambdas, self.term_scales)]
+        return PLSSolution(theta=theta_user, objective=self._objective(f), beta=self.beta_from_internal(f.beta),
+                           pwrss=f.pwrss, logdet_L=f.logdet, logdet_RX=f.logdet_RX - 2.0 * self.log_det_T,
+                           RX_lower=R_user, u=u, factors=user_factors, vcov_unscaled=half.T @ half,
+                           internal_theta=theta, internal_factors=f.lambdas, L11=f.L11, Lrr=f.Lrr)
 
     def _congruence(self, lam_r: sp.csr_matrix, lower: np.ndarray) -> np.ndarray:
         """``Lambda_r' X Lambda_r`` from the lower triangle of symmetric ``X``."""
@@ -328,27 +468,134 @@ class ProfiledDeviance:
         full = np.tril(lower) + np.tril(lower, -1).T
         return np.asarray(lam_r.T @ np.asarray(lam_r.T @ full).T).T
 
-    def _objective(self, logdet: float, logdet_RX: float, pwrss: float) -> float:
+    def _objective(self, f: _Factor) -> float:
         n_eff = self.n - self.p if self.reml else self.n
-        value = logdet + n_eff * (1.0 + _LOG_2PI + np.log(pwrss / n_eff))
+        value = f.logdet + n_eff * (1.0 + _LOG_2PI + np.log(f.pwrss / n_eff))
         if self.reml:
-            value += logdet_RX
+            value += f.logdet_RX - 2.0 * self.log_det_T
         # back to the user's scale of y
-        return value + 2.0 * n_eff * np.log(self.y_scale)
+        return float(value + 2.0 * n_eff * np.log(self.y_scale))
 
     def __call__(self, theta: np.ndarray) -> float:
         try:
-            return self.solve(theta).objective
+            return self._objective(self._factor(self.to_internal(theta)))
         except (FitError, np.linalg.LinAlgError):
             return np.inf
 
-    # -- out of core: the same deviance from cross-products (additive; see CrossProducts)
+    # -- the analytic gradient
+    def internal_gradient(self, theta_internal: np.ndarray) -> tuple[float, np.ndarray]:
+        """The criterion and its gradient in the internal theta.
+
+        With ``Omega = Lambda' A Lambda + I`` (``A = Z'Z``), ``e = Z'(y - X beta - Z Lambda u)``
+        and ``Psi = Z' V^{-1} X R_X^{-T}``, for the entry ``(r, c)`` of bar ``k``'s factor::
+
+            d log|Omega|    = 2 [sum_j (Omega^{-1} Lambda' A)_jj]_{c r}
+            d r^2           = -2 [sum_j e_j u_j']_{r c}            (envelope: beta, u optimal)
+            d log|R_X|^2    = -2 [lambda_k' sum_j Psi_j Psi_j']_{c r}
+
+        with sums over the levels ``j`` of bar ``k``. Only diagonal blocks of
+        ``Omega^{-1} Lambda' A`` are needed; they come from the blocked factor
+        (``Omega^{-1}_{11}`` diagonal blocks, ``Omega^{-1}_{r1}``, ``Omega^{-1}_{rr}``).
+        """
+        if not self.has_gradient:
+            raise FitError("no analytic gradient for this design (the dense blocks are too large)")
+        theta = np.asarray(theta_internal, dtype=float)
+        f = self._factor(theta)
+        self.gradient_evaluations += 1
+        p, q1, J1, qr = self.p, self.q1, self.J1, self.qr
+        lam1 = f.lambdas[0]
+        A11 = self.A11
+        Ax1 = self.Ax1[:p].T.reshape(J1, q1, p) if p else np.zeros((J1, q1, 0))
+        Axr = self.Axr[:p].T if qr else None
+        # conditional modes and e = Z'(y - X beta - Z Lambda u)
+        u = self._modes(f, f.beta)
+        u1 = u[:J1 * q1].reshape(J1, q1)
+        ur = u[J1 * q1:]
+        v1 = u1 @ lam1.T
+        e1 = (self.Ax1[p] - f.beta @ self.Ax1[:p]).reshape(J1, q1) - (A11 @ v1[:, :, None])[:, :, 0]
+        if qr:
+            Ar1 = self.Ar1_dense
+            Ar1_3 = Ar1.reshape(qr, J1, q1)
+            lam_r = f.lam_r
+            vr = lam_r @ ur
+            e1 = e1 - (Ar1.T @ vr).reshape(J1, q1)
+            er = self.Axr[p] - f.beta @ self.Axr[:p] - Ar1 @ v1.ravel() - self.Arr @ vr
+        # Psi = Z' V^{-1} X R_X^{-T} = (Ax - A Lambda W) R_X^{-T}, W = Omega^{-1} Lambda' Ax
+        need_psi = self.reml and p > 0
+        if qr:
+            Q = np.asarray(lam_r.T @ Ar1)                      # Lambda_r' A_r1
+            Y = solve_triangular(f.Lrr, Q, lower=True, check_finite=False)
+            Y3 = Y.reshape(qr, J1, q1)
+            Cj = (Y3.transpose(1, 0, 2) @ lam1) @ f.M11_inv  # L_rr^-1 L_r1 L_11^-1, level-major
+            C = Cj.transpose(1, 0, 2)
+            Q3 = Q.reshape(qr, J1, q1)
+        if need_psi:
+            B1 = lam1.T @ Ax1            # lambda1' Ax1_j
+            MB1 = f.M11_inv @ B1
+            if qr:
+                Br = np.asarray(lam_r.T @ Axr)
+                rhs = Br - np.tensordot(Q3, lam1 @ MB1, axes=([1, 2], [0, 1]))
+                Wr = solve_triangular(f.Lrr.T, solve_triangular(f.Lrr, rhs, lower=True, check_finite=False),
+                                      lower=False, check_finite=False)
+                W1 = MB1 - f.M11_inv @ (lam1.T @ np.tensordot(Q3, Wr, axes=([0], [0])))
+                LWr = np.asarray(lam_r @ Wr)
+            else:
+                W1 = MB1
+            LW1 = lam1 @ W1
+            Phi1 = Ax1 - A11 @ LW1
+            if qr:
+                Phi1 = Phi1 - (Ar1.T @ LWr).reshape(J1, q1, p)
+                Phir = Axr - Ar1 @ LW1.reshape(J1 * q1, p) - self.Arr @ LWr
+            Psi1 = solve_triangular(f.Lxx, Phi1.reshape(J1 * q1, p).T, lower=True, check_finite=False).T
+            Psi1 = Psi1.reshape(J1, q1, p)
+            if qr:
+                Psir = solve_triangular(f.Lxx, Phir.T, lower=True, check_finite=False).T
+
+        n_eff = self.n - p if self.reml else self.n
+        factor_r2 = n_eff / f.pwrss
+        # per bar: S_k (log|Omega|), E_k (r^2), P_k (log|R_X|^2)
+        inner = f.M11_inv
+        if qr:
+            inner = inner + Cj.transpose(0, 2, 1) @ Cj
+        S1 = ((inner @ lam1.T) @ A11).sum(axis=0)
+        if qr:
+            S1 = S1 - np.tensordot(C, Y3, axes=([0, 1], [0, 1]))
+        bars = [(S1, e1.T @ u1, np.tensordot(Psi1, Psi1, axes=([0, 2], [0, 2])) if need_psi else None)]
+        if qr:
+            AL1 = (Ar1_3 @ lam1).reshape(qr, J1 * q1)
+            Z1 = solve_triangular(f.Lrr, np.asarray(lam_r.T @ self.Arr), lower=True, check_finite=False)
+            Drr = solve_triangular(f.Lrr.T, Z1 - np.ascontiguousarray(C).reshape(qr, J1 * q1) @ AL1.T,
+                                   lower=False, check_finite=False)
+            offset = 0
+            for block in self.design.blocks[1:]:
+                q, J = block.n_terms, block.n_levels
+                idx = slice(offset, offset + J * q)
+                D = Drr[idx, idx].reshape(J, q, J, q)
+                Sk = np.einsum("jajb->ab", D)
+                Ek = er[idx].reshape(J, q).T @ ur[idx].reshape(J, q)
+                Pk = None
+                if need_psi:
+                    Ps = Psir[idx].reshape(J, q, p)
+                    Pk = np.tensordot(Ps, Ps, axes=([0, 2], [0, 2]))
+                bars.append((Sk, Ek, Pk))
+                offset += J * q
+        grad = np.empty(self.layout.size)
+        for k, (Sk, Ek, Pk) in enumerate(bars):
+            r, c = self.layout.rows[k], self.layout.cols[k]
+            g = 2.0 * Sk[c, r] - 2.0 * factor_r2 * Ek[r, c]
+            if need_psi:
+                g = g - 2.0 * (f.lambdas[k].T @ Pk)[c, r]
+            grad[self.layout.slices[k]] = g
+        return self._objective(f), grad
+
+    # -- out of core: the same deviance from cross-products (see CrossProducts)
     @classmethod
     def from_cross_products(cls, design: Design, products: "CrossProducts", reml: bool = True) -> "ProfiledDeviance":
         """The deviance of ``design`` (one bar: its block gives the terms and levels; no row
-        is read) from ``products``. It sets the attributes that ``__init__`` and
-        ``_precompute`` set, so ``solve`` and everything after it are shared with the
-        in-memory path (tests/test_outofcore.py checks that the two agree)."""
+        is read) from ``products``, with the internal reparametrization of ``__init__``
+        (centered and scaled fixed columns, centered and scaled response, scaled bar
+        columns) computed from the cross-products alone, so ``solve`` and everything after it
+        are shared with the in-memory path (tests/test_outofcore.py checks that they agree)."""
         if len(design.blocks) != 1:
             raise FitError("the deviance from cross-products supports one random-effect term")
         self = cls.__new__(cls)
@@ -358,32 +605,59 @@ class ProfiledDeviance:
         q, J, p = block.n_terms, block.n_levels, products.XtX.shape[0]
         self.q_sizes = [q]
         self.n, self.p = int(products.n), p
-        self.y_scale = float(products.y_std) or 1.0
+        names = list(design.fixed_names)
+        self.intercept_col = names.index("(Intercept)") if "(Intercept)" in names else None
+        center = np.asarray(products.x_center, dtype=float)
+        if self.intercept_col is None and (np.any(center != 0) or products.y_center != 0):
+            raise FitError("cross-products of a model without an intercept must not be centered")
+        one_coef = np.zeros(p)
+        if self.intercept_col is not None:
+            if center[self.intercept_col] != 0:
+                raise FitError("the intercept column of the cross-products must not be centered")
+            one_coef[self.intercept_col] = 1.0
+        x_scale = np.sqrt(np.diag(products.XtX) / self.n)
+        x_scale = np.where(x_scale > 0, x_scale, 1.0)
+        self.x_center, self.x_scale, self.one_coef = center, x_scale, one_coef
+        T = np.eye(p)
+        if self.intercept_col is not None:
+            T[self.intercept_col] -= center
+        self.T = T / x_scale[None, :]
+        self.log_det_T = -float(np.sum(np.log(x_scale)))
+        self.y_shift = float(products.y_center)
+        self.y_scale = float(np.sqrt(products.yty / self.n)) or 1.0
+        self._Xf = self._yf = None
         scale = np.where(products.z_rms > 0, products.z_rms, 1.0)
         self.term_scales = [scale]
         self._X = None
         self.theta_scale = np.concatenate([scale[rows] for rows in self.layout.rows])
         self.evaluations = 0
+        self.gradient_evaluations = 0
         self.q1, self.J1 = q, J
         self.A11 = products.ZtZ / np.outer(scale, scale)
-        zx = np.concatenate([products.ZtX, products.Zty[:, :, None] / self.y_scale], axis=2) / scale[None, :, None]
+        zx = np.concatenate([products.ZtX / x_scale[None, None, :],
+                             products.Zty[:, :, None] / self.y_scale], axis=2) / scale[None, :, None]
         self.Ax1 = zx.transpose(2, 0, 1).reshape(p + 1, J * q)
-        xy = products.Xty / self.y_scale
-        self.Axx = np.block([[products.XtX, xy[:, None]], [xy[None, :], np.array([[products.yty / self.y_scale**2]])]])
+        xx = products.XtX / np.outer(x_scale, x_scale)
+        xy = products.Xty / (x_scale * self.y_scale)
+        self.Axx = np.block([[xx, xy[:, None]], [xy[None, :], np.array([[products.yty / self.y_scale**2]])]])
+        self.Ar1_dense = None
         self.qr = 0
+        self.has_gradient = True
         return self
 
 
 # ---------------------------------------------------------------- from cross-products (out of core)
 @dataclass(frozen=True)
 class CrossProducts:
-    """The cross-products the profiled deviance of one grouping factor consumes, on the
-    user's scale, without the rows (built out of core by :mod:`bayeslmm.outofcore`).
+    """The cross-products the profiled deviance of one grouping factor consumes, without
+    the rows (built out of core by :mod:`bayeslmm.outofcore`).
 
-    ``ZtZ`` (J, q, q), ``ZtX`` (J, q, p) and ``Zty`` (J, q) per level of the factor;
-    ``XtX`` (p, p), ``Xty`` (p,), ``yty`` and ``n`` over all rows; ``y_std`` (population
-    standard deviation of y) and ``z_rms`` (q,) (root mean square of each column of Z) set
-    the internal scaling exactly as the in-memory constructor sets it.
+    The fixed columns are centered at ``x_center`` (0 for the intercept's column, and all 0
+    without an intercept) and the response at ``y_center``; the bar's columns ``Z`` are not
+    centered. ``ZtZ`` (J, q, q), ``ZtX`` (J, q, p) and ``Zty`` (J, q) per level of the
+    factor; ``XtX`` (p, p), ``Xty`` (p,), ``yty`` and ``n`` over all rows; ``z_rms`` (q,)
+    the root mean square of each column of ``Z``. Centered products keep the digits that a
+    large mean would cancel.
     """
 
     ZtZ: np.ndarray
@@ -393,7 +667,8 @@ class CrossProducts:
     Xty: np.ndarray
     yty: float
     n: int
-    y_std: float
+    x_center: np.ndarray
+    y_center: float
     z_rms: np.ndarray
 
 
@@ -497,15 +772,174 @@ def conditional_variances(deviance: ProfiledDeviance, solution: PLSSolution) -> 
     return [v / np.outer(scale, scale) for v, scale in zip([first] + out_rest, deviance.term_scales)]
 
 
+def _blas_single_thread(deviance: ProfiledDeviance):
+    """A context that keeps BLAS on one thread while the small dense blocks are factored.
+
+    Two BLAS threads on matrices of a few hundred rows fight over the cores (a 256 x 256
+    Cholesky took 0.2 s instead of 5 ms on a loaded 2-core machine); larger blocks keep
+    the threads. Uses threadpoolctl when it is installed, else does nothing.
+    """
+    if max(deviance.qr, deviance.q1) <= 1000:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - optional
+            pass
+        else:
+            return threadpool_limits(limits=1, user_api="blas")
+    return contextlib.nullcontext()
+
+
+def check_convergence(deviance: ProfiledDeviance, theta: np.ndarray, grad: np.ndarray,
+                      tol_grad: float = 1e-3, bound_tol: float = 1e-7) -> tuple[bool, str, np.ndarray | None]:
+    """lme4's ``checkConv`` on the internal theta, plus its ``restart_edge``: no component
+    on its bound decreases the criterion when moved off it, the gradient of the free
+    components is small and their Hessian (finite differences of the analytic gradient)
+    positive definite. Returns (ok, message, a better point to restart from or None)."""
+    lower = deviance.layout.lower
+    on_bound = np.isfinite(lower) & (theta - lower <= bound_tol)
+    free = ~on_bound
+    # a bounded component whose gradient is negative would decrease the criterion off the bound
+    leaving = on_bound & (grad < -tol_grad)
+    if np.any(leaving):
+        restart = theta.copy()
+        restart[leaving] += 1e-3
+        return False, f"{int(leaving.sum())} component(s) on the boundary with a negative gradient", restart
+    # lme4's restart_edge: a component on its bound with a zero gradient (the criterion is even
+    # in a diagonal entry whose column is zero) may still decrease when moved off the bound;
+    # with the diagonal at 0 the rest of its column has a free sign, so both signs are tried
+    value = deviance.internal_objective(theta)
+    moves = {}
+    for i in np.flatnonzero(on_bound):
+        for flip in (False, True):
+            trial = theta.copy()
+            below = deviance.layout.column_below(i)
+            if flip:
+                if not below.size:
+                    continue
+                trial[below] = -trial[below]
+            trial[i] = lower[i] + 1e-3
+            trial_value = deviance.internal_objective(trial)
+            if trial_value < value - 1e-10 * abs(value) and trial_value < moves.get(i, (np.inf,))[0]:
+                moves[i] = (trial_value, flip, below)
+    if moves:
+        # move every such component off its bound at once, as far as still decreases
+        best = (value, None)
+        for step in (0.3, 0.1, 3e-2, 1e-2, 1e-3):
+            trial = theta.copy()
+            for i, (_, flip, below) in moves.items():
+                if flip:
+                    trial[below] = -trial[below]
+                trial[i] = lower[i] + step
+            trial_value = deviance.internal_objective(trial)
+            if trial_value < best[0]:
+                best = (trial_value, trial)
+        if best[1] is not None:
+            return False, f"{len(moves)} component(s) on the boundary decrease the criterion off it", best[1]
+    if np.max(np.abs(grad[free]), initial=0.0) > tol_grad:
+        return False, f"gradient {np.max(np.abs(grad[free])):.2e} on the free components", None
+    idx = np.flatnonzero(free)
+    if idx.size == 0:
+        return True, "converged", None
+    h = 1e-5
+    hess = np.empty((idx.size, idx.size))
+    for a, i in enumerate(idx):
+        step = np.zeros_like(theta)
+        step[i] = h
+        up = deviance.internal_gradient(theta + step)[1]
+        down = deviance.internal_gradient(np.maximum(theta - step, lower))[1]
+        hess[:, a] = (up[idx] - down[idx]) / (h + min(h, theta[i] - lower[i]))
+    hess = 0.5 * (hess + hess.T)
+    values, vectors = np.linalg.eigh(hess)
+    if values[0] < -1e-6 * max(1.0, abs(values[-1])):
+        # a saddle: step along the direction of negative curvature, whichever way decreases
+        for step in (1e-1, 3e-2, 1e-2, 3e-3, 1e-3):
+            for sign in (1.0, -1.0):
+                trial = theta.copy()
+                trial[idx] += sign * step * vectors[:, 0]
+                trial = np.maximum(trial, lower)
+                if deviance.internal_objective(trial) < value:
+                    return False, f"a saddle point (Hessian eigenvalue {values[0]:.3g})", trial
+        return False, f"the Hessian has a negative eigenvalue ({values[0]:.3g})", None
+    return True, "converged", None
+
+
+def optimize_with_gradient(deviance: ProfiledDeviance, start: np.ndarray,
+                           max_restarts: int = 10) -> tuple[np.ndarray, OptSummary]:
+    """Minimize the criterion over the internal theta with bounded quasi-Newton steps on the
+    analytic gradient (L-BFGS-B), then check like lme4's ``checkConv`` and restart where
+    the check fails: from a saddle along the direction of negative curvature, off a bound
+    whose gradient points inwards (lme4's ``restart_edge``)."""
+    t0 = time.perf_counter()
+    count0 = deviance.evaluations
+    lower = deviance.layout.lower
+    bounds = Bounds(lower, np.full(len(lower), np.inf))
+
+    def fg(x):
+        try:
+            return deviance.internal_gradient(x)
+        except (FitError, np.linalg.LinAlgError):
+            return np.inf, np.zeros_like(x)
+
+    x = np.asarray(start, dtype=float)
+    message, ok = "", False
+    for attempt in range(max_restarts + 1):
+        result = minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds,
+                          options={"maxiter": 20000, "maxfun": 40000, "ftol": 1e-15, "gtol": 1e-9,
+                                   "maxcor": 30})
+        if not np.isfinite(result.fun):
+            raise FitError("the optimizer found no point with a finite criterion")
+        x = np.maximum(result.x, lower)
+        # the bounded components L-BFGS-B left a hair above the bound are tried at the bound
+        near = np.isfinite(lower) & (x - lower < 1e-5) & (x > lower)
+        if np.any(near):
+            trial = np.where(near, lower, x)
+            if deviance.internal_objective(trial) <= result.fun:
+                x = trial
+        value, grad = fg(x)
+        ok, message, restart = check_convergence(deviance, x, grad)
+        if ok:
+            break
+        if restart is not None:
+            x = restart
+        # else restart from here: a fresh quasi-Newton memory
+    value = deviance.internal_objective(x)
+    if not ok:
+        message = message if result.success else f"{result.message}; {message}"
+        warnings.warn(f"the optimizer (L-BFGS-B) did not converge: {message} (after "
+                      f"{deviance.evaluations - count0} evaluations); the estimates may be off. "
+                      "Check the model (rescale predictors, simplify the random part) or compare with "
+                      "fit(method='map')", ConvergenceWarning, stacklevel=4)
+    summary = OptSummary(optimizer="L-BFGS-B (scipy, analytic gradient)", initial=np.array(start),
+                         final=np.array(x), objective=float(value),
+                         evaluations=deviance.evaluations - count0, seconds=time.perf_counter() - t0,
+                         converged=ok, message=message)
+    return x, summary
+
+
 def fit_profiled(design: Design, reml: bool = True):
     """Fit by REML (``reml=True``) or ML: optimize the profiled deviance and build the
     :class:`~bayeslmm.results.PointResult` (lme4's ``optimizeLmer -> mkMerMod``)."""
     deviance = make_deviance(design, reml=reml)
-    internal, opt = optimize_deviance(deviance.internal_objective, deviance.layout.initial(),
-                                      deviance.layout.lower, counter=deviance)
-    theta = deviance.from_internal(internal)
-    opt = replace(opt, initial=deviance.from_internal(opt.initial), final=theta)
+    theta, opt = optimize_profiled(deviance)
     return point_result(deviance, theta, opt, method="reml" if reml else "ml")
+
+
+def optimize_profiled(deviance: ProfiledDeviance) -> tuple[np.ndarray, OptSummary]:
+    """Minimize a profiled deviance over lme4's ``theta`` (returned with the optimization
+    summary, both on the user's scale).
+
+    With the analytic gradient (every design whose dense blocks are moderate): L-BFGS-B
+    with lme4's convergence check and restarts; otherwise (a large second factor, as in
+    InstEval, where a gradient costs many evaluations and theta is short) COBYQA.
+    """
+    with _blas_single_thread(deviance):
+        if deviance.has_gradient:
+            internal, opt = optimize_with_gradient(deviance, deviance.layout.initial())
+        else:
+            internal, opt = optimize_deviance(deviance.internal_objective, deviance.layout.initial(),
+                                              deviance.layout.lower, counter=deviance)
+    theta = deviance.from_internal(internal)
+    return theta, replace(opt, initial=deviance.from_internal(opt.initial), final=theta)
 
 
 def point_result(deviance: ProfiledDeviance, theta: np.ndarray, opt: OptSummary, method: str,
@@ -525,8 +959,7 @@ def point_result(deviance: ProfiledDeviance, theta: np.ndarray, opt: OptSummary,
         n_eff = deviance.n - deviance.p if deviance.reml else deviance.n
         sigma = float(np.sqrt(sol.pwrss / n_eff)) * scale
     beta = sol.beta * scale if beta is None else np.asarray(beta, dtype=float)
-    RX_inv = solve_triangular(sol.RX_lower, np.eye(deviance.p), lower=True, check_finite=False)
-    vcov_beta = sigma**2 * (RX_inv.T @ RX_inv)
+    vcov_beta = sigma**2 * sol.vcov_unscaled
     covariances = tuple(sigma**2 * lam @ lam.T for lam in sol.factors)
     ranef, offset = [], 0
     for block, lam in zip(design.blocks, sol.factors):
@@ -541,4 +974,5 @@ def point_result(deviance: ProfiledDeviance, theta: np.ndarray, opt: OptSummary,
                        ranef_values=tuple(ranef), ranef_condvar=condvar,
                        criterion=float(sol.objective if criterion is None else criterion),
                        n_params=n_params, theta_names=deviance.layout.names,
-                       theta_lower=deviance.layout.lower, opt=opt, priors_used=priors_used)
+                       theta_lower=deviance.layout.lower, opt=opt, priors_used=priors_used,
+                       term_scales=tuple(deviance.term_scales))

@@ -241,6 +241,9 @@ class PointResult(FitResult):
     theta_lower: np.ndarray
     opt: OptSummary = field(repr=False)
     priors_used: str | None = None
+    #: root mean square of each bar's columns: theta * scale is the unit-free theta of the
+    #: standardized columns, on which singularity is judged
+    term_scales: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
 
     # ---------------------------------------------------------- primitives
     def fixef_draws(self) -> np.ndarray:
@@ -282,10 +285,75 @@ class PointResult(FitResult):
         return self.nobs - self.n_params
 
     @property
+    def theta_scaled(self) -> np.ndarray:
+        """theta of the bars' columns divided by their root mean square: unit-free (a
+        predictor in days or in seconds gives the same value)."""
+        if self.term_scales is None:
+            return self.theta
+        from .reml import ThetaLayout
+
+        layout = ThetaLayout.from_design(self.design)
+        scale = np.concatenate([sc[rows] for sc, rows in zip(self.term_scales, layout.rows)])
+        return self.theta * scale
+
+    @property
     def is_singular(self) -> bool:
-        """lme4's rule: a bounded component of theta within 1e-4 of its bound 0."""
+        """lme4's rule, unit-free: a bounded component of theta within 1e-4 of its bound 0,
+        judged on the theta of standardized columns (:attr:`theta_scaled`; lme4 judges the
+        user's theta, so ``Days * 1e4`` made a healthy slope "singular" there)."""
         bounded = self.theta_lower == 0
-        return bool(np.any(self.theta[bounded] < 1e-4))
+        return bool(np.any(self.theta_scaled[bounded] < 1e-4))
+
+    def _scaled_covariances(self) -> list[np.ndarray]:
+        """Each bar's covariance of the standardized columns relative to sigma^2."""
+        scales = self.term_scales or [np.ones(b.n_terms) for b in self.design.blocks]
+        return [cov * np.outer(sc, sc) / self.sigma**2 for cov, sc in zip(self.covariances, scales)]
+
+    def rePCA(self, standardized: bool = False) -> dict[str, pd.DataFrame]:
+        """Principal components of each grouping factor's random-effect covariance (lme4's
+        ``rePCA``): how many dimensions of a maximal model the data support.
+
+        Parameters
+        ----------
+        standardized : bool
+            False (lme4's): the singular values of the relative covariance factor in the
+            user's units (``Lambda_k`` of ``theta``), bars on one factor combined block-
+            diagonally as lme4 does. True: of the standardized columns (unit-free).
+
+        Returns
+        -------
+        dict
+            group -> DataFrame indexed by component (``PC1``, ...) with ``sdev`` (relative
+            to sigma), ``proportion`` of variance and ``cumulative`` proportion, and
+            ``loadings`` (terms x components) in ``.attrs["rotation"]``.
+        """
+        from scipy.linalg import block_diag
+
+        factors: dict[str, list] = {}
+        scales = self.term_scales or [np.ones(b.n_terms) for b in self.design.blocks]
+        for block, cov, sc in zip(self.design.blocks, self.covariances, scales):
+            rel = cov / self.sigma**2
+            if standardized:
+                rel = rel * np.outer(sc, sc)
+            # the Cholesky factor of a possibly singular covariance: from its eigen-decomposition
+            # (same singular values as lme4's Lambda_k, whose lambda lambda' is this matrix)
+            values, vectors = np.linalg.eigh(rel)
+            half = vectors * np.sqrt(np.clip(values, 0.0, None))
+            factors.setdefault(block.group, []).append((half, list(block.terms)))
+        out = {}
+        for group, parts in factors.items():
+            lam = block_diag(*[h for h, _ in parts])
+            terms = [t for _, names in parts for t in names]
+            u, sdev, _ = np.linalg.svd(lam)
+            var = sdev**2
+            total = var.sum()
+            prop = var / total if total > 0 else np.zeros_like(var)
+            names = [f"PC{i + 1}" for i in range(len(sdev))]
+            frame = pd.DataFrame({"sdev": sdev, "proportion": prop, "cumulative": np.cumsum(prop)},
+                                 index=pd.Index(names, name="component"))
+            frame.attrs["rotation"] = pd.DataFrame(u, index=terms, columns=names)
+            out[group] = frame
+        return out
 
     # ---------------------------------------------------------- tables
     def fixef(self, ddf: str | None = "default") -> pd.DataFrame:
@@ -422,13 +490,21 @@ class PointResult(FitResult):
 
     def singular_terms(self, tol: float = 1e-4) -> list[str]:
         """The variance components at zero and the correlations at +-1, as text
-        (``"Batch: sd((Intercept)) = 0"``, ``"school: cor(standLRT, sexM) = -1"``)."""
+        (``"Batch: sd((Intercept)) = 0"``, ``"school: cor(standLRT, sexM) = -1"``).
+
+        Unit-free: an sd is "at zero" when the sd of the standardized column is below
+        ``tol`` times sigma (an sd of 5e-4 for a slope in units of 1e4 days is not zero).
+        """
         found = []
-        for row in self.varcorr().itertuples():
-            if row.group == "Residual":
+        layout = varcorr_layout(self.design)
+        scaled = self._scaled_covariances()
+        names = self.varcorr()
+        for row, k, i, j in zip(names.itertuples(), layout["block"], layout["i"], layout["j"]):
+            if k < 0:
                 continue
-            if row.var2 is None or pd.isna(row.var2):
-                if row.sdcor < tol * max(self.sigma, 1e-300):
+            cov = scaled[k]
+            if i == j:
+                if np.sqrt(max(cov[i, i], 0.0)) < tol:
                     found.append(f"{row.group}: sd({row.var1}) = 0")
             elif abs(row.sdcor) > 1 - tol:
                 found.append(f"{row.group}: cor({row.var1}, {row.var2}) = {np.sign(row.sdcor):+.0f}")

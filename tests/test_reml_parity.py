@@ -1,9 +1,13 @@
 """REML/ML fits against lme4 1.1-31 on every reference case (../shared/reference/lme4).
 
-Tolerances are the issue's: fixed effects 1e-4 relative (or 1e-3 of their standard
-error for estimates smaller than it), standard errors, sds and sigma 1e-3 relative,
-correlations 5e-3 (the singular fits included), criterion 1e-2 absolute, conditional modes
-2e-3 of their scale, ``is_singular`` equal.
+Tolerances are set a little above the agreement achieved (measured over all 14 cases,
+issue 13: the old 1e-3 everywhere would have let a 100x regression pass): fixed effects
+3e-5 relative (or 1e-5 of their standard error for estimates smaller than it; achieved
+1.1e-5 and 1.7e-6), standard errors and t values 3e-4 (1.1e-4), sigma 3e-5 (8e-6), sds
+5e-4 (2.5e-4), correlations 1e-3 (4e-4), criterion, AIC and BIC 5e-6 absolute (1.3e-6),
+log-likelihood 3e-6 (6.4e-7), theta 1e-4 of its scale (3.5e-5), conditional modes 1e-3 of
+their scale (5.8e-4), ``is_singular`` equal. The largest differences are where lme4 itself
+stopped early (its criterion is the higher one).
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ def test_fixed_effects_and_standard_errors(case):
     for term, expected in ref["fixef"].items():
         se = ref["fixef_se"][term]
         near_zero = abs(expected) < se  # |t| < 1: there relative error means little
-        tolerance = 1e-3 * se if near_zero else 1e-4 * abs(expected)
+        tolerance = 1e-5 * se if near_zero else 3e-5 * abs(expected)
         assert table.loc[term, "estimate"] == pytest.approx(expected, abs=tolerance), term
-        assert table.loc[term, "std_error"] == pytest.approx(se, rel=1e-3), term
-        assert table.loc[term, "t_value"] == pytest.approx(expected / se, rel=2e-3, abs=2e-3), term
+        assert table.loc[term, "std_error"] == pytest.approx(se, rel=3e-4), term
+        assert table.loc[term, "t_value"] == pytest.approx(expected / se, rel=3e-4, abs=3e-4), term
 
 
 @pytest.mark.parametrize("case", LME4_CASES)
@@ -37,8 +41,8 @@ def test_variance_components(case):
     ref, fit = lme4_reference(case), reference_fit(case)
     vc = fit.varcorr()
     assert vc.iloc[-1]["group"] == "Residual"
-    assert vc.iloc[-1]["sdcor"] == pytest.approx(ref["sigma"], rel=1e-3)
-    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-3)
+    assert vc.iloc[-1]["sdcor"] == pytest.approx(ref["sigma"], rel=3e-5)
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=3e-5)
     n_checked = 0
     for component in ref["varcorr"]:
         terms, sds = _as_list(component["terms"]), _as_list(component["sd"])
@@ -49,15 +53,15 @@ def test_variance_components(case):
             if sd == 0:
                 assert got < 1e-4 * ref["sigma"], (component["group"], term)
             else:
-                assert got == pytest.approx(sd, rel=1e-3), (component["group"], term)
+                assert got == pytest.approx(sd, rel=5e-4), (component["group"], term)
             n_checked += 1
         if component["corr"] is not None:
             corr = np.array(component["corr"])
             pairs = vc[(vc["group"] == component["group"]) & vc["var2"].notna()]
             for row in pairs.itertuples():
                 i, j = terms.index(row.var1), terms.index(row.var2)
-                # 5e-3 everywhere, the singular exam_sex included (no looser boundary case needed)
-                assert row.sdcor == pytest.approx(corr[i, j], abs=5e-3)
+                # the singular exam_sex included (no looser boundary case needed)
+                assert row.sdcor == pytest.approx(corr[i, j], abs=1e-3)
                 n_checked += 1
     assert n_checked >= 1
 
@@ -65,10 +69,11 @@ def test_variance_components(case):
 @pytest.mark.parametrize("case", LME4_CASES)
 def test_criterion_likelihood_and_information(case):
     ref, fit = lme4_reference(case), reference_fit(case)
-    assert fit.criterion == pytest.approx(ref["criterion"], abs=1e-2)
-    assert fit.loglik == pytest.approx(ref["logLik"], abs=5e-3)
-    assert fit.aic == pytest.approx(ref["AIC"], abs=1e-2)
-    assert fit.bic == pytest.approx(ref["BIC"], abs=1e-2)
+    assert fit.criterion == pytest.approx(ref["criterion"], abs=5e-6)
+    assert fit.criterion <= ref["criterion"] + 1e-6 * abs(ref["criterion"])  # never a worse optimum
+    assert fit.loglik == pytest.approx(ref["logLik"], abs=3e-6)
+    assert fit.aic == pytest.approx(ref["AIC"], abs=5e-6)
+    assert fit.bic == pytest.approx(ref["BIC"], abs=5e-6)
     assert fit.nobs == ref["nobs"]
     assert fit.ngroups() == ref["ngroups"]
 
@@ -80,7 +85,7 @@ def test_singularity_and_theta(case):
     assert list(fit.theta_names) == _as_list(ref["theta_names"])
     theta_ref = np.array(_as_list(ref["theta"]), dtype=float)
     # theta is relative to sigma: compare on the scale of the largest component
-    assert np.max(np.abs(fit.theta - theta_ref)) < 2e-3 * max(1.0, np.max(np.abs(theta_ref)))
+    assert np.max(np.abs(fit.theta - theta_ref)) < 1e-4 * max(1.0, np.max(np.abs(theta_ref)))
 
 
 @pytest.mark.parametrize("case", [c for c in LME4_CASES if c != "insteval"])
@@ -94,7 +99,7 @@ def test_conditional_modes(case):
         expected = np.array(component["values"], dtype=float).reshape(len(component["levels"]), len(terms))
         got = frame.loc[component["levels"], terms].to_numpy()
         scale = np.maximum(np.abs(expected).max(axis=0), 1e-8)
-        assert np.all(np.abs(got - expected) <= 2e-3 * scale), component["group"]
+        assert np.all(np.abs(got - expected) <= 1e-3 * scale), component["group"]
 
 
 def test_coef_is_fixed_plus_random():
@@ -123,19 +128,17 @@ def test_an_optimizer_that_does_not_converge_warns(monkeypatch):
     import bayeslmm as blm
     import bayeslmm.reml as reml
     from scipy.optimize import OptimizeResult
-
-    real = reml.minimize
-
     def gives_up(fun, x0, method, **kwargs):
-        out = real(fun, x0, method=method, **{**kwargs, "options": {"maxfev": 3} if method == "Nelder-Mead"
-                                              else {"maxfev": 3, "initial_tr_radius": 1.0}})
-        return OptimizeResult(x=out.x, fun=out.fun, success=False, message="too many evaluations")
+        value = fun(x0)
+        return OptimizeResult(x=np.asarray(x0), fun=value[0] if isinstance(value, tuple) else value,
+                              success=False, message="too many evaluations")
 
     monkeypatch.setattr(reml, "minimize", gives_up)
-    with pytest.warns(blm.ConvergenceWarning, match=r"the optimizer \(Nelder-Mead \(scipy\)\) did not "
+    with pytest.warns(blm.ConvergenceWarning, match=r"the optimizer \(L-BFGS-B\) did not "
                                                      r"converge: too many evaluations"):
         fit = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy")).fit()
-    assert "convergence code: 1 (too many evaluations)" in fit.summary()
+    assert not fit.opt.converged
+    assert "convergence code: 1 (too many evaluations" in fit.summary()
     assert fit.summary().count("convergence code") == 1
 
 

@@ -24,6 +24,7 @@ from bayeslmm import cli
 from bayeslmm.design import FORMULA_NAMESPACE
 from bayeslmm.errors import FormulaError
 from bayeslmm.formula import expression_columns, parse_formula
+from bayeslmm.posterior import PosteriorFileError
 
 # {m} is the marker path; every payload creates it if evaluated (os.system, np.save, open, ...)
 PAYLOADS = [
@@ -135,7 +136,15 @@ def _posterior_file(path, formula: str) -> None:
     from bayeslmm.posterior import frame_schema, frame_to_csv
 
     sleep = blm.datasets.load("sleepstudy")
-    posterior = xr.Dataset({"sigma": (("chain", "draw"), np.full((1, 4), 25.0))})
+    subjects = blm.LMM("Reaction ~ Days + (1 | Subject)", sleep).design.blocks[0].levels
+    shape = (1, 4)
+    posterior = xr.Dataset(
+        {"beta": (("chain", "draw", "term"), np.zeros(shape + (2,))),
+         "sigma": (("chain", "draw"), np.full(shape, 25.0)),
+         "sd_Subject": (("chain", "draw", "Subject__term"), np.ones(shape + (1,))),
+         "r_Subject": (("chain", "draw", "Subject__level", "Subject__term"), np.zeros(shape + (len(subjects), 1)))},
+        coords={"chain": [0], "draw": np.arange(4), "term": ["(Intercept)", "Days"],
+                "Subject__term": ["(Intercept)"], "Subject__level": list(subjects)})
     posterior.attrs.update(formula=formula, data_csv=frame_to_csv(sleep), priors_json="{}",
                            data_schema=json.dumps(frame_schema(sleep)))
     xr.DataTree.from_dict({"posterior": posterior}).to_netcdf(path, engine="h5netcdf")
@@ -153,8 +162,10 @@ def test_payloads_from_an_edited_posterior_file(tmp_path):
         formula = _payload(template, marker).replace("y ~", "Reaction ~").replace("(1 | g)", "(1 | Subject)")
         with h5netcdf.File(edited, "r+") as handle:  # edit the stored formula in place
             handle["posterior"].attrs["formula"] = formula
-        with pytest.raises(FormulaError):
+        with pytest.raises(PosteriorFileError, match="saved formula, data and priors do not make a model: "
+                                                     "unknown function") as info:
             blm.load(edited)
+        assert isinstance(info.value.__cause__, FormulaError)
         _assert_not_run(marker)
 
 
@@ -168,7 +179,7 @@ def test_an_edited_prior_class_in_a_posterior_file_names_only_a_prior(tmp_path):
         edited.write_bytes(path.read_bytes())
         with h5netcdf.File(edited, "r+") as handle:
             handle["posterior"].attrs["priors_json"] = json.dumps({"sd": {"class": kind, "kwargs": {}}})
-        with pytest.raises(blm.PriorError, match=f"unknown prior class '{kind}': use one of Normal, StudentT"):
+        with pytest.raises(PosteriorFileError, match=f"unknown prior class '{kind}': use one of Normal, StudentT"):
             blm.load(edited)
 
 
