@@ -162,8 +162,7 @@ def test_payloads_from_an_edited_posterior_file(tmp_path):
         formula = _payload(template, marker).replace("y ~", "Reaction ~").replace("(1 | g)", "(1 | Subject)")
         with h5netcdf.File(edited, "r+") as handle:  # edit the stored formula in place
             handle["posterior"].attrs["formula"] = formula
-        with pytest.raises(PosteriorFileError, match="saved formula, data and priors do not make a model: "
-                                                     "unknown function") as info:
+        with pytest.raises(PosteriorFileError, match="saved formula, data and priors do not make a model") as info:
             blm.load(edited)
         assert isinstance(info.value.__cause__, FormulaError)
         _assert_not_run(marker)
