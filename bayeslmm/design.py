@@ -128,6 +128,8 @@ class Design:
     aliased: tuple[str, ...] = ()
     _fixed_evaluator: object = field(repr=False, compare=False, default=None)
     _fixed_all_names: tuple[str, ...] = field(repr=False, default=())
+    #: sum of the formula's ``offset(...)`` terms (GLMMs only; ``None`` without one)
+    offset: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def nobs(self) -> int:
@@ -143,6 +145,14 @@ class Design:
         keep = [self._fixed_all_names.index(name) for name in self.fixed_names]
         return full[:, keep]
 
+    def new_offset(self, data: pd.DataFrame) -> np.ndarray | None:
+        """The ``offset(...)`` terms evaluated on new data (``None`` when the formula has none)."""
+        if self.offset is None:
+            return None
+        full = _evaluate_new(self._fixed_evaluator, data, self.formula.fixed)
+        cols = [i for i, name in enumerate(self._fixed_all_names) if _is_offset(name)]
+        return full[:, cols].sum(axis=1)
+
     def new_codes(self, block: RandomBlock, data: pd.DataFrame) -> np.ndarray:
         """Level index of each row of new data in ``block``; -1 for a level not in the fit."""
         labels = _group_labels(data, block.group_vars)
@@ -150,7 +160,7 @@ class Design:
         return np.array([lookup.get(label, -1) for label in labels], dtype=np.int64)
 
 
-def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
+def build_design(formula: ParsedFormula, data: pd.DataFrame, glmm: bool = False) -> Design:
     """Turn a parsed formula and a DataFrame into a :class:`Design`.
 
     Parameters
@@ -161,6 +171,11 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
         Grouping columns of any type are factors (numbers sort numerically, a
         Categorical keeps its category order); a Categorical in the fixed or random part
         keeps its order too, so its first category is the reference level, as in R.
+    glmm : bool
+        For a generalized model (:mod:`bayeslmm.glmm_design`): accept ``offset(expr)``
+        terms in the fixed part (summed into ``Design.offset`` instead of becoming
+        columns of ``X``) and a grouping factor with one level per observation (an
+        observation-level effect models overdispersion), as glmer does.
 
     Returns
     -------
@@ -202,7 +217,7 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     if not all(isinstance(c, str) for c in data.columns):
         # a formula names columns by text: 1 is written `1`
         data = data.rename(columns=lambda c: c if isinstance(c, str) else str(c))
-    used = _used_columns(formula, data)
+    used = _used_columns(formula, data, allow_offset=glmm)
     _check_column_types(formula, data, used)
     data = _drop_missing(data, used)
     n_dropped_total = data.attrs.pop("n_dropped", 0)
@@ -211,7 +226,7 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
 
     frame = _for_formulae(data, used)
     y, fixed = _evaluate_fixed(formula, frame)
-    X, fixed_names, fixed_all_names, aliased = _full_rank(fixed, data)
+    X, fixed_names, fixed_all_names, aliased, offset = _full_rank(fixed, data)
     if X.shape[1] >= len(y):
         raise DataError(f"the fixed part has {X.shape[1]} coefficients for {len(y)} observations: "
                         "no residual degrees of freedom are left; use fewer fixed effects")
@@ -219,11 +234,11 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     # lme4 orders the bars by decreasing number of levels (a stable sort)
     blocks.sort(key=lambda block: -block.n_levels)
     _check_overlapping_bars(blocks)
-    _check_random_sizes(blocks, len(y))
+    _check_random_sizes(blocks, len(y), observation_level=glmm)
     return Design(formula=formula, response=formula.response, y=y, X=X,
                   fixed_names=fixed_names, blocks=tuple(blocks), data=data,
                   n_dropped=n_dropped_total, aliased=aliased,
-                  _fixed_evaluator=fixed, _fixed_all_names=fixed_all_names)
+                  _fixed_evaluator=fixed, _fixed_all_names=fixed_all_names, offset=offset)
 
 
 # ---------------------------------------------------------------- column checks
@@ -266,7 +281,7 @@ def _find_name(text: str, name: str, start: int) -> int:
     return match.start() if match else text.find(name, max(start, 0))
 
 
-def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
+def _used_columns(formula: ParsedFormula, data: pd.DataFrame, allow_offset: bool = False) -> list[str]:
     columns = [str(c) for c in data.columns]
     pieces = [(formula.response, formula.text.find(formula.response)),
               (formula.fixed, formula.text.find("~") + 1)]
@@ -279,6 +294,8 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
         calls: list = []
         names = _identifiers(expr, calls)
         for name, _ in calls:
+            if name == "offset" and allow_offset and expr == formula.fixed:
+                continue
             if name == "offset":
                 at = _find_name(formula.text, name, position)
                 raise FormulaError(f"offset() is not supported (position {at}): subtract the offset from the "
@@ -450,15 +467,29 @@ def _evaluate_fixed(formula: ParsedFormula, data: pd.DataFrame):
     return y, matrices.common
 
 
-def _full_rank(common, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """Drop aliased columns as lme4 does (pivoted QR, tolerance 1e-7), with a warning."""
+def _is_offset(name: str) -> bool:
+    return name.startswith("offset(")
+
+
+def _full_rank(common, data: pd.DataFrame):
+    """Drop aliased columns as lme4 does (pivoted QR, tolerance 1e-7), with a warning.
+    ``offset(...)`` columns (admitted for GLMMs only) are split off and summed."""
     if common is None:
         raise FormulaError("the fixed part has no columns; write '1' for an intercept-only model")
     X = np.asarray(common.design_matrix, dtype=float)
-    names = tuple(_lme4_name(n) for n in common.as_dataframe().columns)
-    _check_finite_columns(X, names, data, "the fixed-effect")
+    all_names = tuple(_lme4_name(n) for n in common.as_dataframe().columns)
+    _check_finite_columns(X, all_names, data, "the fixed-effect")
+    is_off = np.array([_is_offset(n) for n in all_names], dtype=bool)
+    offset = X[:, is_off].sum(axis=1) if is_off.any() else None
+    X = X[:, ~is_off]
+    names = tuple(n for n, o in zip(all_names, is_off) if not o)
+    result = _full_rank_columns(X, names)
+    return result[0], result[1], all_names, result[2], offset
+
+
+def _full_rank_columns(X: np.ndarray, names: tuple[str, ...]):
     if X.shape[1] == 0:
-        return X, names, names, ()
+        return X, names, ()
     # R's limited pivoting: a column is dropped when it adds (almost) nothing to the
     # span of the columns before it, so later columns go first, as in lme4.
     keep: list[int] = []
@@ -473,11 +504,11 @@ def _full_rank(common, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...],
             keep.append(j)
             basis = np.column_stack([basis, residual / np.linalg.norm(residual)])
     if len(keep) == X.shape[1]:
-        return X, names, names, ()
+        return X, names, ()
     dropped = tuple(names[i] for i in range(len(names)) if i not in keep)
     warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-                  f"column(s) / coefficient(s): {', '.join(dropped)}", UserWarning, stacklevel=4)
-    return X[:, keep], tuple(names[i] for i in keep), names, dropped
+                  f"column(s) / coefficient(s): {', '.join(dropped)}", UserWarning, stacklevel=5)
+    return X[:, keep], tuple(names[i] for i in keep), dropped
 
 
 # ---------------------------------------------------------------- random part
@@ -594,9 +625,9 @@ def _check_overlapping_bars(blocks: list[RandomBlock]) -> None:
             seen[(block.group, name)] = block
 
 
-def _check_random_sizes(blocks: list[RandomBlock], nobs: int) -> None:
+def _check_random_sizes(blocks: list[RandomBlock], nobs: int, observation_level: bool = False) -> None:
     for block in blocks:
-        if block.n_levels >= nobs:
+        if block.n_levels > nobs or (block.n_levels == nobs and not observation_level):
             raise DataError(f"grouping factor '{block.group}' has {block.n_levels} levels for {nobs} "
                             "observations: the number of levels must be less than the number of "
                             "observations (every group needs replicates)")
