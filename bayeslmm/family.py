@@ -51,6 +51,10 @@ class Link:
     def mu_eta(self, eta):
         raise NotImplementedError
 
+    def pt_inverse(self, eta):
+        """The inverse link on a PyTensor variable (for the PyMC model)."""
+        raise NotImplementedError
+
 
 class Logit(Link):
     def __init__(self):
@@ -68,6 +72,11 @@ class Logit(Link):
         e = np.exp(-np.abs(eta))
         return np.maximum(e / (1.0 + e) ** 2, _EPS)
 
+    def pt_inverse(self, eta):
+        import pytensor.tensor as pt
+
+        return pt.sigmoid(eta)
+
 
 class Probit(Link):
     def __init__(self):
@@ -82,6 +91,11 @@ class Probit(Link):
 
     def mu_eta(self, eta):
         return np.maximum(np.exp(-0.5 * np.asarray(eta) ** 2) / np.sqrt(2 * np.pi), _EPS)
+
+    def pt_inverse(self, eta):
+        import pytensor.tensor as pt
+
+        return 0.5 * pt.erfc(-eta / np.sqrt(2.0))
 
 
 class Cloglog(Link):
@@ -98,6 +112,11 @@ class Cloglog(Link):
         eta = np.minimum(eta, 700.0)
         return np.maximum(np.exp(eta) * np.exp(-np.exp(eta)), _EPS)
 
+    def pt_inverse(self, eta):
+        import pytensor.tensor as pt
+
+        return -pt.expm1(-pt.exp(eta))
+
 
 class Log(Link):
     def __init__(self):
@@ -112,6 +131,11 @@ class Log(Link):
     def mu_eta(self, eta):
         return np.maximum(np.exp(np.minimum(eta, 700.0)), _EPS)
 
+    def pt_inverse(self, eta):
+        import pytensor.tensor as pt
+
+        return pt.exp(eta)
+
 
 class Identity(Link):
     def __init__(self):
@@ -125,6 +149,9 @@ class Identity(Link):
 
     def mu_eta(self, eta):
         return np.ones_like(np.asarray(eta, dtype=float))
+
+    def pt_inverse(self, eta):
+        return eta
 
 
 _LINKS = {"logit": Logit, "probit": Probit, "cloglog": Cloglog, "log": Log, "identity": Identity}
@@ -198,6 +225,19 @@ class Family:
 
     def validate(self, y, wt, what: str = "response") -> None:
         """Raise a :class:`BayesLMMError` when ``y`` cannot come from this family."""
+
+    def pymc_observed(self, name: str, eta, y, wt, extra: dict):
+        """The observed PyMC variable of ``y`` given the linear predictor ``eta`` (inside a
+        model context); ``extra`` holds the family's own parameters (e.g. ``shape``)."""
+        raise NotImplementedError
+
+    def pymc_parameters(self) -> dict:
+        """Create the family's own parameters in the current PyMC model (default: none)."""
+        return {}
+
+    def with_draws(self, extra: dict, s: int) -> "Family":
+        """This family with its own parameters at posterior draw ``s``."""
+        return self
 
     def describe(self) -> str:
         return f"{self.name}  ( {self.link.name} )"
@@ -284,6 +324,15 @@ class Binomial(Family):
     def initialize(self, y, wt):
         return (wt * y + 0.5) / (wt + 1.0)
 
+    def pymc_observed(self, name, eta, y, wt, extra):
+        import pymc as pm
+
+        n = np.round(wt).astype(np.int64)
+        k = np.round(wt * y).astype(np.int64)
+        if self.link.name == "logit":
+            return pm.Binomial(name, n=n, logit_p=eta, observed=k)
+        return pm.Binomial(name, n=n, p=self.link.pt_inverse(eta), observed=k)
+
     def validate(self, y, wt, what="response"):
         bad = (y < 0) | (y > 1)
         if bad.any():
@@ -329,6 +378,11 @@ class Poisson(Family):
 
     def initialize(self, y, wt):
         return y + 0.1
+
+    def pymc_observed(self, name, eta, y, wt, extra):
+        import pymc as pm
+
+        return pm.Poisson(name, mu=self.link.pt_inverse(eta), observed=np.round(y).astype(np.int64))
 
     def validate(self, y, wt, what="response"):
         bad = (y < 0) | (np.abs(y - np.round(y)) > 1e-7)
@@ -378,6 +432,21 @@ class NegativeBinomial(Poisson):
             raise BayesLMMError("the negative-binomial latent variance needs the null model's intercept")
         mu = np.exp(null_intercept)
         return float(np.log1p(1.0 / mu + 1.0 / self.theta))
+
+    def pymc_parameters(self) -> dict:
+        import pymc as pm
+
+        # brms's default prior on the shape: Gamma(0.01, 0.01)
+        return {"shape": pm.Gamma("shape", alpha=0.01, beta=0.01)}
+
+    def pymc_observed(self, name, eta, y, wt, extra):
+        import pymc as pm
+
+        return pm.NegativeBinomial(name, mu=self.link.pt_inverse(eta), alpha=extra["shape"],
+                                   observed=np.round(y).astype(np.int64))
+
+    def with_draws(self, extra: dict, s: int) -> "NegativeBinomial":
+        return self.with_theta(float(extra["shape"][s]))
 
     def describe(self) -> str:
         return f"Negative Binomial({self.theta:.4g})  ( {self.link.name} )"
