@@ -227,3 +227,51 @@ def test_nagq0_is_close_to_laplace(models, fits):
     fit0 = models["cbpp"].fit(n_agq=0)
     assert np.allclose(fit0.beta, fits[("cbpp", 1)].beta, atol=0.05)
     assert fit0.method == "nagq0"
+
+
+# ------------------------------------------------------------------ MAP and posterior
+def _singular_binary():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(6), 20)
+    x = rng.normal(size=120)
+    y = (rng.uniform(size=120) < 1 / (1 + np.exp(-(0.3 + 0.8 * x)))).astype(int)
+    return pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+
+
+def test_map_stays_off_the_boundary_where_glmer_is_singular():
+    model = blm.GLMM("y ~ x + (1 | g)", _singular_binary(), family="binomial")
+    ml, mp = model.fit(), model.fit(method="map")
+    assert ml.is_singular and ml.theta[0] == pytest.approx(0.0, abs=1e-4)
+    assert not mp.is_singular and 0.1 < mp.theta[0] < 1.0
+    assert np.allclose(mp.beta, ml.beta, atol=0.3)
+    assert "sd_g__(Intercept) ~ Gamma(alpha=2, beta=2)" in mp.summary()
+
+
+def test_map_near_ml_when_data_are_informative(fits, models):
+    mp = models["cbpp"].fit(method="map")
+    ml = fits[("cbpp", 1)]
+    assert np.all(np.abs(mp.beta - ml.beta) < 0.1 * np.sqrt(np.diag(ml.vcov_beta)))
+    assert mp.theta[0] == pytest.approx(ml.theta[0], abs=0.05)
+    # the posterior mode is the ML point moved toward the prior: the penalized criterion is lower there
+    from bayeslmm.glmm_bayes import log_prior, resolve_glmm_priors
+
+    ps = resolve_glmm_priors(models["cbpp"].gd, None, for_map=True)
+    dev = GLMMDeviance(models["cbpp"].gd)
+
+    def penalized(fit):
+        return dev.laplace(fit.theta, fit.beta) - 2 * log_prior(ps, dev.design, fit.beta, dev.factors(fit.theta))
+
+    assert penalized(mp) < penalized(ml)
+
+
+@pytest.mark.slow
+def test_posterior_cbpp_no_divergences_and_near_ml(fits, models):
+    post = models["cbpp"].sample(draws=300, tune=500, chains=2, random_seed=3, progressbar=False)
+    assert post.divergences == 0
+    ml = fits[("cbpp", 1)]
+    fe = post.fixef()
+    assert np.all(np.abs(fe["mean"].to_numpy() - ml.beta) < 0.5 * fe["sd"].to_numpy())
+    assert post.varcorr()["mean"].iloc[0] == pytest.approx(0.74, abs=0.15)
+    assert set(post.icc().index) == {"ICC_adjusted", "ICC_conditional"}
