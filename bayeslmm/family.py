@@ -226,9 +226,14 @@ class Family:
     def validate(self, y, wt, what: str = "response") -> None:
         """Raise a :class:`BayesLMMError` when ``y`` cannot come from this family."""
 
-    def pymc_observed(self, name: str, eta, y, wt, extra: dict):
-        """The observed PyMC variable of ``y`` given the linear predictor ``eta`` (inside a
-        model context); ``extra`` holds the family's own parameters (e.g. ``shape``)."""
+    def observed_values(self, y, wt) -> np.ndarray:
+        """What the PyMC likelihood observes: counts (successes for the binomial)."""
+        return np.round(y).astype(np.int64)
+
+    def pymc_observed(self, name: str, eta, observed, trials, extra: dict):
+        """The observed PyMC variable given the linear predictor ``eta`` (inside a model
+        context); ``observed`` from :meth:`observed_values`, ``trials`` the rounded
+        weights, ``extra`` the family's own parameters (e.g. ``shape``)."""
         raise NotImplementedError
 
     def pymc_parameters(self) -> dict:
@@ -324,14 +329,15 @@ class Binomial(Family):
     def initialize(self, y, wt):
         return (wt * y + 0.5) / (wt + 1.0)
 
-    def pymc_observed(self, name, eta, y, wt, extra):
+    def observed_values(self, y, wt):
+        return np.round(wt * y).astype(np.int64)
+
+    def pymc_observed(self, name, eta, observed, trials, extra):
         import pymc as pm
 
-        n = np.round(wt).astype(np.int64)
-        k = np.round(wt * y).astype(np.int64)
         if self.link.name == "logit":
-            return pm.Binomial(name, n=n, logit_p=eta, observed=k)
-        return pm.Binomial(name, n=n, p=self.link.pt_inverse(eta), observed=k)
+            return pm.Binomial(name, n=trials, logit_p=eta, observed=observed)
+        return pm.Binomial(name, n=trials, p=self.link.pt_inverse(eta), observed=observed)
 
     def validate(self, y, wt, what="response"):
         bad = (y < 0) | (y > 1)
@@ -379,10 +385,10 @@ class Poisson(Family):
     def initialize(self, y, wt):
         return y + 0.1
 
-    def pymc_observed(self, name, eta, y, wt, extra):
+    def pymc_observed(self, name, eta, observed, trials, extra):
         import pymc as pm
 
-        return pm.Poisson(name, mu=self.link.pt_inverse(eta), observed=np.round(y).astype(np.int64))
+        return pm.Poisson(name, mu=self.link.pt_inverse(eta), observed=observed)
 
     def validate(self, y, wt, what="response"):
         bad = (y < 0) | (np.abs(y - np.round(y)) > 1e-7)
@@ -439,11 +445,10 @@ class NegativeBinomial(Poisson):
         # brms's default prior on the shape: Gamma(0.01, 0.01)
         return {"shape": pm.Gamma("shape", alpha=0.01, beta=0.01)}
 
-    def pymc_observed(self, name, eta, y, wt, extra):
+    def pymc_observed(self, name, eta, observed, trials, extra):
         import pymc as pm
 
-        return pm.NegativeBinomial(name, mu=self.link.pt_inverse(eta), alpha=extra["shape"],
-                                   observed=np.round(y).astype(np.int64))
+        return pm.NegativeBinomial(name, mu=self.link.pt_inverse(eta), alpha=extra["shape"], observed=observed)
 
     def with_draws(self, extra: dict, s: int) -> "NegativeBinomial":
         return self.with_theta(float(extra["shape"][s]))

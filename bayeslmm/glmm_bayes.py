@@ -167,7 +167,10 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet):
             b = pm.Deterministic(f"r_{block.group}__{k}", pt.dot(z, chol.T), dims=(lev, trm))
             eta = eta + (block.X * b[block.codes]).sum(axis=1)
         extra = gd.family.pymc_parameters()
-        gd.family.pymc_observed("y", eta, gd.y, gd.weights, extra)
+        # data containers, so that a compiled model can be refitted to new responses (SBC)
+        observed = pm.Data("y_observed", gd.family.observed_values(gd.y, gd.weights))
+        trials = pm.Data("trials", np.round(gd.weights).astype(np.int64))
+        gd.family.pymc_observed("y", eta, observed, trials, extra)
     return model
 
 
