@@ -152,6 +152,8 @@ class Design:
     aliased: tuple[str, ...] = ()
     _fixed_evaluator: object = field(repr=False, compare=False, default=None)
     _fixed_all_names: tuple[str, ...] = field(repr=False, default=())
+    #: sum of the formula's ``offset(...)`` terms (GLMMs only; ``None`` without one)
+    offset: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def nobs(self) -> int:
@@ -179,6 +181,14 @@ class Design:
         full = _evaluate_new(self._fixed_evaluator, data, self.formula.fixed)
         keep = [self._fixed_all_names.index(name) for name in self.fixed_names]
         return full[:, keep]
+
+    def new_offset(self, data: pd.DataFrame) -> np.ndarray | None:
+        """The ``offset(...)`` terms evaluated on new data (``None`` when the formula has none)."""
+        if self.offset is None:
+            return None
+        full = _evaluate_new(self._fixed_evaluator, data, self.formula.fixed)
+        cols = [i for i, name in enumerate(self._fixed_all_names) if _is_offset(name)]
+        return full[:, cols].sum(axis=1)
 
     def new_codes(self, block: RandomBlock, data: pd.DataFrame) -> np.ndarray:
         """Level index of each row of new data in ``block``; -1 for a level not in the fit.
@@ -217,7 +227,7 @@ class Design:
         return None
 
 
-def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
+def build_design(formula: ParsedFormula, data: pd.DataFrame, glmm: bool = False) -> Design:
     """Turn a parsed formula and a DataFrame into a :class:`Design`.
 
     Parameters
@@ -228,6 +238,11 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
         Grouping columns of any type are factors (numbers sort numerically, a
         Categorical keeps its category order); a Categorical in the fixed or random part
         keeps its order too, so its first category is the reference level, as in R.
+    glmm : bool
+        For a generalized model (:mod:`bayeslmm.glmm_design`): accept ``offset(expr)``
+        terms in the fixed part (summed into ``Design.offset`` instead of becoming
+        columns of ``X``) and a grouping factor with one level per observation (an
+        observation-level effect models overdispersion), as glmer does.
 
     Returns
     -------
@@ -269,7 +284,7 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     if not all(isinstance(c, str) for c in data.columns):
         # a formula names columns by text: 1 is written `1`
         data = data.rename(columns=lambda c: c if isinstance(c, str) else str(c))
-    used = _used_columns(formula, data)
+    used = _used_columns(formula, data, allow_offset=glmm)
     _check_column_types(formula, data, used)
     data = _drop_missing(data, used)
     n_dropped_total = data.attrs.pop("n_dropped", 0)
@@ -278,7 +293,7 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
 
     frame = _for_formulae(data, used)
     y, fixed = _evaluate_fixed(formula, frame)
-    X, fixed_names, fixed_all_names, aliased = _full_rank(fixed, data)
+    X, fixed_names, fixed_all_names, aliased, offset = _full_rank(fixed, data)
     if X.shape[1] >= len(y):
         raise DataError(f"the fixed part has {X.shape[1]} coefficients for {len(y)} observations: "
                         "no residual degrees of freedom are left; use fewer fixed effects")
@@ -286,11 +301,11 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame) -> Design:
     # lme4 orders the bars by decreasing number of levels (a stable sort)
     blocks.sort(key=lambda block: -block.n_levels)
     _check_overlapping_bars(blocks)
-    _check_random_sizes(blocks, len(y))
+    _check_random_sizes(blocks, len(y), observation_level=glmm)
     return Design(formula=formula, response=formula.response, y=y, X=X,
                   fixed_names=fixed_names, blocks=tuple(blocks), data=data,
                   n_dropped=n_dropped_total, aliased=aliased,
-                  _fixed_evaluator=fixed, _fixed_all_names=fixed_all_names)
+                  _fixed_evaluator=fixed, _fixed_all_names=fixed_all_names, offset=offset)
 
 
 # ---------------------------------------------------------------- column checks
@@ -301,10 +316,12 @@ def _find_name(text: str, name: str, start: int) -> int:
     return match.start() if match else text.find(name, max(start, 0))
 
 
-def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
+def _used_columns(formula: ParsedFormula, data: pd.DataFrame, allow_offset: bool = False) -> list[str]:
     """The data columns the formula reads, in order of appearance. Every expression is checked
     again here (:func:`~bayeslmm.formula.expression_columns`), so a ParsedFormula built by hand
-    cannot carry anything past the table of transforms; a name that is no column is an error."""
+    cannot carry anything past the table of transforms; a name that is no column is an error.
+    ``allow_offset`` admits ``offset(expr)`` terms in the fixed part (GLMMs), whose ``expr``
+    is checked as any other."""
     columns = [str(c) for c in data.columns]
     known = set(columns)
     pieces = [(formula.response, formula.text.find(formula.response)),
@@ -315,6 +332,8 @@ def _used_columns(formula: ParsedFormula, data: pd.DataFrame) -> list[str]:
         pieces.extend((f"`{var}`", term.position) for var in term.group_vars)
     used: dict[str, None] = {}  # ordered, and linear in the number of names
     for expr, position in pieces:
+        if allow_offset and expr == formula.fixed:
+            expr = _unwrap_offsets(expr)
         for name, _ in expression_columns(expr):
             if name in known:  # a column may be called 'class' or 'in'
                 used.setdefault(name)
@@ -517,25 +536,47 @@ def _evaluate_fixed(formula: ParsedFormula, data: pd.DataFrame):
     return y, matrices.common
 
 
-def _full_rank(common, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """Drop aliased columns as lme4 does (pivoted QR, tolerance 1e-7), with a warning."""
+def _is_offset(name: str) -> bool:
+    return name.startswith("offset(")
+
+
+_OFFSET_CALL = re.compile(r"(?<![\w.`])offset\s*\(")
+
+
+def _unwrap_offsets(expr: str) -> str:
+    """``x + offset(np.log(e))`` -> ``x +       (np.log(e))``: the offsets' arguments checked as
+    any expression, at the same positions (GLMMs admit offsets; LMMs refuse them)."""
+    out = expr
+    for match in _OFFSET_CALL.finditer(expr):
+        start = match.start()
+        out = out[:start] + " " * len("offset") + out[start + len("offset"):]
+    return out
+
+
+def _full_rank(common, data: pd.DataFrame):
+    """Drop aliased columns as lme4 does (pivoted QR, tolerance 1e-7), with a warning.
+    ``offset(...)`` columns (admitted for GLMMs only) are split off and summed."""
     if common is None:
         raise FormulaError("the fixed part has no columns; write '1' for an intercept-only model")
     X = np.asarray(common.design_matrix, dtype=float)
     raw_names = [str(n) for n in common.as_dataframe().columns]
-    names = tuple(_lme4_name(n) for n in raw_names)
-    _check_unique_names(raw_names, names, "fixed-effect")
-    _check_finite_columns(X, names, data, "the fixed-effect")
+    all_names = tuple(_lme4_name(n) for n in raw_names)
+    _check_unique_names(raw_names, all_names, "fixed-effect")
+    _check_finite_columns(X, all_names, data, "the fixed-effect")
+    is_off = np.array([_is_offset(n) for n in all_names], dtype=bool)
+    offset = X[:, is_off].sum(axis=1) if is_off.any() else None
+    X = X[:, ~is_off]
+    names = tuple(n for n, o in zip(all_names, is_off) if not o)
     if X.shape[1] == 0:
-        return X, names, names, ()
+        return X, names, all_names, (), offset
     keep = independent_columns(X)
     if len(keep) == X.shape[1]:
-        return X, names, names, ()
+        return X, names, all_names, (), offset
     kept = set(keep)
     dropped = tuple(names[i] for i in range(len(names)) if i not in kept)
     warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
                   f"column(s) / coefficient(s): {', '.join(dropped)}", UserWarning, stacklevel=4)
-    return X[:, keep], tuple(names[i] for i in keep), names, dropped
+    return X[:, keep], tuple(names[i] for i in keep), all_names, dropped, offset
 
 
 def independent_columns(X: np.ndarray, tol: float = 1e-7, block: int = 32) -> list[int]:
@@ -711,8 +752,13 @@ def _check_overlapping_bars(blocks: list[RandomBlock]) -> None:
             seen[(block.group, name)] = block
 
 
-def _check_random_sizes(blocks: list[RandomBlock], nobs: int) -> None:
+def _check_random_sizes(blocks: list[RandomBlock], nobs: int, observation_level: bool = False) -> None:
     for block in blocks:
+        if observation_level:  # glmer's checks of levels and effects against n default to "ignore"
+            if block.n_levels > nobs:
+                raise DataError(f"grouping factor '{block.group}' has {block.n_levels} levels for {nobs} "
+                                "observations")
+            continue
         if block.n_levels >= nobs:
             raise DataError(f"grouping factor '{block.group}' has {block.n_levels} levels for {nobs} "
                             "observations: the number of levels must be less than the number of "
@@ -728,7 +774,8 @@ def _evaluate_new(evaluator, data: pd.DataFrame, expr: str) -> np.ndarray:
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"new data must be a pandas DataFrame, not {type(data).__name__}")
     columns = {str(c) for c in data.columns}
-    missing = [name for name in dict.fromkeys(name for name, _ in expression_columns(expr))
+    # offsets: only in a GLMM's fitted formula (an LMM's was refused when it was parsed)
+    missing = [name for name in dict.fromkeys(name for name, _ in expression_columns(_unwrap_offsets(expr)))
                if name not in columns]
     if missing:
         raise DataError(f"the new data lack column(s) {', '.join(repr(m) for m in missing)}, "

@@ -75,13 +75,17 @@ class ParsedFormula:
         return f"{self.response} ~ {self.fixed}"
 
 
-def parse_formula(text: str) -> ParsedFormula:
+def parse_formula(text: str, glmm: bool = False) -> ParsedFormula:
     """Parse an lme4-style mixed-model formula.
 
     Parameters
     ----------
     text : str
         For example ``"Reaction ~ Days + (Days | Subject)"``.
+    glmm : bool
+        A generalized model's formula (glmer's): the response may be
+        ``cbind(successes, failures)`` and the fixed part may hold ``offset(expr)`` terms,
+        each argument checked against the table of transforms like any expression.
 
     Returns
     -------
@@ -115,7 +119,13 @@ def parse_formula(text: str) -> ParsedFormula:
     if not response:
         raise FormulaError(f"the formula has no response left of '~' (position {split})"
                            f"{_point(text, split)}")
-    _check_response(text, split, scan)
+    if glmm and _CBIND.fullmatch(response):
+        _check_cbind(text, split, scan)
+    else:
+        _check_response(text, split, scan)
+    # offset(expr) (GLMMs): checked as '      (expr)', at the same positions
+    checked = _blank_offsets(text) if glmm else text
+    checked_scan = _mask_backticks(checked) if glmm else scan
 
     fixed_pieces: list[str] = []
     random_terms: list[RandomTerm] = []
@@ -126,7 +136,7 @@ def parse_formula(text: str) -> ParsedFormula:
                                    f"{_point(text, start)}")
             random_terms.extend(_parse_bar(text, piece, start, scan))
         else:
-            _check_sum(text, start, start + len(piece), scan)
+            _check_sum(checked, start, start + len(piece), checked_scan)
             fixed_pieces.append(piece if sign == "+" else f"- {piece}")
 
     _check_duplicates(text, random_terms)
@@ -478,6 +488,37 @@ def _check_sum(text: str, begin: int, end: int, scan: str, found: list | None = 
                                f"it{_point(text, previous_at)}")
         raise FormulaError(f"'{token_text}' has nothing on its right at position {previous_at}"
                            f"{_point(text, previous_at)}")
+
+
+_CBIND = re.compile(r"cbind\s*\((.*)\)", re.S)
+_OFFSET_CALL = re.compile(r"(?<![\w.`])offset(?=\s*\()")
+
+
+def _blank_offsets(text: str) -> str:
+    """``x + offset(np.log(e))`` -> ``x +       (np.log(e))`` (same positions)."""
+    return _OFFSET_CALL.sub(lambda m: " " * len(m.group(0)), text)
+
+
+def _check_cbind(text: str, split: int, scan: str) -> None:
+    """A ``cbind(successes, failures)`` response: two expressions, each checked."""
+    begin = len(text[:split]) - len(text[:split].lstrip())
+    opening = text.index("(", begin)
+    close = split - (len(text[:split]) - len(text[:split].rstrip())) - 1
+    depth, commas = 0, []
+    for k in range(opening + 1, close):
+        if scan[k] == "(":
+            depth += 1
+        elif scan[k] == ")":
+            depth -= 1
+        elif scan[k] == "," and depth == 0:
+            commas.append(k)
+    if len(commas) != 1:
+        raise FormulaError(f"cbind() in the response takes two arguments (successes, failures), got "
+                           f"{len(commas) + 1} (position {begin}){_point(text, begin)}")
+    for start, stop in ((opening + 1, commas[0]), (commas[0] + 1, close)):
+        if not text[start:stop].strip():
+            raise FormulaError(f"an empty argument of cbind() at position {start}{_point(text, start)}")
+        _check_sum(text, start, stop, scan)
 
 
 def _check_response(text: str, split: int, scan: str) -> None:

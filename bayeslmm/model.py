@@ -366,3 +366,91 @@ def _warn_if_perfect(result, design: Design):
                       "so standard errors, t values and the likelihood are unreliable (noise left out of a "
                       "simulation?)", PerfectFitWarning, stacklevel=3)
     return result
+
+
+class GLMM:
+    """A generalized linear mixed model written as an lme4 formula (glmer's model).
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax. The response may be ``cbind(successes, failures)``, a 0/1, logical
+        or two-level factor column (the first level is failure, as in R), proportions
+        (with ``weights`` = trials) or counts; the fixed part may hold
+        ``offset(np.log(exposure))``.
+    data : pandas.DataFrame
+    family : {"binomial", "poisson", "negative_binomial"} or Family
+    link : str, optional
+        ``"logit"`` (default), ``"probit"``, ``"cloglog"`` for the binomial; ``"log"``
+        for counts.
+    priors : dict, optional
+        Priors for ``fit(method="map")`` and :meth:`sample` (see :mod:`bayeslmm.glmm_bayes`).
+    weights : str or array-like, optional
+        Prior weights (a column name or one value per row).
+
+    Examples
+    --------
+    >>> import bayeslmm as blm
+    >>> cbpp = blm.datasets.load("cbpp")
+    >>> model = blm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
+    ...                  family="binomial")
+    >>> print(model.fit().summary())
+    """
+
+    def __init__(self, formula: str, data: pd.DataFrame, family="binomial", link: str | None = None,
+                 priors: dict | None = None, weights=None):
+        from .family import get_family
+        from .glmm_design import build_glmm_design
+
+        self.family = get_family(family, link)
+        self.gd = build_glmm_design(formula, data, self.family, weights=weights)
+        self.design: Design = self.gd.design
+        self.parsed = self.design.formula
+        self.priors = priors
+
+    @property
+    def formula(self) -> str:
+        return self.parsed.text
+
+    def fit(self, method: str = "ml", n_agq: int = 1):
+        """Point estimates.
+
+        Parameters
+        ----------
+        method : {"ml", "map"}
+            ``"ml"``: maximum likelihood as ``lme4::glmer`` (``glmer.nb`` for the
+            negative binomial, its shape estimated); ``"map"``: the posterior mode
+            under the model's priors, random effects integrated out by Laplace.
+        n_agq : int
+            glmer's ``nAGQ``: 1 (Laplace, default), 0 (fast: ``beta`` solved in PIRLS),
+            or 2..25 adaptive Gauss-Hermite points (one scalar random-effect term only).
+
+        Returns
+        -------
+        GLMMResult
+        """
+        from .glmm import fit_glmm_model
+
+        key = str(method).lower()
+        if key not in ("ml", "map"):
+            raise BayesLMMError(f"unknown method {method!r}: use 'ml' or 'map'")
+        if key == "map":
+            from .glmm_bayes import fit_glmm_map
+
+            return fit_glmm_map(self.gd, self.priors)
+        return fit_glmm_model(self.gd, n_agq=n_agq)
+
+    def sample(self, draws: int = 1000, tune: int = 1000, chains: int = 4, random_seed: int | None = None,
+               target_accept: float = 0.9, progressbar: bool = True, **kwargs):
+        """Sample the posterior with NUTS (nutpie) on the non-centered model; see
+        :func:`bayeslmm.glmm_bayes.sample_glmm`."""
+        from .glmm_bayes import sample_glmm
+
+        return sample_glmm(self.gd, self.priors, draws=draws, tune=tune, chains=chains,
+                           random_seed=random_seed, target_accept=target_accept,
+                           progressbar=progressbar, **kwargs)
+
+    def __repr__(self) -> str:
+        groups = ", ".join(f"{b.group} ({b.n_levels})" for b in self.design.blocks)
+        return (f"GLMM({self.formula!r}, family={self.family.describe()!r}): {self.design.nobs} "
+                f"observations, {self.design.n_fixed} fixed effects, groups: {groups}")

@@ -110,6 +110,27 @@ def test_payloads_from_lmm_and_lmm_workflow(template, data, tmp_path):
         _assert_not_run(marker)
 
 
+GLMM_PAYLOADS = [
+    "cbind(np.lib._npyio_impl.os.system('touch {m}'), 1) ~ x + (1 | g)",
+    "cbind(k, __import__('os').system('touch {m}')) ~ x + (1 | g)",
+    "cbind(k, n - k, open('{m}', 'w')) ~ x + (1 | g)",
+    "k ~ x + offset(np.lib._npyio_impl.os.system('touch {m}')) + (1 | g)",
+    "k ~ x + offset(log(open('{m}', 'w'))) + (1 | g)",
+    "k ~ x + offset (open('{m}', 'w')) + (1 | g)",
+]
+
+
+@pytest.mark.parametrize("template", PAYLOADS + GLMM_PAYLOADS)
+def test_payloads_from_glmm(template, data, tmp_path):
+    # a GLMM's formula admits cbind() on the left and offset() on the right: their arguments
+    # are checked like every other expression
+    marker = tmp_path / "pwned"
+    counts = data.assign(k=np.arange(40) % 5, n=5)
+    with pytest.raises(FormulaError):
+        blm.GLMM(_payload(template, marker), counts, family="poisson" if "offset" in template else "binomial")
+    _assert_not_run(marker)
+
+
 @pytest.mark.parametrize("template", PAYLOADS[:12] + PAYLOADS[19:30])
 def test_payloads_from_the_command_line_and_a_model_file(template, data, tmp_path, capsys):
     marker = tmp_path / "pwned"

@@ -18,6 +18,9 @@ DATASETS: dict[str, str] = {
     "exam": "Normalized exam scores of 4,059 students in 65 London schools (mlmRev).",
     "minneapolis": "Reading scores of 22 Minneapolis students, grades 5 to 8 (Long, 2012).",
     "insteval": "73,421 lecture ratings: 2,972 students crossed with 1,128 lecturers in 14 departments (lme4).",
+    "cbpp": "Contagious bovine pleuropneumonia: new cases (incidence) out of herd size, 15 herds x 4 periods (lme4).",
+    "grouseticks": "Ticks counted on 403 red grouse chicks in 118 broods at 63 locations, 1995-97 (lme4).",
+    "verbagg": "Verbal aggression: 316 subjects x 24 items, binary response r2 (7,584 rows; lme4).",
 }
 
 # Columns that are identifiers or categories even though they look numeric.
@@ -26,6 +29,9 @@ _CATEGORICAL = {
     "exam": ["school", "student"],
     "minneapolis": ["student_id"],
     "insteval": ["s", "d", "dept", "service", "studage", "lectage"],
+    "cbpp": ["herd", "period"],
+    "grouseticks": ["INDEX", "BROOD", "YEAR", "LOCATION"],
+    "verbagg": ["id", "item"],
 }
 
 
@@ -46,7 +52,8 @@ def load(name: str) -> pd.DataFrame:
     ----------
     name : str
         One of ``sleepstudy``, ``dyestuff``, ``dyestuff2``, ``penicillin``, ``pastes``,
-        ``exam``, ``minneapolis``, ``insteval`` (case-insensitive).
+        ``exam``, ``minneapolis``, ``insteval``, ``cbpp``, ``grouseticks``, ``verbagg``
+        (case-insensitive).
 
     Returns
     -------

@@ -1,0 +1,313 @@
+"""GLMMs under priors: the MAP (random effects integrated out by Laplace) and the NUTS
+posterior of the non-centered model (PyMC 6 + nutpie, ArviZ 1.x DataTree).
+
+Default priors, on the link scale (the Gaussian defaults of :mod:`bayeslmm.priors` with
+the response scale set to 1, which is where logit, probit and log coefficients live):
+
+- ``Intercept``: ``StudentT(nu=3, mu=0, sigma=2.5)`` on the intercept of the mean-centered
+  predictors (brms's default for these links);
+- ``b``: ``Normal(mu=0, sigma=2.5 / s_x)`` per column (rstanarm's autoscaled default:
+  Normal(0, 2.5) on a standardized predictor);
+- ``sd``: ``Gamma(alpha=2, beta=2 / s_t)``, ``s_t = 1`` for an intercept and ``1 / s_x`` for
+  a slope: mean one unit of the link scale, zero density at zero, so the MAP stays off the
+  boundary where glmer is singular (Chung et al. 2013), as the Gaussian MAP does;
+- ``cor``: ``LKJ(eta=1)`` for sampling, ``LKJ(eta=2)`` for the MAP;
+- negative binomial shape: ``Gamma(0.01, 0.01)`` (brms's default).
+
+The user's ``priors`` dict takes the same keys as :class:`~bayeslmm.model.LMM`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from . import priors as P
+from .errors import BayesLMMError
+from .glmm_design import GLMMDesign
+
+_BARRIER = 1e12
+
+
+def resolve_glmm_priors(gd: GLMMDesign, priors: dict | None, for_map: bool = False) -> P.PriorSet:
+    """The :class:`~bayeslmm.priors.PriorSet` in force on the link scale (see the module
+    docstring): :func:`bayeslmm.priors.resolve_priors` with a response of mean 0 and sd 1."""
+    n = gd.nobs
+    proxy = np.arange(n, dtype=float)
+    proxy = (proxy - proxy.mean()) / proxy.std()
+    return P.resolve_priors(replace(gd.design, y=proxy), priors, for_map=for_map)
+
+
+def log_prior(prior_set: P.PriorSet, design, beta: np.ndarray, lams: list[np.ndarray]) -> float:
+    """Sum of the log prior densities at ``beta`` and the relative factors ``lams``."""
+    names = list(design.fixed_names)
+    total = 0.0
+    if prior_set.intercept is not None:
+        j0 = names.index("(Intercept)")
+        means = design.X.mean(axis=0)
+        centered = beta[j0] + sum(beta[j] * means[j] for j in range(len(names)) if j != j0)
+        total += prior_set.intercept.logp(centered)
+    for j, term in enumerate(names):
+        if term in prior_set.fixed:
+            total += prior_set.fixed[term].logp(beta[j])
+    for k, (block, lam) in enumerate(zip(design.blocks, lams)):
+        cov = lam @ lam.T
+        sds = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        for t, term in enumerate(block.terms):
+            value = prior_set.sd[(k, term)].logp(sds[t])
+            if not np.isfinite(value):
+                return -np.inf
+            total += value
+        if k in prior_set.cor:
+            if np.any(sds <= 0):
+                return -np.inf
+            total += prior_set.cor[k].logp(cov / np.outer(sds, sds))
+    return float(total)
+
+
+def fit_glmm_map(gd: GLMMDesign, priors: dict | None):
+    """The posterior mode under the priors, random effects integrated out by Laplace:
+    minimize glmer's Laplace criterion minus twice the log prior over ``(theta, beta)``."""
+    from .glmm import GLMMDeviance, _hessian, _minimize, fit_glmm_numbers, single_threaded_blas
+    from .glmm_results import glmm_point_result
+
+    if gd.family.has_dispersion:
+        raise BayesLMMError(f"fit(method='map') supports the binomial and Poisson families, not {gd.family.name}; "
+                            "use sample() or fit()")
+    prior_set = resolve_glmm_priors(gd, priors, for_map=True)
+    dev = GLMMDeviance(gd)
+    k = dev.layout.size
+    with single_threaded_blas():
+        start = fit_glmm_numbers(dev, n_agq=0)
+        theta0 = np.where(dev.layout.lower == 0, np.maximum(start.theta, 0.1), start.theta)
+
+        def objective(par):
+            theta, beta = par[:k], par[k:]
+            lp = log_prior(prior_set, gd.design, beta, dev.factors(theta))
+            if not np.isfinite(lp):
+                return _BARRIER
+            return dev.laplace(theta, beta) - 2.0 * lp
+
+        lower = np.concatenate([dev.layout.lower, np.full(dev.p, -np.inf)])
+        res, name = _minimize(objective, np.concatenate([theta0, start.beta]), lower)
+        par = np.asarray(res.x)
+        H = _hessian(objective, par)
+        try:
+            vcov = np.linalg.inv(H / 2.0)[k:, k:]
+        except np.linalg.LinAlgError:
+            vcov = np.full((dev.p, dev.p), np.nan)
+        state = dev.pirls(par[:k], par[k:])
+        criterion = dev.laplace(par[:k], par[k:])
+    from .reml import OptSummary
+
+    opt = OptSummary(optimizer=name, initial=theta0, final=par[:k], objective=float(res.fun),
+                     evaluations=dev.evaluations, seconds=0.0, converged=bool(res.success), message=str(res.message))
+    numbers = replace(start, theta=par[:k], beta=par[k:], criterion=criterion, state=state,
+                      vcov_beta=(vcov + vcov.T) / 2.0, hessian=H, opt=opt, n_agq=1)
+    described = "\n".join(line for line in prior_set.describe(gd.design).splitlines()
+                          if not line.startswith("sigma"))  # no residual scale here
+    return glmm_point_result(dev, numbers, "map", gd.family, priors_used=described)
+
+
+# ---------------------------------------------------------------- the PyMC model
+def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet):
+    """The non-centered PyMC model: ``eta = offset + X beta + sum_k Z_k b_k`` with
+    ``b_k = z_k L_k'`` (``z ~ N(0, 1)``; ``L_k`` from an ``LKJCholeskyCov`` for a
+    correlated bar, diagonal sds otherwise); the family's observed variable."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    design = gd.design
+    names = list(design.fixed_names)
+    coords = {"term": names}
+    for k, block in enumerate(design.blocks):
+        coords[f"{block.group}__{k}__level"] = list(block.levels)
+        coords[f"{block.group}__{k}__term"] = list(block.terms)
+    X = design.X
+    means = X.mean(axis=0)
+    with pm.Model(coords=coords) as model:
+        # fixed effects on mean-centered columns; the intercept prior is on that intercept
+        parts = []
+        for j, term in enumerate(names):
+            if term == "(Intercept)":
+                parts.append(prior_set.intercept.to_pymc("Intercept"))
+            else:
+                parts.append(prior_set.fixed[term].to_pymc(f"b_{term}"))
+        slopes = [j for j, t in enumerate(names) if t != "(Intercept)"]
+        coef = pt.stack(parts) if parts else pt.zeros(0)
+        Xc = X - np.where(np.array(names) == "(Intercept)", 0.0, means)[None, :]
+        eta = pt.as_tensor_variable(gd.offset) + pt.dot(Xc, coef)
+        if "(Intercept)" in names:
+            j0 = names.index("(Intercept)")
+            shift = sum(coef[j] * means[j] for j in slopes) if slopes else 0.0
+            beta = pt.set_subtensor(coef[j0], coef[j0] - shift)
+        else:
+            beta = coef
+        pm.Deterministic("beta", beta, dims="term")
+        for k, block in enumerate(design.blocks):
+            q, J = block.n_terms, block.n_levels
+            lev, trm = f"{block.group}__{k}__level", f"{block.group}__{k}__term"
+            sd_priors = [prior_set.sd[(k, t)] for t in block.terms]
+            if k in prior_set.cor:
+                kinds = {type(p) for p in sd_priors}
+                if len(kinds) != 1:
+                    raise BayesLMMError(f"the sds of {block.term.text} need priors of one family for the LKJ "
+                                        "model (e.g. all Gamma)")
+                kw = {key: np.array([p.kwargs()[key] for p in sd_priors]) for key in sd_priors[0].kwargs()}
+                sd_dist = getattr(pm, sd_priors[0].pymc_name).dist(**kw, shape=q)
+                chol, _, _ = pm.LKJCholeskyCov(f"_chol_{k}", n=q, eta=float(prior_set.cor[k].eta),
+                                               sd_dist=sd_dist, compute_corr=True)
+                pm.Deterministic(f"cov_{k}", chol @ chol.T)
+            else:
+                sds = pt.stack([p.to_pymc(f"sd_{block.group}__{t}") for p, t in zip(sd_priors, block.terms)])
+                chol = pt.diag(sds)
+            z = pm.Normal(f"_z_{k}", 0.0, 1.0, dims=(lev, trm))
+            b = pm.Deterministic(f"r_{block.group}__{k}", pt.dot(z, chol.T), dims=(lev, trm))
+            eta = eta + (block.X * b[block.codes]).sum(axis=1)
+        extra = gd.family.pymc_parameters()
+        # data containers, so that a compiled model can be refitted to new responses (SBC)
+        observed = pm.Data("y_observed", gd.family.observed_values(gd.y, gd.weights))
+        trials = pm.Data("trials", np.round(gd.weights).astype(np.int64))
+        gd.family.pymc_observed("y", eta, observed, trials, extra)
+    return model
+
+
+def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: int = 1000, chains: int = 4,
+                random_seed: int | None = None, target_accept: float = 0.9, progressbar: bool = True,
+                **kwargs):
+    """NUTS (nutpie, numba backend) on :func:`build_glmm_model`; returns a
+    :class:`GLMMPosterior`."""
+    import nutpie
+
+    prior_set = resolve_glmm_priors(gd, priors)
+    model = build_glmm_model(gd, prior_set)
+    init = {}
+    for rv in model.free_RVs:
+        if rv.name.startswith("_chol_"):
+            q = gd.design.blocks[int(rv.name.split("_")[-1])].n_terms
+            packed = np.zeros(q * (q + 1) // 2)
+            packed[np.cumsum(np.arange(1, q + 1)) - 1] = 1.0
+            init[rv.name] = packed
+    compiled = nutpie.compile_pymc_model(model, backend="numba", gradient_backend="pytensor",
+                                         initial_points=init)
+    seed = None if random_seed is None else int(random_seed)
+    tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed, progress_bar=progressbar,
+                         target_accept=target_accept, save_warmup=False, **kwargs)
+    return GLMMPosterior(gd=gd, idata=tree, prior_set=prior_set)
+
+
+class GLMMPosterior:
+    """The posterior of a GLMM: ``idata`` (as nutpie returns it: an ArviZ 1.x DataTree
+    with ``posterior`` and ``sample_stats``) and the verbs of the point fit, as posterior
+    means, sds and central intervals."""
+
+    def __init__(self, gd: GLMMDesign, idata, prior_set: P.PriorSet):
+        self.gd, self.idata, self.prior_set = gd, idata, prior_set
+
+    @property
+    def design(self):
+        return self.gd.design
+
+    def _draws(self, name: str) -> np.ndarray:
+        post = self.idata["posterior"] if not hasattr(self.idata, "posterior") else self.idata.posterior
+        values = np.asarray(post[name])
+        return values.reshape((-1,) + values.shape[2:])
+
+    @property
+    def divergences(self) -> int:
+        stats = self.idata["sample_stats"] if not hasattr(self.idata, "sample_stats") else self.idata.sample_stats
+        return int(np.asarray(stats["diverging"]).sum())
+
+    def fixef_draws(self) -> np.ndarray:
+        return self._draws("beta")
+
+    def cov_draws(self) -> list[np.ndarray]:
+        out = []
+        for k, block in enumerate(self.design.blocks):
+            if k in self.prior_set.cor:
+                out.append(self._draws(f"cov_{k}"))
+            else:
+                sds = np.stack([self._draws(f"sd_{block.group}__{t}") for t in block.terms], axis=-1)
+                out.append(np.einsum("si,ij->sij", sds**2, np.eye(block.n_terms)))
+        return out
+
+    def ranef_draws(self) -> list[np.ndarray]:
+        return [self._draws(f"r_{b.group}__{k}") for k, b in enumerate(self.design.blocks)]
+
+    @staticmethod
+    def _table(draws: np.ndarray, index, prob: float) -> pd.DataFrame:
+        lo, hi = np.quantile(draws, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+        return pd.DataFrame({"mean": draws.mean(axis=0), "sd": draws.std(axis=0, ddof=1),
+                             "lower": lo, "upper": hi}, index=index)
+
+    def fixef(self, prob: float = 0.95) -> pd.DataFrame:
+        return self._table(self.fixef_draws(), pd.Index(self.design.fixed_names, name="term"), prob)
+
+    def varcorr(self, prob: float = 0.95) -> pd.DataFrame:
+        """Posterior of the sds and correlations (rows as R's ``as.data.frame(VarCorr)``)."""
+        from .results import varcorr_layout, varcorr_values
+
+        layout = varcorr_layout(self.design)
+        layout = layout[layout["block"] >= 0].reset_index(drop=True)
+        covs = self.cov_draws()
+        values = varcorr_values(layout, covs, np.ones(len(covs[0])))[:, :, 1]
+        frame = self._table(values, layout.index, prob)
+        return pd.concat([layout[["group", "var1", "var2"]], frame], axis=1)
+
+    def ranef(self, prob: float = 0.95) -> pd.DataFrame:
+        frames = []
+        for block, draws in zip(self.design.blocks, self.ranef_draws()):
+            flat = draws.reshape(draws.shape[0], -1)
+            index = pd.MultiIndex.from_product([[block.group], block.levels, block.terms],
+                                               names=["group", "level", "term"])
+            frames.append(self._table(flat, index, prob))
+        return pd.concat(frames)
+
+    def variance_draws(self) -> dict[str, np.ndarray]:
+        """Per-draw latent-scale variances of Nakagawa et al. (see
+        :meth:`GLMMResult.variance_components`); the count families' distribution
+        variance uses each draw's intercept-only mean, ``log(mean of exp(eta_fixed))``."""
+        design = self.design
+        beta = self.fixef_draws()
+        fixed_lp = beta @ design.X.T
+        out = {"fixed": fixed_lp.var(axis=1, ddof=1), "random": np.zeros(len(beta)),
+               "dispersion": np.zeros(len(beta))}
+        for block, cov in zip(design.blocks, self.cov_draws()):
+            value = np.einsum("ni,sij,nj->sn", block.X, cov, block.X).mean(axis=1)
+            out["dispersion" if block.n_levels == self.gd.nobs else "random"] += value
+        fam = self.gd.family
+        if fam.latent_needs_null:
+            null = np.log(np.exp(fixed_lp + self.gd.offset).mean(axis=1))
+            extra = {"shape": self._draws("shape")} if fam.has_dispersion else {}
+            out["distribution"] = np.array([fam.with_draws(extra, s).latent_variance(null[s])
+                                            for s in range(len(beta))])
+        else:
+            out["distribution"] = np.full(len(beta), fam.latent_variance())
+        return out
+
+    def icc(self, prob: float = 0.95) -> pd.DataFrame:
+        v = self.variance_draws()
+        resid = v["distribution"] + v["dispersion"]
+        draws = np.column_stack([v["random"] / (v["random"] + resid),
+                                 v["random"] / (v["fixed"] + v["random"] + resid)])
+        return self._table(draws, ["ICC_adjusted", "ICC_conditional"], prob)
+
+    def r2(self, prob: float = 0.95) -> pd.DataFrame:
+        v = self.variance_draws()
+        total = v["fixed"] + v["random"] + v["distribution"] + v["dispersion"]
+        draws = np.column_stack([v["fixed"] / total, (v["fixed"] + v["random"]) / total])
+        return self._table(draws, ["R2_marginal", "R2_conditional"], prob)
+
+    def summary(self, prob: float = 0.95) -> str:
+        lines = [f"Generalized linear mixed model, posterior by NUTS ['bayeslmm']",
+                 f" Family: {self.gd.family.describe()}", f"Formula: {self.design.formula.text}",
+                 f"Divergent transitions: {self.divergences}", "", "Fixed effects:",
+                 self.fixef(prob).to_string(float_format=lambda v: f"{v:.4f}"), "",
+                 "Group-level sds and correlations:",
+                 self.varcorr(prob).to_string(float_format=lambda v: f"{v:.4f}")]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
