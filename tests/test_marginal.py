@@ -458,3 +458,29 @@ def test_every_reference_case_samples_cleanly_at_default_settings(case):
     assert post.idata.posterior.attrs["parametrization"] == "marginal"
     assert post.divergences == 0
     assert post.diagnostics()["r_hat"].max() <= 1.01 and post.diagnostics()["ess_bulk"].min() >= 400
+
+
+def test_groups_are_not_padded_to_the_largest():
+    """One school with 40 classes among schools with 2: each group keeps its own size in the
+    packed statistics (the kernels' cost is sum m_j^3, not J * max m^3), and the density is
+    still the dense multivariate normal's."""
+    rng = np.random.default_rng(3)
+    classes = np.concatenate([np.arange(40), 40 + np.arange(2 * 9)])  # school 0: 40 classes; 9 schools of 2
+    school = np.concatenate([np.zeros(40, dtype=int), 1 + np.arange(18) // 2])
+    rows = np.repeat(np.arange(len(classes)), 3)
+    data = pd.DataFrame({"y": rng.normal(size=len(rows)) + rng.normal(size=10)[school[rows]],
+                         "school": school[rows].astype(str), "klass": classes[rows].astype(str)})
+    model = blm.LMM("y ~ 1 + (1 | school/klass)", data)
+    design, prior_set = model.design, model.resolved_priors()
+    problem = MarginalProblem.from_design(design)
+    assert sorted(problem.stats.m.tolist()) == [3] * 9 + [41]
+    blob = problem.pack(prior_set)
+    assert blob[K.H_S + 1] - blob[K.H_S] == 9 * 9 + 41 * 41  # Z'Z blocks: sum of m_j^2
+    x = problem.initial_point(np.random.default_rng(0))
+    mean, V, _, _ = dense_marginal(design, problem, x)
+    C = np.linalg.cholesky(V)
+    r = np.linalg.solve(C, design.y - mean)
+    dense = -0.5 * (design.nobs * np.log(2 * np.pi) + r @ r) - np.sum(np.log(np.diag(C)))
+    assert K.loglik_value(x, blob) - design.nobs * np.log(problem.y_scale) == pytest.approx(dense, abs=1e-8)
+    draws = problem.split_effects(problem.draw_effects(np.tile(x, (2, 1)), blob, np.random.default_rng(1)))
+    assert [d.shape for d in draws] == [(2, 10, 1), (2, 58, 1)] or [d.shape for d in draws] == [(2, 58, 1), (2, 10, 1)]
