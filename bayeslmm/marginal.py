@@ -23,10 +23,15 @@ in parallel. Afterwards the group effects are drawn exactly from their condition
 Gaussian given each posterior draw, and the pointwise log-likelihood is computed given
 those draws, so the result has the full model's layout.
 
+Every group has its own number of effects m_j (no padding to the largest group), so the
+cost is sum_j m_j^3 per gradient.
+
 Crossed factors (Penicillin, InstEval) do not split by group. With few group effects in
 all (Penicillin: 30) the whole data set is one joint group, integrated out exactly in the
-same way (one m x m factorization per gradient); with many (InstEval: 4,114) ``LMM.sample``
-falls back to the full model with a warning (and ``attrs["marginal_fallback"]``).
+same way (one m x m factorization per gradient); with many (InstEval: 4,114) the
+partially collapsed sampler of :mod:`bayeslmm.crossed` integrates one factor out given
+the others' effects, and ``LMM.sample(parametrization="auto")`` picks between them and
+the full model by estimated cost (:func:`bayeslmm.crossed.plan_sampler`).
 
 Entry points: :func:`sample_marginal` (a Design, as ``LMM.sample`` uses it) and, for data
 too large for a DataFrame, ``MarginalProblem.from_arrays`` + :func:`run_marginal` +
@@ -81,7 +86,8 @@ def marginal_supported(design: Design) -> tuple[bool, str]:
     if m <= MAX_JOINT_EFFECTS and design.nobs * m <= MAX_JOINT_CELLS:
         return True, f"{reason}: its {m} group effects are integrated out jointly"
     return False, (f"{reason}, so the likelihood does not split by group, and its {m} group effects are too "
-                   f"many to integrate out jointly (up to {MAX_JOINT_EFFECTS}); the full parametrization is used")
+                   f"many to integrate out jointly (up to {MAX_JOINT_EFFECTS}); parametrization='crossed' integrates "
+                   "one factor out given the others")
 
 
 def _joint_width(design: Design) -> int:
@@ -521,7 +527,7 @@ def posterior_dataset(problem: MarginalProblem, run: MarginalDraws, effects: np.
 
 def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tune: int = 1000, chains: int = 4,
                     random_seed: int | None = None, target_accept: float = 0.9, progressbar: bool = True,
-                    **kwargs):
+                    reason: str | None = None, **kwargs):
     """Sample the collapsed model with nutpie, then draw the group effects exactly.
 
     Parameters
@@ -533,6 +539,8 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
         From :func:`bayeslmm.priors.resolve_priors`; the same priors as the full model.
     draws, tune, chains, random_seed, target_accept, progressbar
         As in :meth:`bayeslmm.LMM.sample`; ``**kwargs`` go to ``nutpie.sample``.
+    reason : str, optional
+        Why this sampler was chosen, kept in ``idata.posterior.attrs["sampler_choice"]``.
 
     Returns
     -------
@@ -557,7 +565,7 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
     flat = run.x.reshape(-1, problem.ndim)
     effects = problem.draw_effects(flat, run.blob, np.random.default_rng([run.seed, 2]))
     return build_result(design, prior_set, posterior_dataset(problem, run, effects), run, "marginal",
-                        {"sampling_seconds": run.seconds},
+                        {"sampling_seconds": run.seconds, **({"sampler_choice": reason} if reason else {})},
                         lambda posterior: pointwise_log_likelihood(design, posterior, problem.split_effects(effects)))
 
 

@@ -118,7 +118,8 @@ def test_marginal_supported_nested_small_crossed_but_not_large_crossed():
     ok, reason = marginal_supported(blm.LMM("y ~ 1 + (1 | a) + (1 | b)", large_crossed_data()).design)
     assert not ok and reason == (f"'a' is crossed with 'b' (not nested in it), so the likelihood does not split by "
                                  f"group, and its 260 group effects are too many to integrate out jointly "
-                                 f"(up to {MAX_JOINT_EFFECTS}); the full parametrization is used")
+                                 f"(up to {MAX_JOINT_EFFECTS}); parametrization='crossed' integrates one factor "
+                                 f"out given the others")
 
 
 def test_crossed_layout_is_one_joint_group():
@@ -380,19 +381,22 @@ def test_nested_design_samples_without_divergences():
     assert float(p["sd_cask:batch"].mean()) == pytest.approx(2.9, rel=0.25)
 
 
-@pytest.mark.slow
-def test_large_crossed_design_falls_back_to_the_full_model_and_says_so():
+def test_large_crossed_design_uses_the_partially_collapsed_sampler_and_says_why(caplog):
+    import logging
+
     model = blm.LMM("y ~ 1 + (1 | a) + (1 | b)", large_crossed_data())
     with pytest.raises(blm.BayesLMMError, match="too many to integrate out jointly"):
         model.sample(parametrization="marginal")
     with pytest.raises(blm.errors.FitError, match="crossed"):
         sample_marginal(model.design, model.resolved_priors())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        post = model.sample(draws=100, tune=200, chains=2, random_seed=1, progressbar=False)
-    assert any("crossed" in str(w.message) for w in caught)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="bayeslmm"):
+        warnings.simplefilter("error")  # a good choice is not a warning
+        post = model.sample(draws=200, tune=300, chains=2, random_seed=1, progressbar=False)
     attrs = post.idata.posterior.attrs
-    assert attrs["parametrization"] == "full" and "crossed" in attrs["marginal_fallback"]
+    assert attrs["parametrization"] == "crossed"
+    assert attrs["sampler_choice"].startswith("partially collapsed sampler: the effects of 'a' integrated out")
+    assert attrs["sampler_choice"] in caplog.text
+    assert post.idata.posterior["r_a"].shape == (2, 200, 200, 1) and post.idata.posterior["r_b"].shape == (2, 200, 60, 1)
 
 
 @pytest.mark.slow
