@@ -112,6 +112,7 @@ class CrossedProblem:
     sampled: tuple[int, ...]
     n_groups: int
     group_m: np.ndarray          # (J,) integrated effects per group
+    centered: tuple[bool, ...]   # per sampled bar: b itself sampled (else u, b = Lambda u)
     order: np.ndarray            # rows sorted by group
     arrays: dict = field(repr=False)
 
@@ -136,20 +137,29 @@ class CrossedProblem:
         return self.ndim_base + sum(len(self.bars[k].levels) * self.bars[k].q for k in self.sampled)
 
     @classmethod
-    def from_design(cls, design: Design, top: int | None = None) -> "CrossedProblem":
-        return cls.from_factors(design.y, design.X, tuple(design.fixed_names), factors_of(design), top)
+    def from_design(cls, design: Design, top: int | None = None, centered=None) -> "CrossedProblem":
+        return cls.from_factors(design.y, design.X, tuple(design.fixed_names), factors_of(design), top, centered)
 
     @classmethod
-    def from_factors(cls, y, X, fixed_names, factors: list[Factor], top: int | None = None) -> "CrossedProblem":
+    def from_factors(cls, y, X, fixed_names, factors: list[Factor], top: int | None = None,
+                     centered=None) -> "CrossedProblem":
         """From arrays (no DataFrame: any number of rows the machine holds). ``top``: the
         bar whose factor is integrated out (with every bar nested in it); default: the one
-        integrating the most effects."""
+        integrating the most effects. ``centered``: per sampled bar (or one bool for all),
+        whether NUTS samples b itself (centered) or u = Lambda^-1 b; default :func:`centering`."""
         y, X = np.asarray(y, dtype=float), np.asarray(X, dtype=float)
         n = len(y)
         if top is None:
             top = best_top(factors)
         integrated = nested_in(factors, top)
         sampled = [k for k in range(len(factors)) if k not in integrated]
+        if centered is None:
+            centered = [centering(factors[k], y) for k in sampled]
+        elif isinstance(centered, (bool, np.bool_)):
+            centered = [centered] * len(sampled)
+        if len(centered) != len(sampled):
+            raise ValueError(f"centered has {len(centered)} entries for {len(sampled)} sampled bars")
+        centered = tuple(bool(c) for c in centered)
         tf = factors[top]
         J = tf.n_levels
         # slots: each integrated level's first effect within its group
@@ -193,7 +203,7 @@ class CrossedProblem:
             "group_ptr": np.searchsorted(group, np.arange(J + 1)).astype(np.int64),
         }
         return cls(tuple(fixed_names), intercept, means, y_center, y_scale, tuple(bars), top, tuple(integrated),
-                   tuple(sampled), J, used, order, arrays)
+                   tuple(sampled), J, used, centered, order, arrays)
 
     # -- packing for the kernels
     def pack(self, prior_set: P.PriorSet) -> np.ndarray:
@@ -227,9 +237,9 @@ class CrossedProblem:
         gptr = np.searchsorted(ent_group[eorder], np.arange(J + 1))
         entries = np.column_stack([ent_bar[eorder], ent_off[eorder]])
         sbar, e0 = [], 0
-        for k, u0 in zip(self.sampled, self.u_starts):
+        for k, u0, cen in zip(self.sampled, self.u_starts, self.centered):
             L = len(self.bars[k].levels)
-            sbar.append([k, L, u0, e0])
+            sbar.append([k, L, u0, e0, float(cen)])
             e0 += L * self.bars[k].q
         sections = {
             K.H_FPRI: np.ravel(fixed), K.H_SPRI: np.ravel(_prior_code(prior_set.sigma) + [0.0]),
@@ -307,13 +317,45 @@ class CrossedProblem:
         return per_bar
 
 
+#: A one-term sampled bar is centered when the data pin its levels down more than the prior
+#: does: rows per level x (sd / sigma)^2 above this (one-way ANOVA estimate of the variance
+#: ratio on y). There the non-centered form mixes badly, and the centered form where the
+#: data are weak (Papaspiliopoulos, Roberts & Skold 2007). Bars with slopes stay
+#: non-centered: their slope sds are usually small (measured on kb07 4x4: centered items
+#: gave 13 divergences and ESS 105, non-centered 0 and ESS 549).
+CENTER_INFORMATION = 2.0
+
+
+def centering(factor: Factor, y: np.ndarray) -> bool:
+    """Whether NUTS should sample this bar's effects centered (see CENTER_INFORMATION)."""
+    if factor.q != 1 or not np.allclose(factor.Z[:, 0], 1.0):
+        return False
+    n = np.bincount(factor.codes, minlength=factor.n_levels).astype(float)
+    used = n > 0
+    sums = np.bincount(factor.codes, weights=y, minlength=factor.n_levels)
+    means = sums[used] / n[used]
+    within = (np.sum(y * y) - np.sum(sums[used] ** 2 / n[used])) / max(len(y) - used.sum(), 1)
+    n_bar = len(y) / used.sum()
+    between = max(np.var(means, ddof=1) - within / n_bar, 0.0) if used.sum() > 1 else 0.0
+    return n_bar * between / max(within, 1e-300) >= CENTER_INFORMATION
+
+
 # ---------------------------------------------------------------- the plan
-#: Rough per-operation costs (seconds), measured with the kernels on this kind of machine:
-#: a row's pass (residual + gradient, per column of X and Z), one flop of the per-group
-#: dense algebra (~3 m^3 per group per gradient), and the full PyMC model's compilation.
+#: Rough costs (seconds) for the estimates of :func:`estimate_costs`, measured with the
+#: kernels on this kind of machine: a row's pass (residual + gradient) per column of X and
+#: Z, one flop of the per-group dense algebra (~3 m^3 per group per gradient; the joint
+#: collapse of m = 100 crossed effects took 36 s, m = 30 1.3 s), the fixed cost of a run
+#: (start, kernel cache load) and the full PyMC model's compilation.
 ROW_COST = 1.5e-9
-FLOP_COST = 1.0e-9
+FLOP_COST = 0.5e-9
+RUN_COST = 2.0
 FULL_COMPILE = 25.0
+#: Draws per effective draw of the slowest parameter, measured: the collapsed sampler
+#: ~1 (exam_rs: ESS 4896 of 4000), the partially collapsed ~6 (kb07 4x4: ESS 610 of 4000),
+#: the full model ~8 (exam_rs: ESS 495 of 4000).
+ESS_PENALTY = {"marginal": 1.0, "crossed": 6.0, "full": 8.0}
+#: The collapsed sampler mixes best: it is kept while its estimate stays below this.
+AFFORDABLE = 20.0
 
 
 def best_top(factors: list[Factor]) -> int:
@@ -332,7 +374,7 @@ class Plan:
     parametrization: str            # "marginal", "crossed" or "full"
     top: int | None                 # for "crossed": the integrated factor's bar
     reason: str
-    costs: dict                     # estimated seconds per candidate
+    costs: dict                     # estimated seconds per candidate (ESS-weighted)
 
 
 def _steps(ndim: int) -> float:
@@ -341,59 +383,69 @@ def _steps(ndim: int) -> float:
 
 
 def estimate_costs(design: Design, draws: int = 1000, tune: int = 1000, chains: int = 4) -> dict:
-    """Estimated wall seconds of each sampler on ``design`` (same units, for comparison):
-    gradients = chains * (draws + tune) * steps(ndim); cost per gradient from the rows'
-    pass and the per-group algebra (sum of m_j^3 over groups, no padding)."""
+    """Estimated wall seconds of each applicable sampler on ``design``, weighted by its draws
+    per effective draw (:data:`ESS_PENALTY`), so that they compare at equal ESS: keys
+    ``"marginal"``, ``"crossed:<bar>"`` (one per choice of integrated factor), ``"full"``.
+    Gradients = chains * (draws + tune) * steps(ndim) on two cores; the per-gradient cost
+    is a pass over the rows (crossed, full) plus the per-group algebra, sum_j m_j^3 with
+    every group its own size."""
     from .marginal import marginal_supported
 
     factors = factors_of(design)
     n, p = design.nobs, design.n_fixed
     Q = sum(f.q for f in factors)
-    iters = chains * (draws + tune) / 2.0  # two cores
+    iters = chains * (draws + tune) / 2.0
     n_hyper = p + 1 + sum(f.q + f.q * (f.q - 1) // 2 for f in factors)
     costs = {}
     ok, _ = marginal_supported(design)
-    top_all = min(range(len(factors)), key=lambda k: factors[k].n_levels)
-    if len(nested_in(factors, top_all)) == len(factors):
-        m = group_sizes(factors, top_all, list(range(len(factors)))).astype(float)
+    if ok:
+        top_all = min(range(len(factors)), key=lambda k: factors[k].n_levels)
+        if len(nested_in(factors, top_all)) == len(factors):
+            m = group_sizes(factors, top_all, list(range(len(factors)))).astype(float)
+        else:  # a small crossed design: all its effects in one joint group
+            m = np.array([float(sum(f.q * f.n_levels for f in factors))])
         per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * len(m) * (p + 1)
-        costs["marginal"] = iters * _steps(n_hyper) * per
-    elif ok:  # a small crossed design, all effects in one joint group
-        mtot = float(sum(f.q * f.n_levels for f in factors))
-        costs["marginal"] = iters * _steps(n_hyper) * 3.0 * FLOP_COST * mtot ** 3
+        costs["marginal"] = RUN_COST + ESS_PENALTY["marginal"] * iters * _steps(n_hyper) * per
     for t in range(len(factors)):
         integ = nested_in(factors, t)
         if len(integ) == len(factors):
-            continue  # nothing sampled: that is the collapsed sampler
+            continue  # nothing left to sample: that is the collapsed sampler
         m = group_sizes(factors, t, integ).astype(float)
         sampled = sum(factors[k].q * factors[k].n_levels for k in range(len(factors)) if k not in integ)
         per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * n * (p + Q)
-        key = f"crossed:{t}"
-        costs[key] = iters * _steps(n_hyper + sampled) * per
+        costs[f"crossed:{t}"] = RUN_COST + ESS_PENALTY["crossed"] * iters * _steps(n_hyper + sampled) * per
     n_eff = sum(f.q * f.n_levels for f in factors)
-    costs["full"] = FULL_COMPILE + iters * _steps(n_hyper + n_eff) * ROW_COST * 4.0 * n * (p + Q)
+    per = 4.0 * ROW_COST * n * (p + Q)  # PyMC's graph: a few passes over the rows
+    costs["full"] = FULL_COMPILE + ESS_PENALTY["full"] * iters * _steps(n_hyper + n_eff) * per
     return costs
 
 
 def plan_sampler(design: Design, draws: int = 1000, tune: int = 1000, chains: int = 4) -> Plan:
-    """The cheapest sampler by :func:`estimate_costs`, with the reason in words."""
+    """The sampler ``parametrization="auto"`` uses: the collapsed one while its estimate is
+    affordable (it mixes best), else the cheapest by :func:`estimate_costs`; with the
+    reason in words."""
     factors = factors_of(design)
     costs = estimate_costs(design, draws, tune, chains)
+
+    def name(key):
+        return f"partially collapsed on '{factors[int(key[8:])].label}'" if key.startswith("crossed:") else key
+
+    ranked = ", ".join(f"{name(k)} ~{v:.3g} s" for k, v in sorted(costs.items(), key=lambda kv: kv[1]))
     best = min(costs, key=costs.get)
-    ranked = ", ".join(f"{k.split(':')[0] if ':' not in k else 'crossed (' + factors[int(k[8:])].label + ')'} "
-                       f"~{v:.3g} s" for k, v in sorted(costs.items(), key=lambda kv: kv[1]))
+    if "marginal" in costs and costs["marginal"] <= max(AFFORDABLE, costs[best]):
+        best = "marginal"
     if best.startswith("crossed"):
         top = int(best.split(":")[1])
         integ = nested_in(factors, top)
         names = ", ".join(f"'{factors[k].label}'" for k in integ)
         rest = ", ".join(f"'{factors[k].label}'" for k in range(len(factors)) if k not in integ)
-        reason = (f"partially collapsed: {names} integrated out given {rest}, which NUTS samples "
-                  f"(estimated cost: {ranked})")
+        reason = (f"partially collapsed sampler: the effects of {names} integrated out given those of {rest}, "
+                  f"which NUTS samples (estimated time at equal ESS: {ranked})")
         return Plan("crossed", top, reason, costs)
     if best == "marginal":
-        reason = f"collapsed: every group effect integrated out (estimated cost: {ranked})"
+        reason = f"collapsed sampler: every group effect integrated out (estimated time at equal ESS: {ranked})"
     else:
-        reason = f"full model: group effects sampled non-centered (estimated cost: {ranked})"
+        reason = f"full model: every group effect sampled (estimated time at equal ESS: {ranked})"
     return Plan(best, None, reason, costs)
 
 
@@ -407,6 +459,9 @@ def run_crossed(problem: CrossedProblem, prior_set: P.PriorSet, draws: int = 100
 
     blob = problem.pack(prior_set)
     _, expand_cfunc = K.nutpie_functions(False)
+    # the sampled effects correlate with the log sds: a low-rank mass matrix update helps
+    # (kb07 4x4: min ESS of beta 531 -> 3092, of the item covariance 549 -> 610, fewer steps)
+    kwargs.setdefault("adaptation", "low_rank")
     return run_nutpie(blob, problem.ndim, C.nutpie_logp(), expand_cfunc, problem.initial_point, draws=draws,
                       tune=tune, chains=chains, random_seed=random_seed, target_accept=target_accept,
                       progressbar=progressbar, **kwargs)

@@ -16,8 +16,9 @@ H_K, H_NDIM, H_MMAX, H_SIGMA, H_N, H_FPRI, H_SPRI, H_BARS, H_SDPRI, H_SCALE; the
     C_Y (n), C_X (n p), C_ROWSLOT (n KI: slot of the row's level in its group, per
     integrated bar), C_ZI (n QI), C_GROW (J + 1 row pointers; rows sorted by group),
     C_GPTR (J + 1 entry pointers), C_ENT (E x 2: bar, slot), C_GM (J), C_GSOFF (J),
-    C_GVOFF (J), C_S (sum m_j^2: Z_j'Z_j), C_IBAR (KI bar indices), C_SBAR (KS x 4: bar,
-    levels, start of u in x, start in the effect work array), C_CODE (n KS), C_ZS (n QS),
+    C_GVOFF (J), C_S (sum m_j^2: Z_j'Z_j), C_IBAR (KI bar indices), C_SBAR (KS x 5: bar,
+    levels, start of u (or b, if centered) in x, start in the effect work array, 1 if
+    centered), C_CODE (n KS), C_ZS (n QS),
     C_NEFF (size of the sampled-effect work array), C_NVEC (sum m_j)
 """
 
@@ -47,12 +48,16 @@ def _sampled_effects(x, blob, lams, beff):
     sb = int(blob[C_SBAR])
     bars = int(blob[H_BARS])
     for s in range(KS):
-        k = int(blob[sb + 4 * s])
-        L = int(blob[sb + 4 * s + 1])
-        u0 = int(blob[sb + 4 * s + 2])
-        e0 = int(blob[sb + 4 * s + 3])
+        k = int(blob[sb + 5 * s])
+        L = int(blob[sb + 5 * s + 1])
+        u0 = int(blob[sb + 5 * s + 2])
+        e0 = int(blob[sb + 5 * s + 3])
         q = int(blob[bars + 6 * k])
         lam = lams[k]
+        if blob[sb + 5 * s + 4] == 1.0:  # centered: the coordinates are b itself
+            for i in range(L * q):
+                beff[e0 + i] = x[u0 + i]
+            continue
         for lev in range(L):
             for r in range(q):
                 t = 0.0
@@ -77,8 +82,8 @@ def _residuals(x, blob, beff, r):
             t -= blob[X0 + i * p + a] * x[a]
         col = 0
         for s in range(KS):
-            k = int(blob[sb + 4 * s])
-            e0 = int(blob[sb + 4 * s + 3])
+            k = int(blob[sb + 5 * s])
+            e0 = int(blob[sb + 5 * s + 3])
             q = int(blob[bars + 6 * k])
             lev = int(blob[code0 + i * KS + s])
             for c in range(q):
@@ -241,13 +246,53 @@ def _row_gradient(x, blob, r, ltw, s2, grad, gb):
                 grad[a] += blob[X0 + i * p + a] * e
             col = 0
             for s in range(KS):
-                k = int(blob[sb + 4 * s])
-                e0 = int(blob[sb + 4 * s + 3])
+                k = int(blob[sb + 5 * s])
+                e0 = int(blob[sb + 5 * s + 3])
                 q = int(blob[bars + 6 * k])
                 lev = int(blob[code0 + i * KS + s])
                 for a in range(q):
                     gb[e0 + lev * q + a] += blob[zs0 + i * QS + col + a] * e
                 col += q
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _centered_prior(x, grad, gb, lam, G, q, L, u0, e0):
+    """Centered sampled bar: sum_l log N(b_l | 0, Lambda Lambda') (without 2 pi); adds
+    gb_l - Lambda^-T u_l to grad[b_l] (u_l = Lambda^-1 b_l) and to ``G`` the gradient in
+    Lambda, Lambda^-T (sum_l u_l u_l') - L diag(1 / Lambda_ii), lower triangle."""
+    value = 0.0
+    u = np.zeros(q)
+    v = np.zeros(q)
+    U = np.zeros((q, q))
+    for i in range(q):
+        value -= L * math.log(lam[i, i])
+    for lev in range(L):
+        for r in range(q):  # u = Lambda^-1 b
+            t = x[u0 + lev * q + r]
+            for c in range(r):
+                t -= lam[r, c] * u[c]
+            u[r] = t / lam[r, r]
+        for r in range(q - 1, -1, -1):  # v = Lambda^-T u
+            t = u[r]
+            for c in range(r + 1, q):
+                t -= lam[c, r] * v[c]
+            v[r] = t / lam[r, r]
+        for r in range(q):
+            value -= 0.5 * u[r] * u[r]
+            grad[u0 + lev * q + r] += gb[e0 + lev * q + r] - v[r]
+            for c in range(q):
+                U[r, c] += u[r] * u[c]
+    # Lambda^-T U: column by column, back substitution with Lambda'
+    for c in range(q):
+        for r in range(q - 1, -1, -1):
+            t = U[r, c]
+            for l in range(r + 1, q):
+                t -= lam[l, r] * v[l]
+            v[r] = t / lam[r, r]
+        for r in range(c, q):
+            G[r, c] += v[r]
+        G[c, c] -= L / lam[c, c]
+    return value
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -287,13 +332,16 @@ def crossed_logp(x, grad, blob):
     # sampled effects: b = Lambda u; prior u ~ N(0, I); dL/dLambda = sum_l gb_l u_l'
     GS = np.zeros_like(lams)
     for t in range(KS):
-        k = int(blob[sb + 4 * t])
-        L = int(blob[sb + 4 * t + 1])
-        u0 = int(blob[sb + 4 * t + 2])
-        e0 = int(blob[sb + 4 * t + 3])
+        k = int(blob[sb + 5 * t])
+        L = int(blob[sb + 5 * t + 1])
+        u0 = int(blob[sb + 5 * t + 2])
+        e0 = int(blob[sb + 5 * t + 3])
         q = int(blob[bars + 6 * k])
         lam = lams[k]
         G = GS[k]
+        if blob[sb + 5 * t + 4] == 1.0:
+            value += _centered_prior(x, grad, gb, lam, G, q, L, u0, e0)
+            continue
         for lev in range(L):
             for c in range(q):
                 uc = x[u0 + lev * q + c]
@@ -434,6 +482,26 @@ def crossed_draw(xs, blob, normals, out_int, out_smp):
                 for l in range(a + 1):
                     t += Lt[a, l] * u[l]
                 out_int[sidx, vo + a] = t
+
+
+@numba.njit(cache=True, error_model="numpy")
+def group_stats(group_ptr, slots, zi, qs, m, soff, voff, y, X, S, Zy, ZX):
+    """Per-group Z_j'Z_j (into ``S`` at ``soff``), Z_j'y and Z_j'X (into ``Zy``, ``ZX`` at
+    ``voff``), each group its own size m_j (no padding); rows sorted by group."""
+    group_crossproducts(group_ptr, slots, zi, qs, m, soff, S)
+    KI = slots.shape[1]
+    p = X.shape[1]
+    for j in range(len(m)):
+        for i in range(group_ptr[j], group_ptr[j + 1]):
+            ca = 0
+            for ka in range(KI):
+                for ta in range(qs[ka]):
+                    a = voff[j] + slots[i, ka] + ta
+                    v = zi[i, ca + ta]
+                    Zy[a] += v * y[i]
+                    for b in range(p):
+                        ZX[a * p + b] += v * X[i, b]
+                ca += qs[ka]
 
 
 @numba.njit(cache=True, error_model="numpy")

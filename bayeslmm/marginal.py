@@ -23,10 +23,15 @@ in parallel. Afterwards the group effects are drawn exactly from their condition
 Gaussian given each posterior draw, and the pointwise log-likelihood is computed given
 those draws, so the result has the full model's layout.
 
+Every group has its own number of effects m_j (no padding to the largest group), so the
+cost is sum_j m_j^3 per gradient.
+
 Crossed factors (Penicillin, InstEval) do not split by group. With few group effects in
 all (Penicillin: 30) the whole data set is one joint group, integrated out exactly in the
-same way (one m x m factorization per gradient); with many (InstEval: 4,114) ``LMM.sample``
-falls back to the full model with a warning (and ``attrs["marginal_fallback"]``).
+same way (one m x m factorization per gradient); with many (InstEval: 4,114) the
+partially collapsed sampler of :mod:`bayeslmm.crossed` integrates one factor out given
+the others' effects, and ``LMM.sample(parametrization="auto")`` picks between them and
+the full model by estimated cost (:func:`bayeslmm.crossed.plan_sampler`).
 
 Entry points: :func:`sample_marginal` (a Design, as ``LMM.sample`` uses it) and, for data
 too large for a DataFrame, ``MarginalProblem.from_arrays`` + :func:`run_marginal` +
@@ -81,7 +86,8 @@ def marginal_supported(design: Design) -> tuple[bool, str]:
     if m <= MAX_JOINT_EFFECTS and design.nobs * m <= MAX_JOINT_CELLS:
         return True, f"{reason}: its {m} group effects are integrated out jointly"
     return False, (f"{reason}, so the likelihood does not split by group, and its {m} group effects are too "
-                   f"many to integrate out jointly (up to {MAX_JOINT_EFFECTS}); the full parametrization is used")
+                   f"many to integrate out jointly (up to {MAX_JOINT_EFFECTS}); parametrization='crossed' integrates "
+                   "one factor out given the others")
 
 
 def _joint_width(design: Design) -> int:
@@ -94,13 +100,20 @@ def _top_block(design: Design):
 
 @dataclass(frozen=True)
 class GroupLayout:
-    """Where each bar's effects sit inside a top-level group's effect vector."""
+    """Where each bar's effects sit inside a top-level group's effect vector. Every group
+    has its own size m_j (no padding to the largest group: one school with 300 classes
+    among small ones costs its own 300^3, not 300^3 per school)."""
 
     n_groups: int
-    width: int                      # m: effects per group (padded to the largest group)
+    group_m: np.ndarray             # (J,) effects per group
     group_of_row: np.ndarray        # (n,) top-level group of each row
     offsets: tuple[np.ndarray, ...]  # per bar: (levels,) first slot of each level's q effects
     group_of_level: tuple[np.ndarray, ...]  # per bar: (levels,) top-level group of each level
+
+    @property
+    def width(self) -> int:
+        """The largest group's number of effects (work space of the kernels)."""
+        return int(self.group_m.max())
 
     @classmethod
     def from_design(cls, design: Design) -> "GroupLayout":
@@ -113,68 +126,93 @@ class GroupLayout:
         for block in design.blocks:
             level_group = np.zeros(block.n_levels, dtype=np.int64)
             level_group[block.codes] = top_codes
-            offset = np.zeros(block.n_levels, dtype=np.int64)
-            for level in range(block.n_levels):
-                j = level_group[level]
-                offset[level] = used[j]
-                used[j] += block.n_terms
-            offsets.append(offset)
+            # each level's rank among its group's levels, in level order
+            order = np.argsort(level_group, kind="stable")
+            counts = np.bincount(level_group, minlength=J)
+            rank = np.empty(block.n_levels, dtype=np.int64)
+            rank[order] = np.arange(block.n_levels) - np.repeat(np.cumsum(counts) - counts, counts)
+            offsets.append(used[level_group] + rank * block.n_terms)
+            used += counts * block.n_terms
             groups.append(level_group)
-        return cls(J, int(used.max()), np.array(top_codes, dtype=np.int64), tuple(offsets), tuple(groups))
+        return cls(J, used, np.array(top_codes, dtype=np.int64), tuple(offsets), tuple(groups))
 
-    def row_effects(self, design: Design) -> np.ndarray:
-        """(n, m) per-row random-effects design within the row's group."""
-        Z = np.zeros((design.nobs, self.width))
-        rows = np.arange(design.nobs)
-        for block, offset in zip(design.blocks, self.offsets):
-            for t in range(block.n_terms):
-                Z[rows, offset[block.codes] + t] += block.X[:, t]
-        return Z
+    def vector_offsets(self) -> np.ndarray:
+        """(J,) first slot of each group in the compact effect vector (length sum m_j)."""
+        return np.concatenate([[0], np.cumsum(self.group_m)[:-1]]).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class SufficientStats:
-    """Per-group cross-products (standardized response, centered predictors)."""
+    """Per-group cross-products (standardized response, centered predictors); the Z parts
+    compact, group after group, each group its own size m_j."""
 
     n: np.ndarray    # (J,)
     yy: np.ndarray   # (J,)
     Xy: np.ndarray   # (J, p)
     XX: np.ndarray   # (J, p, p)
-    Zy: np.ndarray   # (J, m)
-    ZX: np.ndarray   # (J, m, p)
-    ZZ: np.ndarray   # (J, m, m)
+    m: np.ndarray    # (J,) effects per group
+    Zy: np.ndarray   # (sum m_j,)
+    ZX: np.ndarray   # (sum m_j * p,)
+    ZZ: np.ndarray   # (sum m_j^2,) row-major m_j x m_j blocks
+
+    @staticmethod
+    def _fixed(y, X, group, n_groups):
+        def by_group(weights):
+            return np.bincount(group, weights=weights, minlength=n_groups)
+
+        p = X.shape[1]
+        n = np.bincount(group, minlength=n_groups).astype(float)
+        yy = by_group(y * y)
+        Xy = np.stack([by_group(X[:, a] * y) for a in range(p)], axis=1) if p else np.zeros((n_groups, 0))
+        XX = np.empty((n_groups, p, p))
+        for a in range(p):
+            for b in range(a, p):
+                XX[:, a, b] = XX[:, b, a] = by_group(X[:, a] * X[:, b])
+        return n, yy, Xy, XX
 
     @classmethod
     def from_arrays(cls, y: np.ndarray, X: np.ndarray, Z: np.ndarray, group: np.ndarray,
                     n_groups: int) -> "SufficientStats":
-        """Cross-products by group, one weighted ``bincount`` per entry (any n; as fast
-        as a compiled pass, without its compilation)."""
+        """One level per group with model columns ``Z`` (n, q): one weighted ``bincount``
+        per entry (any n; as fast as a compiled pass, without its compilation)."""
         group = np.asarray(group, dtype=np.int64)
 
         def by_group(weights):
             return np.bincount(group, weights=weights, minlength=n_groups)
 
-        p, m = X.shape[1], Z.shape[1]
-        if n_groups == 1:  # one joint group (crossed factors): plain matrix products
-            return cls(np.array([float(len(y))]), np.array([y @ y]), (X.T @ y)[None], (X.T @ X)[None],
-                       (Z.T @ y)[None], (Z.T @ X)[None], (Z.T @ Z)[None])
-        n = np.bincount(group, minlength=n_groups).astype(float)
-        yy = by_group(y * y)
-        Xy = np.stack([by_group(X[:, a] * y) for a in range(p)], axis=1) if p else np.zeros((n_groups, 0))
-        Zy = np.stack([by_group(Z[:, a] * y) for a in range(m)], axis=1)
-        XX = np.empty((n_groups, p, p))
-        for a in range(p):
-            for b in range(a, p):
-                XX[:, a, b] = XX[:, b, a] = by_group(X[:, a] * X[:, b])
-        ZZ = np.empty((n_groups, m, m))
-        for a in range(m):
-            for b in range(a, m):
+        p, q = X.shape[1], Z.shape[1]
+        n, yy, Xy, XX = cls._fixed(y, X, group, n_groups)
+        Zy = np.stack([by_group(Z[:, a] * y) for a in range(q)], axis=1)
+        ZZ = np.empty((n_groups, q, q))
+        for a in range(q):
+            for b in range(a, q):
                 ZZ[:, a, b] = ZZ[:, b, a] = by_group(Z[:, a] * Z[:, b])
-        ZX = np.empty((n_groups, m, p))
-        for a in range(m):
+        ZX = np.empty((n_groups, q, p))
+        for a in range(q):
             for b in range(p):
                 ZX[:, a, b] = by_group(Z[:, a] * X[:, b])
-        return cls(n, yy, Xy, XX, Zy, ZX, ZZ)
+        return cls(n, yy, Xy, XX, np.full(n_groups, q), Zy.ravel(), ZX.ravel(), ZZ.ravel())
+
+    @classmethod
+    def from_layout(cls, y: np.ndarray, X: np.ndarray, design: Design, layout: GroupLayout) -> "SufficientStats":
+        """Any layout of bars within groups, from each row's slots (compiled pass)."""
+        from .crossed_kernels import group_stats
+
+        J, m = layout.n_groups, layout.group_m
+        group = layout.group_of_row
+        n, yy, Xy, XX = cls._fixed(y, X, group, J)
+        order = np.argsort(group, kind="stable")
+        ptr = np.searchsorted(group[order], np.arange(J + 1)).astype(np.int64)
+        slots = np.ascontiguousarray(np.column_stack([off[b.codes[order]] for off, b in
+                                                      zip(layout.offsets, design.blocks)]).astype(np.int64))
+        zi = np.ascontiguousarray(np.column_stack([b.X[order] for b in design.blocks]).astype(float))
+        qs = np.array([b.n_terms for b in design.blocks], dtype=np.int64)
+        soff = np.concatenate([[0], np.cumsum(m * m)[:-1]]).astype(np.int64)
+        voff = layout.vector_offsets()
+        S, Zy, ZX = np.zeros(int((m * m).sum())), np.zeros(int(m.sum())), np.zeros(int(m.sum()) * X.shape[1])
+        group_stats(ptr, slots, zi, qs, m.astype(np.int64), soff, voff, np.ascontiguousarray(y[order]),
+                    np.ascontiguousarray(X[order]), S, Zy, ZX)
+        return cls(n, yy, Xy, XX, m, Zy, ZX, S)
 
 
 # ---------------------------------------------------------------- the problem
@@ -231,7 +269,7 @@ class MarginalProblem:
         bars = tuple(Bar(label, tuple(block.terms), bool(block.correlated), tuple(block.levels), groups, offset)
                      for label, block, groups, offset in zip(bar_labels(design), design.blocks,
                                                              layout.group_of_level, layout.offsets))
-        return cls._build(design.y, design.X, layout.row_effects(design), layout.group_of_row,
+        return cls._build(design.y, design.X, (design, layout), layout.group_of_row,
                           tuple(design.fixed_names), bars, layout.n_groups, layout.width)
 
     @classmethod
@@ -259,7 +297,10 @@ class MarginalProblem:
         y_scale = float(np.std(y)) or 1.0
         Xc = np.ascontiguousarray(X - means)
         ys = (y - y_center) / y_scale
-        stats = SufficientStats.from_arrays(ys, Xc, Z, group, n_groups)
+        if isinstance(Z, tuple):  # (design, layout): any layout of bars within groups
+            stats = SufficientStats.from_layout(ys, Xc, *Z)
+        else:
+            stats = SufficientStats.from_arrays(ys, Xc, Z, group, n_groups)
         return cls(fixed_names, intercept, means, y_center, y_scale, bars, n_groups, width, stats)
 
     # -- parameter layout of the unconstrained vector
@@ -273,6 +314,10 @@ class MarginalProblem:
             cpc.append(slice(start, start + bar.n_cpc))
             start += bar.n_cpc
         return sd, cpc, start
+
+    def vector_offsets(self) -> np.ndarray:
+        """(J,) first slot of each group in the compact effect vector."""
+        return np.concatenate([[0], np.cumsum(self.stats.m)[:-1]]).astype(np.int64)
 
     # -- packing for the compiled kernels
     def pack(self, prior_set: P.PriorSet) -> np.ndarray:
@@ -302,8 +347,8 @@ class MarginalProblem:
         entries = np.column_stack([ent_bar[order], ent_off[order]])
         sections = [
             st.Xy.sum(axis=0), st.XX.sum(axis=0).ravel(), np.ravel(fixed), np.ravel(_prior_code(prior_set.sigma) + [0.0]),
-            np.ravel(bars), np.ravel(sd_priors), gptr, entries.ravel(), np.full(J, m),
-            np.arange(J) * m * m, np.arange(J) * m, st.ZZ.ravel(), st.Zy.ravel(), st.ZX.ravel()]
+            np.ravel(bars), np.ravel(sd_priors), gptr, entries.ravel(), st.m,
+            np.concatenate([[0], np.cumsum(st.m * st.m)[:-1]]), self.vector_offsets(), st.ZZ, st.Zy, st.ZX]
         header = np.zeros(K.H_SIZE)
         single = (len(self.bars) == 1 and m == self.bars[0].q <= 2 and len(self.bars[0].levels) == J
                   and np.array_equal(self.bars[0].group_of_level, np.arange(J)))  # the kernels' fast path
@@ -344,11 +389,11 @@ class MarginalProblem:
     def draw_effects(self, x: np.ndarray, blob: np.ndarray, rng: np.random.Generator,
                      chunk: int = 256) -> np.ndarray:
         """Exact draws of all group effects given draws ``x`` (S, ndim), user's scale, in
-        the group-slot layout (S, groups * width); :meth:`split_effects` gives the bars."""
+        the compact group-slot layout (S, sum m_j); :meth:`split_effects` gives the bars."""
         from . import marginal_kernels as K
 
         kernel = K.draw_effects_single if blob[K.H_SINGLE] == 1.0 else K.draw_effects
-        S, size = len(x), self.n_groups * self.width
+        S, size = len(x), int(self.stats.m.sum())
         flat = np.empty((S, size))
         for start in range(0, S, chunk):
             part = np.ascontiguousarray(x[start:start + chunk])
@@ -364,7 +409,7 @@ class MarginalProblem:
             return [flat.reshape(len(flat), self.n_groups, self.width)]  # one level per group: a view
         out = []
         for bar in self.bars:
-            idx = (bar.group_of_level * self.width + bar.offset)[:, None] + np.arange(bar.q)[None, :]
+            idx = (self.vector_offsets()[bar.group_of_level] + bar.offset)[:, None] + np.arange(bar.q)[None, :]
             out.append(flat[:, idx])
         return out
 
@@ -482,7 +527,7 @@ def posterior_dataset(problem: MarginalProblem, run: MarginalDraws, effects: np.
 
 def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tune: int = 1000, chains: int = 4,
                     random_seed: int | None = None, target_accept: float = 0.9, progressbar: bool = True,
-                    **kwargs):
+                    reason: str | None = None, **kwargs):
     """Sample the collapsed model with nutpie, then draw the group effects exactly.
 
     Parameters
@@ -494,6 +539,8 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
         From :func:`bayeslmm.priors.resolve_priors`; the same priors as the full model.
     draws, tune, chains, random_seed, target_accept, progressbar
         As in :meth:`bayeslmm.LMM.sample`; ``**kwargs`` go to ``nutpie.sample``.
+    reason : str, optional
+        Why this sampler was chosen, kept in ``idata.posterior.attrs["sampler_choice"]``.
 
     Returns
     -------
@@ -506,6 +553,8 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
     FitError
         If the design has crossed factors with too many group effects to integrate out jointly.
     """
+    from .crossed import pointwise_log_likelihood
+
     ok, reason = marginal_supported(design)
     if not ok:
         raise FitError(f"the marginal parametrization does not apply: {reason}")
@@ -516,8 +565,8 @@ def sample_marginal(design: Design, prior_set: P.PriorSet, draws: int = 1000, tu
     flat = run.x.reshape(-1, problem.ndim)
     effects = problem.draw_effects(flat, run.blob, np.random.default_rng([run.seed, 2]))
     return build_result(design, prior_set, posterior_dataset(problem, run, effects), run, "marginal",
-                        {"sampling_seconds": run.seconds},
-                        lambda posterior: _log_likelihood(design, layout, posterior, effects))
+                        {"sampling_seconds": run.seconds, **({"sampler_choice": reason} if reason else {})},
+                        lambda posterior: pointwise_log_likelihood(design, posterior, problem.split_effects(effects)))
 
 
 def build_result(design: Design, prior_set: P.PriorSet, posterior, run: MarginalDraws, parametrization: str,
@@ -535,20 +584,3 @@ def build_result(design: Design, prior_set: P.PriorSet, posterior, run: Marginal
     if n_chain * n_draw * design.nobs <= _MAX_LOGLIK_CELLS:
         add_group(idata, "log_likelihood", loglik(idata.posterior))
     return PosteriorResult(design=design, idata=idata, prior_set=prior_set)
-
-
-def _log_likelihood(design: Design, layout: GroupLayout, posterior, effects: np.ndarray):
-    """Pointwise log-likelihood of every observation given each draw's group effects (for
-    LOO), computed in one compiled pass instead of (S, n) temporaries."""
-    import xarray as xr
-
-    from .marginal_kernels import pointwise_loglik
-
-    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
-    beta = posterior["beta"].to_numpy().reshape(n_chain * n_draw, -1)
-    sigma = posterior["sigma"].to_numpy().ravel()
-    out = np.empty((len(sigma), design.nobs))
-    pointwise_loglik(design.y, np.ascontiguousarray(design.X), layout.row_effects(design), layout.group_of_row,
-                     layout.width, np.ascontiguousarray(beta), sigma, effects, out)
-    return xr.Dataset({"y": (("chain", "draw", "obs"), out.reshape(n_chain, n_draw, design.nobs))},
-                      coords={"chain": posterior.chain, "draw": posterior.draw, "obs": np.arange(design.nobs)})

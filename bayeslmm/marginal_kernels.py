@@ -696,26 +696,6 @@ def draw_effects(xs, blob, normals, out):
                 out[sidx, vo + a] = t
 
 
-@numba.njit(cache=True, error_model="numpy")
-def pointwise_loglik(y, X, Z, group, width, beta, sigma, effects, out):
-    """out[s, i] = log N(y_i | X_i beta_s + Z_i b_s[group_i], sigma_s) for every draw s
-    (``effects`` in the group-slot layout, (S, J * width))."""
-    n, p = X.shape
-    m = Z.shape[1]
-    for s in range(beta.shape[0]):
-        const = -math.log(sigma[s]) - 0.5 * _LOG_2PI
-        inv = 1.0 / sigma[s]
-        for i in range(n):
-            mu = 0.0
-            for a in range(p):
-                mu += X[i, a] * beta[s, a]
-            base = group[i] * width
-            for a in range(m):
-                mu += Z[i, a] * effects[s, base + a]
-            z = (y[i] - mu) * inv
-            out[s, i] = const - 0.5 * z * z
-
-
 _LOGP_SIG = numba.types.int64(numba.types.uint64, numba.types.CPointer(numba.types.double),
                               numba.types.CPointer(numba.types.double), numba.types.CPointer(numba.types.double),
                               numba.types.CPointer(numba.types.double))

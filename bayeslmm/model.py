@@ -5,6 +5,7 @@ This is glue, as ``lmer()`` is in lme4: formula -> design -> back end -> result.
 
 from __future__ import annotations
 
+import logging
 import numbers
 import warnings
 
@@ -16,7 +17,7 @@ from .errors import BayesLMMError, FitError, PerfectFitWarning, PriorError, Sett
 from .formula import parse_formula
 
 SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
-PARAMETRIZATIONS = ("auto", "marginal", "full")
+PARAMETRIZATIONS = ("auto", "marginal", "crossed", "full")
 #: explicit bounds on the sampler's settings (the memory the draws take is checked too)
 MAX_DRAWS = 10**7
 MAX_CHAINS = 1000
@@ -66,7 +67,8 @@ def check_sample_arguments(draws=1000, tune=1000, chains=4, random_seed=None, sa
         raise SettingsError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     out["sampler"] = sampler
     if not isinstance(parametrization, str) or parametrization.lower() not in PARAMETRIZATIONS:
-        raise SettingsError(f"parametrization must be 'auto', 'marginal' or 'full', not {parametrization!r}")
+        raise SettingsError(f"parametrization must be 'auto', 'marginal', 'crossed' or 'full', "
+                            f"not {parametrization!r}")
     out["parametrization"] = parametrization.lower()
     return out
 
@@ -269,13 +271,17 @@ class LMM:
             Step-size adaptation target (0.9 by default: hierarchical models need
             smaller steps than the 0.8 of most samplers).
         progressbar : bool
-        parametrization : {"auto", "marginal", "full"}
+        parametrization : {"auto", "marginal", "crossed", "full"}
             ``"full"`` samples the group effects with the other parameters
             (non-centered); ``"marginal"`` integrates them out, samples the rest, then
-            draws them exactly; ``"auto"`` uses the marginal one where it applies (every
-            bar within one top-level factor, or crossed factors with at most 100 group
-            effects in all, integrated out jointly; ``sampler="nutpie"``), else the full
-            one with a warning and the reason in ``idata.posterior.attrs["marginal_fallback"]``.
+            draws them exactly (every bar within one top-level factor, or crossed factors
+            with at most 100 group effects in all); ``"crossed"`` integrates out one
+            factor's effects (and those nested in it) given the other factors' effects,
+            which NUTS samples, then draws the integrated ones exactly (any design, see
+            :mod:`bayeslmm.crossed`); ``"auto"`` (with ``sampler="nutpie"``) picks among
+            them by estimated cost (:func:`bayeslmm.crossed.plan_sampler`) and records
+            what it picked and why in ``idata.posterior.attrs["sampler_choice"]`` (also
+            logged at INFO level on the ``bayeslmm`` logger).
         **kwargs
             Passed to the sampler of the full model (``nutpie.sample`` or ``pm.sample``);
             with nutpie, ``backend="numba"`` (default: ~10 s to compile, fast sampling) or
@@ -286,6 +292,7 @@ class LMM:
         PosteriorResult
         """
         from .bayes import build_model, run_sampler
+        from .crossed import plan_sampler, sample_crossed
         from .marginal import marginal_supported, sample_marginal
         from .posterior import PosteriorResult, to_inference_data
 
@@ -298,32 +305,38 @@ class LMM:
         _check_no_misspelled_option(kwargs)
         prior_set = self.resolved_priors()
         choice = settings["parametrization"]
-        fallback = None
-        if choice == "marginal" and sampler != "nutpie":
-            raise BayesLMMError(f"parametrization='marginal' runs on nutpie only, not sampler={sampler!r}; "
+        why = None
+        if choice in ("marginal", "crossed") and sampler != "nutpie":
+            raise BayesLMMError(f"parametrization={choice!r} runs on nutpie only, not sampler={sampler!r}; "
                                 "use sampler='nutpie' or parametrization='full'")
         if choice == "auto" and sampler != "nutpie":
-            choice = "full"  # the marginal sampler runs on nutpie only
-        if choice in ("auto", "marginal"):
+            choice, why = "full", f"full model: sampler={sampler!r} (the collapsed samplers run on nutpie only)"
+        top = None
+        if choice == "auto":
+            plan = plan_sampler(self.design, draws=draws, tune=tune, chains=chains)
+            choice, why, top = plan.parametrization, plan.reason, plan.top
+            logging.getLogger("bayeslmm").info("sample(parametrization='auto'): %s", why)
+        if choice in ("marginal", "crossed") and kwargs:
+            raise BayesLMMError(f"sampler option(s) {', '.join(sorted(kwargs))} apply to the full model "
+                                f"only; the {choice} sampler takes draws, tune, chains, random_seed, "
+                                "target_accept and progressbar (or pass parametrization='full')")
+        options = dict(draws=draws, tune=tune, chains=chains, random_seed=random_seed, target_accept=target_accept,
+                       progressbar=progressbar)
+        if choice == "marginal":
             ok, reason = marginal_supported(self.design)
-            if ok and kwargs:
-                raise BayesLMMError(f"sampler option(s) {', '.join(sorted(kwargs))} apply to the full model "
-                                    "only; the marginal sampler takes draws, tune, chains, random_seed, "
-                                    "target_accept and progressbar (or pass parametrization='full')")
-            if ok:
-                return sample_marginal(self.design, prior_set, draws=draws, tune=tune, chains=chains,
-                                       random_seed=random_seed, target_accept=target_accept,
-                                       progressbar=progressbar)
-            if choice == "marginal":
+            if not ok:
                 raise BayesLMMError(f"the marginal parametrization does not apply here: {reason}")
-            warnings.warn(f"{reason}.", UserWarning, stacklevel=2)
-            fallback = reason
+            return sample_marginal(self.design, prior_set, reason=why, **options)
+        if choice == "crossed":
+            if not self.design.blocks:
+                raise BayesLMMError("the crossed parametrization needs at least one random-effect term")
+            return sample_crossed(self.design, prior_set, top=top, reason=why, **options)
         model = build_model(self.design, prior_set, likelihood="auto")
         raw = run_sampler(model, sampler, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                           target_accept=target_accept, progressbar=progressbar, **kwargs)
         idata = to_inference_data(self.design, raw, prior_set, sampler=sampler, parametrization="full")
-        if fallback:
-            idata.posterior.attrs["marginal_fallback"] = fallback
+        if why:
+            idata.posterior.attrs["sampler_choice"] = why
         return PosteriorResult(design=self.design, idata=idata, prior_set=prior_set)
 
     def sample_prior_predictive(self, draws: int = 500, random_seed: int | None = None):

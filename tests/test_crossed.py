@@ -44,6 +44,17 @@ def case(formula, name, priors=None):
     return model.design, model.resolved_priors()
 
 
+def sampled_b(problem, x, k, cov):
+    """A sampled bar's effects (levels, q) on the user's scale at ``x``."""
+    i = problem.sampled.index(k)
+    bar = problem.bars[k]
+    u0 = problem.u_starts[i]
+    v = x[u0:u0 + len(bar.levels) * bar.q].reshape(len(bar.levels), bar.q)
+    if problem.centered[i]:
+        return v * problem.y_scale
+    return v @ np.linalg.cholesky(cov).T
+
+
 def dense_conditional(design, problem, x):
     """log N(y | X beta + Z_S b_S, sigma^2 I + Z_I G_I Z_I') on the user's scale, written out."""
     values = problem.expand(x[None, :])
@@ -66,10 +77,7 @@ def dense_conditional(design, problem, x):
         if k in problem.integrated:
             V += Z @ np.kron(np.eye(block.n_levels), cov) @ Z.T
         else:
-            u0 = problem.u_starts[problem.sampled.index(k)]
-            u = x[u0:u0 + block.n_levels * bar.q].reshape(block.n_levels, bar.q)
-            lam = np.linalg.cholesky(cov)
-            mean = mean + Z @ (u @ lam.T).ravel()
+            mean = mean + Z @ sampled_b(problem, x, k, cov).ravel()
     Cv = np.linalg.cholesky(V)
     r = np.linalg.solve(Cv, design.y - mean)
     return -0.5 * (design.nobs * np.log(2 * np.pi) + r @ r) - np.sum(np.log(np.diag(Cv)))
@@ -81,10 +89,11 @@ def point(problem, seed):
     return x
 
 
+@pytest.mark.parametrize("centered", [False, True])
 @pytest.mark.parametrize("formula,name,top", CASES)
-def test_conditional_likelihood_equals_dense_multivariate_normal(formula, name, top):
+def test_conditional_likelihood_equals_dense_multivariate_normal(formula, name, top, centered):
     design, prior_set = case(formula, name)
-    problem = CrossedProblem.from_design(design, top)
+    problem = CrossedProblem.from_design(design, top, centered=centered)
     assert problem.sampled  # something is sampled in every case
     blob = problem.pack(prior_set)
     for seed in (0, 1):
@@ -94,14 +103,15 @@ def test_conditional_likelihood_equals_dense_multivariate_normal(formula, name, 
         assert got == pytest.approx(dense_conditional(design, problem, x), abs=1e-8)
 
 
+@pytest.mark.parametrize("centered", [False, True])
 @pytest.mark.parametrize("formula,name,top", CASES)
-def test_gradient_equals_finite_differences(formula, name, top):
+def test_gradient_equals_finite_differences(formula, name, top, centered):
     plain, _ = case(formula, name)
     priors = {"sd": blm.HalfNormal(sigma=3.0), "sigma": blm.Gamma(alpha=2.0, beta=0.5)}
     if any(b.correlated and b.n_terms > 1 for b in plain.blocks):
         priors["cor"] = blm.LKJ(eta=2.5)
     design, prior_set = case(formula, name, priors)
-    problem = CrossedProblem.from_design(design, top)
+    problem = CrossedProblem.from_design(design, top, centered=centered)
     blob = problem.pack(prior_set)
     x = point(problem, 3)
     grad = np.zeros(problem.ndim)
@@ -116,12 +126,14 @@ def test_gradient_equals_finite_differences(formula, name, top):
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
 
 
-def test_priors_and_jacobians_equal_the_collapsed_samplers():
+@pytest.mark.parametrize("centered", [False, True])
+def test_priors_and_jacobians_equal_the_collapsed_samplers(centered):
     """logp - loglik is the prior part: the collapsed sampler's (on the shared coordinates)
-    plus the standard normal density of u_S."""
+    plus the density of the sampled effects: standard normal in u (non-centered), or
+    N(0, sd^2) in b (centered, standardized scale)."""
     design, prior_set = case("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin",
                              {"sd": blm.LogNormal(mu=0.0, sigma=1.0), "sigma": blm.Exponential(lam=2.0)})
-    crossed = CrossedProblem.from_design(design)
+    crossed = CrossedProblem.from_design(design, centered=centered)
     marginal = MarginalProblem.from_design(design)
     cb, mb = crossed.pack(prior_set), marginal.pack(prior_set)
     x = point(crossed, 4)
@@ -129,7 +141,15 @@ def test_priors_and_jacobians_equal_the_collapsed_samplers():
     u = x[crossed.ndim_base:]
     c_prior = C.crossed_logp(x, np.zeros(crossed.ndim), cb) - C.crossed_loglik(x, cb)
     m_prior = K.logp_grad(base, np.zeros(marginal.ndim), mb) - K.loglik_value(base, mb)
-    assert c_prior == pytest.approx(m_prior - 0.5 * u @ u, abs=1e-9)
+    if centered:
+        from scipy.stats import norm
+
+        k = crossed.sampled[0]
+        sd = np.exp(x[crossed.slices()[0][k]][0])  # standardized scale
+        expected = m_prior + norm.logpdf(u, scale=sd).sum() + 0.5 * len(u) * np.log(2 * np.pi)
+    else:
+        expected = m_prior - 0.5 * u @ u
+    assert c_prior == pytest.approx(expected, abs=1e-9)
 
 
 def test_integrated_factor_is_the_one_with_most_effects_and_no_group_is_padded():
@@ -146,11 +166,11 @@ def test_integrated_factor_is_the_one_with_most_effects_and_no_group_is_padded()
     assert problem.group_m.tolist() == [7, 7, 7, 7]
 
 
-@pytest.mark.parametrize("formula,name,top", [CASES[0], CASES[3]])
-def test_integrated_effect_draws_follow_the_exact_conditional(formula, name, top):
+@pytest.mark.parametrize("formula,name,top,centered", [CASES[0] + (True,), CASES[3] + (False,)])
+def test_integrated_effect_draws_follow_the_exact_conditional(formula, name, top, centered):
     """b_I | y, b_S, theta ~ N(G Z' V^-1 r, G - G Z' V^-1 Z G), r = y - X beta - Z_S b_S."""
     design, prior_set = case(formula, name)
-    problem = CrossedProblem.from_design(design, top)
+    problem = CrossedProblem.from_design(design, top, centered=centered)
     blob = problem.pack(prior_set)
     x = point(problem, 5)
     values = problem.expand(x[None, :])
@@ -175,8 +195,7 @@ def test_integrated_effect_draws_follow_the_exact_conditional(formula, name, top
             Zs.append(Z)
             Gs.append(np.kron(np.eye(block.n_levels), cov))
         else:
-            u0 = problem.u_starts[problem.sampled.index(k)]
-            b = (x[u0:u0 + block.n_levels * bar.q].reshape(block.n_levels, bar.q) @ np.linalg.cholesky(cov).T)
+            b = sampled_b(problem, x, k, cov)
             np.testing.assert_allclose(draws[k][0], b, rtol=1e-10)
             assert np.ptp(draws[k], axis=0).max() <= 1e-12 * np.abs(b).max()  # given, not drawn
             mean = mean + Z @ b.ravel()

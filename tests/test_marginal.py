@@ -118,7 +118,8 @@ def test_marginal_supported_nested_small_crossed_but_not_large_crossed():
     ok, reason = marginal_supported(blm.LMM("y ~ 1 + (1 | a) + (1 | b)", large_crossed_data()).design)
     assert not ok and reason == (f"'a' is crossed with 'b' (not nested in it), so the likelihood does not split by "
                                  f"group, and its 260 group effects are too many to integrate out jointly "
-                                 f"(up to {MAX_JOINT_EFFECTS}); the full parametrization is used")
+                                 f"(up to {MAX_JOINT_EFFECTS}); parametrization='crossed' integrates one factor "
+                                 f"out given the others")
 
 
 def test_crossed_layout_is_one_joint_group():
@@ -380,19 +381,22 @@ def test_nested_design_samples_without_divergences():
     assert float(p["sd_cask:batch"].mean()) == pytest.approx(2.9, rel=0.25)
 
 
-@pytest.mark.slow
-def test_large_crossed_design_falls_back_to_the_full_model_and_says_so():
+def test_large_crossed_design_uses_the_partially_collapsed_sampler_and_says_why(caplog):
+    import logging
+
     model = blm.LMM("y ~ 1 + (1 | a) + (1 | b)", large_crossed_data())
     with pytest.raises(blm.BayesLMMError, match="too many to integrate out jointly"):
         model.sample(parametrization="marginal")
     with pytest.raises(blm.errors.FitError, match="crossed"):
         sample_marginal(model.design, model.resolved_priors())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        post = model.sample(draws=100, tune=200, chains=2, random_seed=1, progressbar=False)
-    assert any("crossed" in str(w.message) for w in caught)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="bayeslmm"):
+        warnings.simplefilter("error")  # a good choice is not a warning
+        post = model.sample(draws=200, tune=300, chains=2, random_seed=1, progressbar=False)
     attrs = post.idata.posterior.attrs
-    assert attrs["parametrization"] == "full" and "crossed" in attrs["marginal_fallback"]
+    assert attrs["parametrization"] == "crossed"
+    assert attrs["sampler_choice"].startswith("partially collapsed sampler: the effects of 'a' integrated out")
+    assert attrs["sampler_choice"] in caplog.text
+    assert post.idata.posterior["r_a"].shape == (2, 200, 200, 1) and post.idata.posterior["r_b"].shape == (2, 200, 60, 1)
 
 
 @pytest.mark.slow
@@ -458,3 +462,29 @@ def test_every_reference_case_samples_cleanly_at_default_settings(case):
     assert post.idata.posterior.attrs["parametrization"] == "marginal"
     assert post.divergences == 0
     assert post.diagnostics()["r_hat"].max() <= 1.01 and post.diagnostics()["ess_bulk"].min() >= 400
+
+
+def test_groups_are_not_padded_to_the_largest():
+    """One school with 40 classes among schools with 2: each group keeps its own size in the
+    packed statistics (the kernels' cost is sum m_j^3, not J * max m^3), and the density is
+    still the dense multivariate normal's."""
+    rng = np.random.default_rng(3)
+    classes = np.concatenate([np.arange(40), 40 + np.arange(2 * 9)])  # school 0: 40 classes; 9 schools of 2
+    school = np.concatenate([np.zeros(40, dtype=int), 1 + np.arange(18) // 2])
+    rows = np.repeat(np.arange(len(classes)), 3)
+    data = pd.DataFrame({"y": rng.normal(size=len(rows)) + rng.normal(size=10)[school[rows]],
+                         "school": school[rows].astype(str), "klass": classes[rows].astype(str)})
+    model = blm.LMM("y ~ 1 + (1 | school/klass)", data)
+    design, prior_set = model.design, model.resolved_priors()
+    problem = MarginalProblem.from_design(design)
+    assert sorted(problem.stats.m.tolist()) == [3] * 9 + [41]
+    blob = problem.pack(prior_set)
+    assert blob[K.H_S + 1] - blob[K.H_S] == 9 * 9 + 41 * 41  # Z'Z blocks: sum of m_j^2
+    x = problem.initial_point(np.random.default_rng(0))
+    mean, V, _, _ = dense_marginal(design, problem, x)
+    C = np.linalg.cholesky(V)
+    r = np.linalg.solve(C, design.y - mean)
+    dense = -0.5 * (design.nobs * np.log(2 * np.pi) + r @ r) - np.sum(np.log(np.diag(C)))
+    assert K.loglik_value(x, blob) - design.nobs * np.log(problem.y_scale) == pytest.approx(dense, abs=1e-8)
+    draws = problem.split_effects(problem.draw_effects(np.tile(x, (2, 1)), blob, np.random.default_rng(1)))
+    assert [d.shape for d in draws] == [(2, 10, 1), (2, 58, 1)] or [d.shape for d in draws] == [(2, 58, 1), (2, 10, 1)]

@@ -1,0 +1,162 @@
+"""The partially collapsed sampler on large crossed designs (issue 17).
+
+Run: ``python benchmarks/bench_crossed.py CASE [--seed 1]`` with CASE one of kb07_4x4,
+kb07_max, insteval, sim1m; each run appends its lines to benchmarks/out/bench_crossed.txt.
+
+Each timing is the wall time of this process from its start (interpreter, imports, data,
+design, kernel compilation or cache load, sampling 4 x 1000 draws after 1000 tuning
+steps at default settings, exact draws of the integrated effects, diagnostics), as brms's
+times include Stan's compilation. Diagnostics (arviz_stats): divergences, max R-hat and
+min bulk ESS over every parameter except the group effects, and separately over the
+covariance parameters (sds, correlations, sigma).
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+OUT = ROOT / "benchmarks" / "out" / "bench_crossed.txt"
+sys.path.insert(0, str(ROOT))
+
+KB07 = json.loads((SHARED / "reference" / "psycholing.json").read_text())["cases"]
+BRMS = json.loads((SHARED / "reference" / "brms" / "kb07_4x4.json").read_text())
+BRMS_ESS_PER_S = BRMS["min_ess_bulk"] / BRMS["total_seconds"]
+
+
+def diagnostics(posterior, stats, cov_only=False):
+    import arviz_stats as azs
+
+    names = [v for v in posterior.data_vars if not v.startswith("r_")]
+    if cov_only:
+        names = [v for v in names if v.startswith(("sd_", "cor_")) or v == "sigma"]
+    ds = posterior[names]
+    ess = azs.ess(ds, method="bulk")
+    rhat = azs.rhat(ds)
+    min_ess = min(float(ess[v].min()) for v in names)
+    max_rhat = max(float(rhat[v].max()) for v in names)
+    return max_rhat, min_ess
+
+
+def run_design(design, prior_set, seed, top=None):
+    from bayeslmm.crossed import CrossedProblem, crossed_posterior, run_crossed
+
+    problem = CrossedProblem.from_design(design, top)
+    run = run_crossed(problem, prior_set, random_seed=seed, progressbar=False)
+    t = time.perf_counter()
+    effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob, np.random.default_rng([seed, 2]))
+    t_eff = time.perf_counter() - t
+    return problem, run, crossed_posterior(problem, run, effects), t_eff
+
+
+def report(name, problem, run, posterior, t_eff, extra=""):
+    wall = time.perf_counter() - START
+    div = int(run.sample_stats["diverging"].sum())
+    steps = float(run.sample_stats["n_steps"].mean())
+    rh_all, ess_all = diagnostics(posterior, run.sample_stats)
+    rh_cov, ess_cov = diagnostics(posterior, run.sample_stats, cov_only=True)
+    integ = ", ".join(problem.bars[k].label for k in problem.integrated)
+    smp = ", ".join(problem.bars[k].label for k in problem.sampled)
+    line = (f"{name}: wall {wall:.1f} s (sampling {run.seconds:.1f} s, effect draws {t_eff:.1f} s), "
+            f"integrated [{integ}], sampled [{smp}], ndim {problem.ndim}, mean leapfrog steps {steps:.1f}, "
+            f"divergences {div}, max R-hat {rh_all:.4f} (covariance params {rh_cov:.4f}), "
+            f"min bulk ESS {ess_all:.0f} (covariance params {ess_cov:.0f}), "
+            f"{ess_all / wall:.1f} ESS/s = {ess_all / wall / BRMS_ESS_PER_S:.1f}x brms kb07_4x4 "
+            f"({BRMS_ESS_PER_S:.2f} ESS/s){extra}")
+    print(line, flush=True)
+    with OUT.open("a") as fh:
+        fh.write(f"[{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, seed {run.seed}, "
+                 f"{os.cpu_count()} cpus] {line}\n")
+    return line
+
+
+def kb07(case, seed, top=None):
+    import bayeslmm as blm
+    from bayeslmm.bayes import bar_labels  # noqa: F401
+
+    ref = KB07[case]
+    data = pd.read_csv(SHARED / "data" / "kb07.csv", dtype={"subj": str, "item": str})
+    model = blm.LMM(ref["formula"], data)
+    problem, run, posterior, t_eff = run_design(model.design, model.resolved_priors(), seed, top)
+    # posterior means next to lme4's ML estimates (priors differ; a sanity check)
+    sds = {f"sd_{g}": posterior[f"sd_{g}"].mean(("chain", "draw")).values.round(1).tolist() for g in ("subj", "item")}
+    extra = f"; posterior mean sds {sds}, sigma {float(posterior['sigma'].mean()):.1f} (lme4 ML {ref['sigma']:.1f})"
+    return report(case, problem, run, posterior, t_eff, extra)
+
+
+def insteval(seed, top=None):
+    import bayeslmm as blm
+
+    model = blm.LMM("y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)", blm.datasets.load("insteval"))
+    problem, run, posterior, t_eff = run_design(model.design, model.resolved_priors(), seed, top)
+    means = {v: float(posterior[v].mean()) for v in ("sd_s", "sd_d", "sd_dept", "sigma")}
+    return report("insteval", problem, run, posterior, t_eff, f"; means {means}")
+
+
+def sim1m(seed):
+    """1,000,000 rows, 10,000 x 2,000 crossed levels, intercept + slope on x in the fixed
+    part, random intercepts on both factors: true values inside their 95% intervals?"""
+    import bayeslmm.priors as P
+    from bayeslmm.crossed import CrossedProblem, Factor, crossed_posterior, run_crossed
+
+    rng = np.random.default_rng(17)
+    n, na, nb = 1_000_000, 10_000, 2_000
+    truth = {"b0": 2.0, "b1": 0.7, "sd_a": 1.0, "sd_b": 0.5, "sigma": 2.0}
+    a = rng.integers(na, size=n)
+    b = rng.integers(nb, size=n)
+    x = rng.normal(size=n)
+    y = (truth["b0"] + truth["b1"] * x + truth["sd_a"] * rng.normal(size=na)[a] + truth["sd_b"] * rng.normal(size=nb)[b]
+         + truth["sigma"] * rng.normal(size=n))
+    t0 = time.perf_counter()
+    X = np.column_stack([np.ones(n), x])
+    ones = np.ones((n, 1))
+    factors = [Factor("a", a, ones, ("(Intercept)",), True, tuple(range(na))),
+               Factor("b", b, ones, ("(Intercept)",), True, tuple(range(nb)))]
+    problem = CrossedProblem.from_factors(y, X, ("(Intercept)", "x"), factors)
+    prior_set = P.PriorSet(intercept=P.StudentT(nu=3.0, mu=float(np.median(y)), sigma=2.5 * float(np.std(y))),
+                           fixed={"x": P.Flat()},
+                           sd={(0, "(Intercept)"): P.HalfStudentT(nu=3.0, sigma=2.5 * float(np.std(y))),
+                               (1, "(Intercept)"): P.HalfStudentT(nu=3.0, sigma=2.5 * float(np.std(y)))},
+                           cor={}, sigma=P.HalfStudentT(nu=3.0, sigma=2.5 * float(np.std(y))), sources={})
+    t_setup = time.perf_counter() - t0
+    run = run_crossed(problem, prior_set, random_seed=seed, progressbar=False)
+    t = time.perf_counter()
+    effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob, np.random.default_rng([seed, 2]))
+    t_eff = time.perf_counter() - t
+    posterior = crossed_posterior(problem, run, effects)
+    checks = []
+    for name, values in (("b0", posterior["beta"][..., 0]), ("b1", posterior["beta"][..., 1]),
+                         ("sd_a", posterior["sd_a"][..., 0]), ("sd_b", posterior["sd_b"][..., 0]),
+                         ("sigma", posterior["sigma"])):
+        v = values.values.ravel()
+        lo, hi = np.quantile(v, [0.025, 0.975])
+        checks.append(f"{name} truth {truth[name]} mean {v.mean():.4f} 95% [{lo:.4f}, {hi:.4f}] "
+                      f"{'inside' if lo <= truth[name] <= hi else 'OUTSIDE'}")
+    return report("sim1m (1,000,000 rows, 10,000 x 2,000 levels)", problem, run, posterior, t_eff,
+                  f"; setup (sufficient structure) {t_setup:.1f} s; " + "; ".join(checks))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("case", choices=["kb07_4x4", "kb07_max", "insteval", "sim1m"])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--top", type=int, default=None)
+    args = parser.parse_args()
+    if args.case.startswith("kb07"):
+        kb07(args.case, args.seed, args.top)
+    elif args.case == "insteval":
+        insteval(args.seed, args.top)
+    else:
+        sim1m(args.seed)
