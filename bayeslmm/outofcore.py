@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -423,6 +423,47 @@ def _design_without_rows(evaluated: Design, block, levels, stats: GroupStatistic
 
 
 # ---------------------------------------------------------------- the back ends
+#: Verbs of a fit that read the rows (fitted values, residuals, the variance of X beta).
+ROW_VERBS = ("fitted_draws", "icc", "r2", "predict", "pooling", "glance", "augment", "ppc", "check_residuals",
+             "plot_icc", "plot_shrinkage", "plot_groups", "loo")
+
+
+def _needs_rows(name: str):
+    def refuse(self, *args, **kwargs):
+        raise BayesLMMError(f"{name}() needs the rows, which stay in the Dask dataframe out of core; "
+                            "fixef, vcov, varcorr, ranef, coef, tidy and summary work from the statistics")
+    refuse.__name__ = name
+    refuse.__doc__ = f"Not available out of core: {name}() reads the rows."
+    return refuse
+
+
+def _out_of_core_result(result_type):
+    """A subclass of a result type whose row-reading verbs say so, and whose summary leaves
+    out the scaled residuals (they need the rows)."""
+    namespace = {name: _needs_rows(name) for name in ROW_VERBS}
+    namespace["summary"] = _summary_without_residuals
+    namespace["__module__"] = __name__
+    return type(f"OutOfCore{result_type.__name__}", (result_type,), namespace)
+
+
+def _summary_without_residuals(self) -> str:
+    """lmer's layout without the 'Scaled residuals' block."""
+    what = "REML criterion at convergence" if self.method == "reml" else "deviance"
+    block = self.design.blocks[0]
+    vc = self.varcorr()
+    lines = [f"Linear mixed model fit by {'REML' if self.method == 'reml' else 'maximum likelihood'}, out of core "
+             f"(per-group statistics of {self.nobs} rows)",
+             f"Formula: {self.formula}",
+             f"{what}: {self.criterion:.1f}" if self.method == "reml" else
+             f"     AIC      BIC   logLik deviance\n{self.aic:8.1f} {self.bic:8.1f} {self.loglik:8.1f} {self.criterion:8.1f}",
+             "", "Random effects:", vc.to_string(index=False),
+             f"Number of obs: {self.nobs}, groups:  {block.group}, {block.n_levels}", "", "Fixed effects:",
+             self.fixef().to_string()]
+    if self.is_singular:
+        lines += ["", "boundary (singular) fit: see help('isSingular')"]
+    return "\n".join(lines)
+
+
 def fit_statistics(design: OutOfCoreDesign, reml: bool = True):
     """REML or ML from the statistics: lme4's profiled deviance, as ``LMM.fit``."""
     from .reml import ProfiledDeviance, optimize_deviance, point_result
@@ -437,7 +478,8 @@ def fit_statistics(design: OutOfCoreDesign, reml: bool = True):
                                       deviance.layout.lower, counter=deviance)
     theta = deviance.from_internal(internal)
     opt = replace(opt, initial=deviance.from_internal(opt.initial), final=theta)
-    return point_result(deviance, theta, opt, method="reml" if reml else "ml")
+    result = point_result(deviance, theta, opt, method="reml" if reml else "ml")
+    return _out_of_core_result(type(result))(**{f.name: getattr(result, f.name) for f in fields(result)})
 
 
 def moment_design(design: OutOfCoreDesign) -> Design:

@@ -162,6 +162,11 @@ def test_unsupported_models_are_refused(dask_client, formula, message):
 
 def test_row_based_methods_are_refused(models):
     ooc = models["sleep"][1]
+    fit = ooc.fit()
+    text = fit.summary()
+    assert "REML criterion at convergence: 1743.6" in text and "Number of obs: 180" in text
+    with pytest.raises(blm.BayesLMMError, match="icc\\(\\) needs the rows"):
+        fit.icc()
     with pytest.raises(blm.BayesLMMError, match="'reml' or 'ml'"):
         ooc.fit(method="map")
     with pytest.raises(blm.BayesLMMError, match="collapsed sampler"):
