@@ -239,7 +239,8 @@ def _used_columns(text: str, columns) -> list[str]:
 
 
 def _is_text(dtype) -> bool:
-    return not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+    """Columns the formula evaluator codes as factors (their levels must all be in the sample)."""
+    return pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype)
 
 
 def _scan_partition(part: pd.DataFrame, used: list[str], group: str, text_columns: list[str]):
@@ -248,10 +249,8 @@ def _scan_partition(part: pd.DataFrame, used: list[str], group: str, text_column
     sample = [part.head(_SAMPLE_ROWS)]
     first_groups = pd.unique(part[group])[:_SAMPLE_GROUPS]
     sample.append(part[part[group].isin(first_groups)].groupby(group, sort=False, observed=True).head(3))
-    levels = {}
-    for column in text_columns:
+    for column in text_columns:  # one row of every level, so that the sample codes them all
         sample.append(part.drop_duplicates(subset=[column]))
-        levels[column] = pd.unique(part[column])
     sample = pd.concat(sample).loc[lambda f: ~f.index.duplicated()] if len(sample) > 1 else sample[0]
     return {"n_rows": n_rows, "n_dropped": n_rows - len(part), "groups": pd.unique(part[group]),
             "sample": sample[used]}
@@ -307,7 +306,8 @@ class OutOfCoreDesign(Design):
         return self.n_rows
 
 
-def _check_supported(parsed) -> None:
+def _check_supported(parsed) -> str:
+    """Refuse what per-group statistics cannot fit; return the response column."""
     terms = parsed.random
     if len(terms) != 1:
         bars = ", ".join(t.text for t in terms)

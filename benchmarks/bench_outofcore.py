@@ -95,7 +95,7 @@ def main() -> None:
 
     import bayeslmm as blm
 
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
                       memory_limit="6GiB", silence_logs=50) as cluster, Client(cluster) as client:
         start = time.perf_counter()
         model = blm.LMM.from_parquet("y ~ x + (x | g)", str(path), client=client)

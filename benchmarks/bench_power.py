@@ -46,7 +46,7 @@ def main() -> None:
     lines.append(f"one process (n_jobs=1):           {t_serial:7.1f} s")
 
     start = time.perf_counter()
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
                       silence_logs=50) as cluster, Client(cluster) as client:
         t_up = time.perf_counter() - start
         start = time.perf_counter()

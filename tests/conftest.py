@@ -147,6 +147,6 @@ def dask_client():
     Workers import bayeslmm, so it must be importable there (PYTHONPATH or an install)."""
     pytest.importorskip("dask.dataframe")
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
                                   silence_logs=50) as cluster, distributed.Client(cluster) as client:
         yield client
