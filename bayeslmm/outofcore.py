@@ -29,6 +29,7 @@ Two passes over the data, each one ``dask.compute``:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -442,8 +443,19 @@ def _out_of_core_result(result_type):
     out the scaled residuals (they need the rows)."""
     namespace = {name: _needs_rows(name) for name in ROW_VERBS}
     namespace["summary"] = _summary_without_residuals
+
+    def fixef(self, ddf=None):
+        """Estimates, standard errors and t values (denominator df need the rows)."""
+        if ddf is not None:
+            raise BayesLMMError(f"fixef(ddf={ddf!r}) needs the rows, which stay in the Dask dataframe out of "
+                                "core; fixef() gives estimates, standard errors and t values")
+        parent = super(cls, self).fixef
+        return parent(ddf=None) if "ddf" in inspect.signature(parent).parameters else parent()
+
+    namespace["fixef"] = fixef
     namespace["__module__"] = __name__
-    return type(f"OutOfCore{result_type.__name__}", (result_type,), namespace)
+    cls = type(f"OutOfCore{result_type.__name__}", (result_type,), namespace)
+    return cls
 
 
 def _summary_without_residuals(self) -> str:

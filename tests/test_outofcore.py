@@ -167,6 +167,9 @@ def test_row_based_methods_are_refused(models):
     assert "REML criterion at convergence: 1743.6" in text and "Number of obs: 180" in text
     with pytest.raises(blm.BayesLMMError, match="icc\\(\\) needs the rows"):
         fit.icc()
+    with pytest.raises(blm.BayesLMMError, match="needs the rows"):
+        fit.fixef(ddf="satterthwaite")
+    assert list(fit.fixef().columns) == ["estimate", "std_error", "t_value"]
     with pytest.raises(blm.BayesLMMError, match="'reml' or 'ml'"):
         ooc.fit(method="map")
     with pytest.raises(blm.BayesLMMError, match="collapsed sampler"):
