@@ -221,6 +221,9 @@ def _check_fit(fit) -> None:
 
     if not isinstance(fit, PointResult):
         raise BayesLMMError(f"power needs a REML or ML fit (LMM.fit()), not {type(fit).__name__}")
+    if len(fit.design.y) != fit.nobs:
+        raise BayesLMMError("power simulates new responses on the fit's rows, and an out-of-core fit has none "
+                            "in memory; fit the planned design (a DataFrame) instead")
 
 
 # ---------------------------------------------------------------- results

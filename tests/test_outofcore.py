@@ -170,6 +170,8 @@ def test_row_based_methods_are_refused(models):
     with pytest.raises(blm.BayesLMMError, match="needs the rows"):
         fit.fixef(ddf="satterthwaite")
     assert list(fit.fixef().columns) == ["estimate", "std_error", "t_value"]
+    with pytest.raises(blm.BayesLMMError, match="out-of-core fit has none"):
+        blm.power(fit, "Days", nsim=2, method="wald")
     with pytest.raises(blm.BayesLMMError, match="'reml' or 'ml'"):
         ooc.fit(method="map")
     with pytest.raises(blm.BayesLMMError, match="collapsed sampler"):
