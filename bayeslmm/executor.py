@@ -201,7 +201,9 @@ def _run_dask(client, function, tasks, seeds, outcomes, progress) -> None:
     except ImportError as exc:  # pragma: no cover - a client implies distributed is installed
         raise BayesLMMError("a Dask client was given but dask.distributed is not installed: "
                             "pip install 'bayeslmm[dask]'") from exc
-    futures = client.map(_call, [function] * len(tasks), range(len(tasks)), tasks, seeds, pure=False)
+    # the function (with what it carries, e.g. a design) goes to every worker once, not once per task
+    [shared] = client.scatter([function], broadcast=True, hash=False)
+    futures = client.map(_call, [shared] * len(tasks), range(len(tasks)), tasks, seeds, pure=False)
     index = {future.key: i for i, future in enumerate(futures)}
     for future in as_completed(futures):
         i = index[future.key]

@@ -29,9 +29,10 @@ Two passes over the data, each one ``dask.compute``:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -259,7 +260,8 @@ def _used_columns(text: str, columns) -> list[str]:
 
 
 def _is_text(dtype) -> bool:
-    return not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+    """Columns the formula evaluator codes as factors (their levels must all be in the sample)."""
+    return pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype)
 
 
 def _scan_partition(part: pd.DataFrame, used: list[str], group: str, text_columns: list[str]):
@@ -268,10 +270,8 @@ def _scan_partition(part: pd.DataFrame, used: list[str], group: str, text_column
     sample = [part.head(_SAMPLE_ROWS)]
     first_groups = pd.unique(part[group])[:_SAMPLE_GROUPS]
     sample.append(part[part[group].isin(first_groups)].groupby(group, sort=False, observed=True).head(3))
-    levels = {}
-    for column in text_columns:
+    for column in text_columns:  # one row of every level, so that the sample codes them all
         sample.append(part.drop_duplicates(subset=[column]))
-        levels[column] = pd.unique(part[column])
     sample = pd.concat(sample).loc[lambda f: ~f.index.duplicated()] if len(sample) > 1 else sample[0]
     return {"n_rows": n_rows, "n_dropped": n_rows - len(part), "groups": pd.unique(part[group]),
             "sample": sample[used]}
@@ -327,7 +327,8 @@ class OutOfCoreDesign(Design):
         return self.n_rows
 
 
-def _check_supported(parsed) -> None:
+def _check_supported(parsed) -> str:
+    """Refuse what per-group statistics cannot fit; return the response column."""
     terms = parsed.random
     if len(terms) != 1:
         bars = ", ".join(t.text for t in terms)
@@ -449,6 +450,58 @@ def _intercept(design) -> int | None:
     return names.index("(Intercept)") if "(Intercept)" in names else None
 
 
+#: Verbs of a fit that read the rows (fitted values, residuals, the variance of X beta).
+ROW_VERBS = ("fitted_draws", "icc", "r2", "predict", "pooling", "glance", "augment", "ppc", "check_residuals",
+             "plot_icc", "plot_shrinkage", "plot_groups", "loo")
+
+
+def _needs_rows(name: str):
+    def refuse(self, *args, **kwargs):
+        raise BayesLMMError(f"{name}() needs the rows, which stay in the Dask dataframe out of core; "
+                            "fixef, vcov, varcorr, ranef, coef, tidy and summary work from the statistics")
+    refuse.__name__ = name
+    refuse.__doc__ = f"Not available out of core: {name}() reads the rows."
+    return refuse
+
+
+def _out_of_core_result(result_type):
+    """A subclass of a result type whose row-reading verbs say so, and whose summary leaves
+    out the scaled residuals (they need the rows)."""
+    namespace = {name: _needs_rows(name) for name in ROW_VERBS}
+    namespace["summary"] = _summary_without_residuals
+
+    def fixef(self, ddf=None):
+        """Estimates, standard errors and t values (denominator df need the rows)."""
+        if ddf is not None:
+            raise BayesLMMError(f"fixef(ddf={ddf!r}) needs the rows, which stay in the Dask dataframe out of "
+                                "core; fixef() gives estimates, standard errors and t values")
+        parent = super(cls, self).fixef
+        return parent(ddf=None) if "ddf" in inspect.signature(parent).parameters else parent()
+
+    namespace["fixef"] = fixef
+    namespace["__module__"] = __name__
+    cls = type(f"OutOfCore{result_type.__name__}", (result_type,), namespace)
+    return cls
+
+
+def _summary_without_residuals(self) -> str:
+    """lmer's layout without the 'Scaled residuals' block."""
+    what = "REML criterion at convergence" if self.method == "reml" else "deviance"
+    block = self.design.blocks[0]
+    vc = self.varcorr()
+    lines = [f"Linear mixed model fit by {'REML' if self.method == 'reml' else 'maximum likelihood'}, out of core "
+             f"(per-group statistics of {self.nobs} rows)",
+             f"Formula: {self.formula}",
+             f"{what}: {self.criterion:.1f}" if self.method == "reml" else
+             f"     AIC      BIC   logLik deviance\n{self.aic:8.1f} {self.bic:8.1f} {self.loglik:8.1f} {self.criterion:8.1f}",
+             "", "Random effects:", vc.to_string(index=False),
+             f"Number of obs: {self.nobs}, groups:  {block.group}, {block.n_levels}", "", "Fixed effects:",
+             self.fixef().to_string()]
+    if self.is_singular:
+        lines += ["", "boundary (singular) fit: see help('isSingular')"]
+    return "\n".join(lines)
+
+
 def fit_statistics(design: OutOfCoreDesign, reml: bool = True):
     """REML or ML from the statistics: lme4's profiled deviance, as ``LMM.fit``."""
     from .reml import ProfiledDeviance, optimize_profiled, point_result
@@ -461,7 +514,8 @@ def fit_statistics(design: OutOfCoreDesign, reml: bool = True):
         raise DataError(f"the fixed-effect columns ({', '.join(design.fixed_names)}) are linearly dependent in "
                         "the full data (the sample that named them was not); drop one") from None
     theta, opt = optimize_profiled(deviance)
-    return point_result(deviance, theta, opt, method="reml" if reml else "ml")
+    result = point_result(deviance, theta, opt, method="reml" if reml else "ml")
+    return _out_of_core_result(type(result))(**{f.name: getattr(result, f.name) for f in fields(result)})
 
 
 def moment_design(design: OutOfCoreDesign) -> Design:

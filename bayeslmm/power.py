@@ -79,15 +79,22 @@ def _test_one(spec: SimulationSpec, y: np.ndarray) -> dict:
         result = full
     else:
         result = fit_profiled(design, reml=(spec.refit == "reml"))
-        if spec.method == "satterthwaite":
+        if spec.method == "satterthwaite" and len(cols) == 1:  # lmerTest's t test
             table = result.fixef(ddf="satterthwaite")
-            if len(cols) != 1:
-                raise BayesLMMError("the Satterthwaite test here is a t test of one coefficient; "
-                                    "test several columns with method='lrt' or 'wald'")
             row = table.iloc[cols[0]]
             statistic = float(row[_first_column(table, ("t_value", "statistic", "t"), "t statistic")])
             df = float(row[_first_column(table, ("df", "ddf"), "degrees-of-freedom")])
             p_value = float(row[_first_column(table, ("p_value", "p", "Pr(>|t|)"), "p-value")])
+        elif spec.method == "satterthwaite":  # several columns: lmerTest's F test (contest)
+            if not hasattr(result, "contest"):
+                raise BayesLMMError("a Satterthwaite F test of several columns needs fit.contest(); "
+                                    "use method='lrt' or 'wald'")
+            L = np.zeros((len(cols), len(result.beta)))
+            L[np.arange(len(cols)), cols] = 1.0
+            table = result.contest(L, ddf="satterthwaite")
+            statistic = float(table["f_value"].iloc[0])
+            df = float(table[_first_column(table, ("den_df", "df"), "degrees-of-freedom")].iloc[0])
+            p_value = float(table["p_value"].iloc[0])
         else:  # Wald: z for one coefficient, chi-square for several (simr's "z" test)
             beta = result.beta[cols]
             vcov = result.vcov_beta[np.ix_(cols, cols)]
@@ -214,6 +221,9 @@ def _check_fit(fit) -> None:
 
     if not isinstance(fit, PointResult):
         raise BayesLMMError(f"power needs a REML or ML fit (LMM.fit()), not {type(fit).__name__}")
+    if len(fit.design.y) != fit.nobs:
+        raise BayesLMMError("power simulates new responses on the fit's rows, and an out-of-core fit has none "
+                            "in memory; fit the planned design (a DataFrame) instead")
 
 
 # ---------------------------------------------------------------- results

@@ -7,6 +7,7 @@ full settings and saves it with its outputs); the tests execute every notebook a
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import nbformat as nbf
@@ -262,6 +263,12 @@ paste_post.varcorr()"""),
         ("code", """paste_post.plot_ranef()"""),
     ],
 }
+
+# 06_power_kb07.ipynb: its cells live in build_power_notebook.py (power analysis, issue 18)
+_spec = importlib.util.spec_from_file_location("build_power_notebook", HERE / "build_power_notebook.py")
+_power = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_power)
+NOTEBOOKS.update(_power.POWER_NOTEBOOK)
 
 
 def build(execute: bool = False) -> None:

@@ -164,7 +164,36 @@ def test_unsupported_models_are_refused(dask_client, formula, message):
 
 def test_row_based_methods_are_refused(models):
     ooc = models["sleep"][1]
+    fit = ooc.fit()
+    text = fit.summary()
+    assert "REML criterion at convergence: 1743.6" in text and "Number of obs: 180" in text
+    with pytest.raises(blm.BayesLMMError, match="icc\\(\\) needs the rows"):
+        fit.icc()
+    with pytest.raises(blm.BayesLMMError, match="needs the rows"):
+        fit.fixef(ddf="satterthwaite")
+    assert list(fit.fixef().columns) == ["estimate", "std_error", "t_value"]
+    with pytest.raises(blm.BayesLMMError, match="out-of-core fit has none"):
+        blm.power(fit, "Days", nsim=2, method="wald")
     with pytest.raises(blm.BayesLMMError, match="'reml' or 'ml'"):
         ooc.fit(method="map")
     with pytest.raises(blm.BayesLMMError, match="collapsed sampler"):
         ooc.sample(parametrization="full")
+
+
+def test_factor_levels_come_from_every_partition(dask_client):
+    """A text and a boolean predictor whose levels first appear in later partitions: the first
+    pass collects every level, so the columns are those of the in-memory design."""
+    rng = np.random.default_rng(4)
+    n = 600
+    data = pd.DataFrame({"g": np.repeat(np.arange(30), 20), "x": rng.normal(size=n)})
+    data["arm"] = np.where(np.arange(n) < 400, "a", np.where(np.arange(n) < 500, "b", "c"))
+    data["flag"] = np.arange(n) >= 300
+    data["y"] = (1.0 + 0.5 * data["x"] + (data["arm"] == "c") * 2.0 + data["flag"] * 0.3
+                 + rng.normal(size=30)[data["g"]] + rng.normal(size=n))
+    formula = "y ~ x + arm + flag + (1 | g)"
+    mem = blm.LMM(formula, data)
+    ooc = blm.LMM(formula, dd.from_pandas(data, npartitions=4))
+    assert ooc.design.fixed_names == mem.design.fixed_names == ("(Intercept)", "x", "armb", "armc", "flag")
+    a, b = mem.fit(), ooc.fit()
+    assert b.criterion == pytest.approx(a.criterion, rel=1e-12)
+    np.testing.assert_allclose(b.beta, a.beta, rtol=1e-8)

@@ -159,3 +159,24 @@ def test_power_curve_follows_the_oracle_and_plots(sleep_fit, dask_client):
     assert len(fig.axes[0].lines) >= 2
     with pytest.raises(blm.BayesLMMError, match="not a grouping column"):
         power_curve(sleep_fit, "Days", along="Days", sizes=[10], nsim=2, method="wald")
+
+
+def test_a_factor_is_tested_jointly(sleepstudy):
+    """Several columns: Wald chi-square with their count as df, equal to the quadratic form of
+    an independent refit of the same simulated data; the LRT has the same df."""
+    data = sleepstudy.assign(arm=np.array(["a", "b", "c"])[sleepstudy["Subject"].astype(int) % 3])
+    fit = blm.LMM("Reaction ~ Days + arm + (Days | Subject)", data).fit()
+    test = ["armb", "armc"]
+    wald = power(fit, test, nsim=2, fixef={"armb": 10.0, "armc": 30.0}, method="wald", random_seed=9, n_jobs=1,
+                 progressbar=False)
+    lrt = power(fit, test, nsim=2, fixef={"armb": 10.0, "armc": 30.0}, method="lrt", random_seed=9, n_jobs=1,
+                progressbar=False)
+    assert wald.test == ("armb", "armc") and list(wald.runs["df"]) == [2.0, 2.0] == list(lrt.runs["df"])
+    beta = fit.beta.copy()
+    beta[2:] = [10.0, 30.0]
+    y, _ = simulate_response(fit.design, beta, list(fit.covariances), fit.sigma,
+                             np.random.default_rng(task_seeds(9, 2)[0]))
+    refit = fit_profiled(replace(fit.design, y=y))
+    b, V = refit.beta[2:], refit.vcov_beta[2:, 2:]
+    assert wald.runs["statistic"].iloc[0] == pytest.approx(b @ np.linalg.solve(V, b), rel=1e-8)
+    assert wald.runs["p_value"].iloc[0] == pytest.approx(stats.chi2.sf(b @ np.linalg.solve(V, b), 2), rel=1e-6)
