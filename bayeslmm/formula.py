@@ -7,9 +7,18 @@ text; the design stage evaluates them with ``formulae``.
 
 Supported: ``(1 | g)``, ``(x | g)``, ``(1 + x | g)``, ``(0 + x | g)``, ``(x || g)``,
 ``(1 | a/b)`` (nesting: ``(1 | a) + (1 | b:a)``, named as lme4 names it), ``(1 | a:b)``,
-any number of bars on one or several (crossed) factors, and anything ``formulae``
-understands in the fixed part (``a * b``, ``I(x - 5)``, ``np.log(y)``, ``0 +``, ``- 1``).
-Column names may be quoted with backticks (```my column```, as in R).
+any number of bars on one or several (crossed) factors, and in the fixed part and left of
+each bar: column names, numbers, ``+ - * : / ^ ** %in%`` between terms (``a * b``, ``0 +``,
+``- 1``) and calls of a fixed table of transforms (:data:`TRANSFORMS`): ``I()`` with
+arithmetic and comparisons, ``log``, ``log10``, ``log2``, ``log1p``, ``exp``, ``sqrt``,
+``abs`` (also spelled ``np.log`` or ``numpy.log``), ``center``, ``scale``, ``standardize``,
+``C()`` with the contrasts ``Treatment``/``Sum``, ``T()``, ``S()`` and ``poly()``. Column
+names may be quoted with backticks (```my column```, as in R).
+
+A formula is data, not code: every call is read with Python's ``ast`` and checked node by
+node against that table before anything evaluates it (no attributes, subscripts, lambdas,
+comprehensions, f-strings, unknown keywords), and the design stage hands ``formulae`` an
+environment holding nothing else; this holds for every entry point, files included.
 
 The whole formula is checked here, before ``formulae`` sees it, because formulae ignores
 some malformed input silently (``y ~ x z`` fits ``y ~ x``) and reports the rest without a
