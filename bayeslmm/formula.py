@@ -688,8 +688,7 @@ class _CallChecker:
             if isinstance(arg, ast.Starred):
                 self.fail(arg, "'*' unpacking")
         if len(node.args) > len(params):
-            self.fail(node.args[len(params)], f"a {len(params) + 1}th argument to {name}() (it takes "
-                                              f"{', '.join(params)})")
+            self.fail(node.args[len(params)], f"an extra argument to {name}() (it takes {', '.join(params)})")
         bound.update(zip(params, node.args))
         for keyword in node.keywords:
             if keyword.arg is None:
