@@ -293,9 +293,10 @@ class LMM:
                                     "only; the marginal sampler takes draws, tune, chains, random_seed, "
                                     "target_accept and progressbar (or pass parametrization='full')")
             if ok:
-                return sample_marginal(self.design, prior_set, draws=draws, tune=tune, chains=chains,
-                                       random_seed=random_seed, target_accept=target_accept,
-                                       progressbar=progressbar)
+                return _warn_if_perfect(sample_marginal(self.design, prior_set, draws=draws, tune=tune,
+                                                        chains=chains, random_seed=random_seed,
+                                                        target_accept=target_accept, progressbar=progressbar),
+                                        self.design)
             if choice == "marginal":
                 raise BayesLMMError(f"the marginal parametrization does not apply here: {reason}")
             warnings.warn(f"{reason}.", UserWarning, stacklevel=2)
@@ -306,7 +307,7 @@ class LMM:
         idata = to_inference_data(self.design, raw, prior_set, sampler=sampler, parametrization="full")
         if fallback:
             idata.posterior.attrs["marginal_fallback"] = fallback
-        return PosteriorResult(design=self.design, idata=idata, prior_set=prior_set)
+        return _warn_if_perfect(PosteriorResult(design=self.design, idata=idata, prior_set=prior_set), self.design)
 
     def sample_prior_predictive(self, draws: int = 500, random_seed: int | None = None):
         """Draws from the prior and the prior predictive distribution (arviz.InferenceData
@@ -341,6 +342,8 @@ def _warn_if_perfect(result, design: Design):
     residual noise returns a residual sd at the optimizer's floor and meaningless standard
     errors, t values and likelihood: say so, naming the numbers."""
     sigma = getattr(result, "sigma", None)
+    if sigma is None and hasattr(result, "sigma_draws"):  # a posterior: its median residual sd
+        sigma = float(np.median(result.sigma_draws()))
     spread = float(np.std(design.y))
     if sigma is not None and spread > 0 and float(sigma) < PERFECT_FIT_RATIO * spread:
         warnings.warn(f"essentially perfect fit: the residual sd is {float(sigma):.3g} against a response sd of "
