@@ -736,3 +736,9 @@ def test_new_data_find_levels_by_their_text_as_r_does(values, as_text):
         warnings.simplefilter("error")
         codes = design.new_codes(block, pd.DataFrame({"g": new_values}))
     assert [block.levels[c] for c in codes] == labels
+
+
+def test_a_grouping_column_of_mixed_types_names_the_values(toy):
+    raises_exactly(DataError, "grouping factor 'm': the values 1, '1' are of different types but print as the same "
+                   "level '1' (R's as.character); make the column one type, e.g. data['m'].astype(str)",
+                   "y ~ x + (1 | m)", toy.assign(m=[1, "1", 2, "2", 3, "a"] * 10))
