@@ -678,7 +678,8 @@ class _CallChecker:
             raise FormulaError(f"offset() is not supported (position {at}): subtract the offset from the "
                                f"response instead, e.g. 'I(y - x) ~ ...' for offset(x){_point(self.text, at)}")
         entry = transform_name(name)
-        if entry is None or not name.isascii():
+        if entry is None or not name.isascii() or self.span(node.func, limit=None) != name:
+            name = self.span(node.func)  # as written (a `quoted` callee, spaces around a dot)
             raise FormulaError(f"unknown function '{name}' in the formula (position {at}): the functions a "
                                f"formula can use are {FUNCTION_LIST}{_point(self.text, at)}")
         options = TRANSFORMS[entry]

@@ -81,6 +81,9 @@ PAYLOADS = [
     "y ~ I(x) + (1 | g) + np.save('{m}', x)",
     "y ~ x + (1 | g:np.save('{m}', x))",
     "y ~ offset(open('{m}', 'w')) + (1 | g)",
+    "y ~ I(`np.lib._npyio_impl.os.system`('touch {m}')) + (1 | g)",
+    "y ~ I(np . lib . _npyio_impl . os . system('touch {m}')) + (1 | g)",
+    "y ~ I(np.\\\nlib._npyio_impl.os.system('touch {m}')) + (1 | g)",
 ]
 
 
