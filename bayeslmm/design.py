@@ -704,7 +704,14 @@ def _build_block(term: RandomTerm, data: pd.DataFrame) -> RandomBlock:
     codes = rank[np.ravel(inverse)]
     levels = tuple(":".join(names[combos[i, k]] for k, (_, names, _) in enumerate(parts)) for i in order)
     if len(set(levels)) < len(levels):
-        clash = next(level for level in levels if levels.count(level) > 1)
+        counts = Counter(levels)
+        clash = next(level for level in levels if counts[level] > 1)
+        # which values print alike: one column of mixed types (1 and '1'), or a ':' inside a name
+        alike = [repr(v) for var in term.group_vars for v in pd.unique(data[var]) if _level_label(v) == clash]
+        if len(parts) == 1 and len(alike) > 1:
+            raise DataError(f"grouping factor '{term.group}': the values {', '.join(alike[:3])} are of different "
+                            f"types but print as the same level '{clash}' (R's as.character); make the column one "
+                            f"type, e.g. data['{term.group_vars[0]}'].astype(str)")
         raise DataError(f"grouping factor '{term.group}': different combinations of "
                         f"{', '.join(term.group_vars)} print as the same level '{clash}' (a ':' inside "
                         "a level name); rename those levels")

@@ -7,9 +7,18 @@ text; the design stage evaluates them with ``formulae``.
 
 Supported: ``(1 | g)``, ``(x | g)``, ``(1 + x | g)``, ``(0 + x | g)``, ``(x || g)``,
 ``(1 | a/b)`` (nesting: ``(1 | a) + (1 | b:a)``, named as lme4 names it), ``(1 | a:b)``,
-any number of bars on one or several (crossed) factors, and anything ``formulae``
-understands in the fixed part (``a * b``, ``I(x - 5)``, ``np.log(y)``, ``0 +``, ``- 1``).
-Column names may be quoted with backticks (```my column```, as in R).
+any number of bars on one or several (crossed) factors, and in the fixed part and left of
+each bar: column names, numbers, ``+ - * : / ^ ** %in%`` between terms (``a * b``, ``0 +``,
+``- 1``) and calls of a fixed table of transforms (:data:`TRANSFORMS`): ``I()`` with
+arithmetic and comparisons, ``log``, ``log10``, ``log2``, ``log1p``, ``exp``, ``sqrt``,
+``abs`` (also spelled ``np.log`` or ``numpy.log``), ``center``, ``scale``, ``standardize``,
+``C()`` with the contrasts ``Treatment``/``Sum``, ``T()``, ``S()`` and ``poly()``. Column
+names may be quoted with backticks (```my column```, as in R).
+
+A formula is data, not code: every call is read with Python's ``ast`` and checked node by
+node against that table before anything evaluates it (no attributes, subscripts, lambdas,
+comprehensions, f-strings, unknown keywords), and the design stage hands ``formulae`` an
+environment holding nothing else; this holds for every entry point, files included.
 
 The whole formula is checked here, before ``formulae`` sees it, because formulae ignores
 some malformed input silently (``y ~ x z`` fits ``y ~ x``) and reports the rest without a
@@ -710,7 +719,8 @@ class _CallChecker:
             raise FormulaError(f"offset() is not supported (position {at}): subtract the offset from the "
                                f"response instead, e.g. 'I(y - x) ~ ...' for offset(x){_point(self.text, at)}")
         entry = transform_name(name)
-        if entry is None or not name.isascii():
+        if entry is None or not name.isascii() or self.span(node.func, limit=None) != name:
+            name = self.span(node.func)  # as written (a `quoted` callee, spaces around a dot)
             raise FormulaError(f"unknown function '{name}' in the formula (position {at}): the functions a "
                                f"formula can use are {FUNCTION_LIST}{_point(self.text, at)}")
         options = TRANSFORMS[entry]
@@ -720,8 +730,7 @@ class _CallChecker:
             if isinstance(arg, ast.Starred):
                 self.fail(arg, "'*' unpacking")
         if len(node.args) > len(params):
-            self.fail(node.args[len(params)], f"a {len(params) + 1}th argument to {name}() (it takes "
-                                              f"{', '.join(params)})")
+            self.fail(node.args[len(params)], f"an extra argument to {name}() (it takes {', '.join(params)})")
         bound.update(zip(params, node.args))
         for keyword in node.keywords:
             if keyword.arg is None:

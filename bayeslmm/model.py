@@ -326,18 +326,19 @@ class LMM:
             ok, reason = marginal_supported(self.design)
             if not ok:
                 raise BayesLMMError(f"the marginal parametrization does not apply here: {reason}")
-            return sample_marginal(self.design, prior_set, reason=why, **options)
+            return _warn_if_perfect(sample_marginal(self.design, prior_set, reason=why, **options), self.design)
         if choice == "crossed":
             if not self.design.blocks:
                 raise BayesLMMError("the crossed parametrization needs at least one random-effect term")
-            return sample_crossed(self.design, prior_set, top=top, reason=why, **options)
+            return _warn_if_perfect(sample_crossed(self.design, prior_set, top=top, reason=why, **options),
+                                    self.design)
         model = build_model(self.design, prior_set, likelihood="auto")
         raw = run_sampler(model, sampler, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                           target_accept=target_accept, progressbar=progressbar, **kwargs)
         idata = to_inference_data(self.design, raw, prior_set, sampler=sampler, parametrization="full")
         if why:
             idata.posterior.attrs["sampler_choice"] = why
-        return PosteriorResult(design=self.design, idata=idata, prior_set=prior_set)
+        return _warn_if_perfect(PosteriorResult(design=self.design, idata=idata, prior_set=prior_set), self.design)
 
     def sample_prior_predictive(self, draws: int = 500, random_seed: int | None = None):
         """Draws from the prior and the prior predictive distribution (an ``xarray.DataTree``
@@ -372,6 +373,8 @@ def _warn_if_perfect(result, design: Design):
     residual noise returns a residual sd at the optimizer's floor and meaningless standard
     errors, t values and likelihood: say so, naming the numbers."""
     sigma = getattr(result, "sigma", None)
+    if sigma is None and hasattr(result, "sigma_draws"):  # a posterior: its median residual sd
+        sigma = float(np.median(result.sigma_draws()))
     spread = float(np.std(design.y))
     if sigma is not None and spread > 0 and float(sigma) < PERFECT_FIT_RATIO * spread:
         warnings.warn(f"essentially perfect fit: the residual sd is {float(sigma):.3g} against a response sd of "

@@ -142,7 +142,7 @@ def check_sample_settings(sample: dict, where: str) -> dict:
     try:
         check_sample_arguments(**{("random_seed" if key == "seed" else key): value for key, value in sample.items()})
     except SettingsError as exc:
-        raise ModelFileError(f"{where}: [sample] {exc}") from exc
+        raise ModelFileError(f"{where}: [sample] {str(exc).replace('random_seed=', 'seed=')}") from exc
     return sample
 
 

@@ -10,6 +10,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bayeslmm as blm
 from bayeslmm.errors import BayesLMMError, DataError, FormulaError
@@ -690,3 +692,53 @@ def test_a_misspelled_sample_option_names_the_intended_one(toy, option, guess):
     model = blm.LMM("y ~ x + (1 | g)", toy)
     with pytest.raises(blm.SettingsError, match=re.escape(f"unknown option {option}=10: did you mean {guess}=?")):
         model.sample(**{option: 10})
+
+
+def test_perfect_fit_check_reads_a_posterior_too(toy):
+    from bayeslmm.model import _warn_if_perfect
+
+    design = blm.LMM("y ~ x + (1 | g)", toy).design
+
+    class Draws:  # stands in for a PosteriorResult: only its residual-sd draws are read
+        def __init__(self, sigma):
+            self.values = np.full(40, sigma)
+
+        def sigma_draws(self):
+            return self.values
+
+    with pytest.warns(blm.PerfectFitWarning, match="essentially perfect fit: the residual sd is 1e-09"):
+        _warn_if_perfect(Draws(1e-9), design)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _warn_if_perfect(Draws(0.9), design).values[0] == 0.9
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.one_of(st.integers(-50, 10**6), st.floats(-1e6, 1e6, allow_nan=False, width=32)),
+                       min_size=2, max_size=8, unique_by=lambda v: float(v)),
+       as_text=st.booleans())
+def test_new_data_find_levels_by_their_text_as_r_does(values, as_text):
+    """A level fitted from a number is found from the same number written as int, float or
+    text (R's as.character); the property holds for any numbers, e.g. 1 and 1.0 and '1'."""
+    from hypothesis import assume
+
+    from bayeslmm.design import _level_label
+
+    labels = [_level_label(float(v)) for v in values]
+    assume(len(set(labels)) == len(labels))  # float32-equal values print alike
+    n = len(values)
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"y": rng.normal(size=4 * n), "g": np.repeat(np.array(values, dtype=float), 4)})
+    design = blm.LMM("y ~ 1 + (1 | g)", data).design
+    block = design.blocks[0]
+    new_values = [_level_label(float(v)) if as_text else float(v) for v in values]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codes = design.new_codes(block, pd.DataFrame({"g": new_values}))
+    assert [block.levels[c] for c in codes] == labels
+
+
+def test_a_grouping_column_of_mixed_types_names_the_values(toy):
+    raises_exactly(DataError, "grouping factor 'm': the values 1, '1' are of different types but print as the same "
+                   "level '1' (R's as.character); make the column one type, e.g. data['m'].astype(str)",
+                   "y ~ x + (1 | m)", toy.assign(m=[1, "1", 2, "2", 3, "a"] * 10))

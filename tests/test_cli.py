@@ -131,7 +131,7 @@ def test_console_entry_point_runs():
     ('method = 3\n', "method = 3 must be text in quotes, not int"),
     ('name = ["a"]\n', "name = ['a'] must be text in quotes, not list"),
     ('[sample]\ndraws = 100000000\n', "[sample] draws=100000000 must be between 1 and 10,000,000"),
-    ('[sample]\nseed = 9999999999999999999\n', "[sample] random_seed=9999999999999999999 must be between 0 and"),
+    ('[sample]\nseed = 9999999999999999999\n', "[sample] seed=9999999999999999999 must be between 0 and"),
     ('[priors]\nb = { dist = "HalfNormal", sigma = 1 }\n', "'b' is a coefficient that can be negative"),
     ('[priors]\nsigma = { dist = "HalfNormal", sigma = 1e308 }\n', "sigma must be between 1e-100 and 1e+100"),
     ('[priors]\nsd_Bach = { dist = "HalfNormal", sigma = 1 }\n', "prior key(s) 'sd_Bach' name no parameter"),

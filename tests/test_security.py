@@ -82,6 +82,9 @@ PAYLOADS = [
     "y ~ I(x) + (1 | g) + np.save('{m}', x)",
     "y ~ x + (1 | g:np.save('{m}', x))",
     "y ~ offset(open('{m}', 'w')) + (1 | g)",
+    "y ~ I(`np.lib._npyio_impl.os.system`('touch {m}')) + (1 | g)",
+    "y ~ I(np . lib . _npyio_impl . os . system('touch {m}')) + (1 | g)",
+    "y ~ I(np.\\\nlib._npyio_impl.os.system('touch {m}')) + (1 | g)",
 ]
 
 
@@ -261,7 +264,7 @@ def test_the_environment_alone_stops_a_payload_that_got_past_the_checks(data, tm
     ("y ~ x + I(x[0]) + (1 | g)", 10, "'x[0]' (a subscript) at position 10 is not allowed"),
     ("y ~ x + I(lambda: x) + (1 | g)", 10, "'lambda: x' (a lambda) at position 10 is not allowed"),
     ("y ~ x + I(x @ x) + (1 | g)", 10, "'x @ x' (this operator) at position 10 is not allowed"),
-    ("y ~ x + I(x, 2) + (1 | g)", 13, "a 2th argument to I() (it takes x) at position 13"),
+    ("y ~ x + I(x, 2) + (1 | g)", 13, "an extra argument to I() (it takes x) at position 13"),
     ("y ~ x + C(x, bad=1) + (1 | g)", 17, "the keyword 'bad=' (is not an option of C(); options: contrast, "
                                           "levels) at position 17"),
     ("y ~ x + poly(x, 99) + (1 | g)", 16, "degree=99 of poly() at position 16 is not allowed in a formula: give a "
@@ -318,3 +321,24 @@ def test_warnings_module_untouched_by_checks():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         parse_formula("np.log(y) ~ I(x ** 2) + C(f, Treatment('b')) + (1 + x | g)")
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.text(alphabet=list("xyg_.`'\"()[]{}|+-*/:^%~,=@ 01abnplogIC#\\\n"), max_size=40))
+def test_any_text_is_a_formula_error_or_checked_calls_only(text):
+    """Fuzz the parser with formula characters (quotes, backticks, brackets, operators): it
+    raises FormulaError or nothing; whatever it accepts calls only names of the table."""
+    import re
+
+    from bayeslmm.formula import transform_name
+
+    formula = f"y ~ {text} + (1 | g)"
+    try:
+        parsed = parse_formula(formula)
+    except FormulaError:
+        return
+    for expr in [parsed.response, parsed.fixed] + [term.expr for term in parsed.random]:
+        expression_columns(expr)  # the design stage's second check agrees
+        masked = re.sub(r"`[^`]*`|'[^'\"]*'|\"[^'\"]*\"", "", expr)
+        for called in re.findall(r"([A-Za-z_][\w.]*)\s*\(", masked):
+            assert transform_name(called) is not None, (formula, called)
