@@ -28,7 +28,7 @@ from scipy.special import gammaln
 
 from . import priors as P
 from .design import Design
-from .reml import ProfiledDeviance, optimize_deviance, point_result
+from .reml import ProfiledDeviance, _blas_single_thread, optimize_deviance, point_result
 
 _LOG_2PI = np.log(2.0 * np.pi)
 #: stands in for +inf (a density of zero) so the derivative-free search can compare values
@@ -253,8 +253,9 @@ def fit_map(design: Design, priors: dict | None = None):
     deviance = ProfiledDeviance(design, reml=False)
     objective = MapObjective(deviance, prior_set)
     # optimize on the internally scaled theta, as REML does
-    internal, opt = optimize_deviance(lambda t: objective(deviance.from_internal(t)), deviance.layout.initial(),
-                                      deviance.layout.lower, counter=deviance)
+    with _blas_single_thread():
+        internal, opt = optimize_deviance(lambda t: objective(deviance.from_internal(t)), deviance.layout.initial(),
+                                          deviance.layout.lower, counter=deviance)
     theta = deviance.from_internal(internal)
     best = objective.solve(theta)
     return point_result(deviance, theta, opt, method="map", beta=best["beta"], sigma=best["sigma"],
