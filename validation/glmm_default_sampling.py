@@ -28,7 +28,7 @@ FAMILY = {"cbpp": "binomial", "grouseticks": "poisson", "verbagg": "binomial"}
 
 def parameters(post):
     names = ["beta"] + [v for v in post.idata.posterior.data_vars if v.startswith(("sd_", "_chol_"))]
-    return post.idata.posterior[names]
+    return post.idata.posterior.to_dataset()[names]
 
 
 def diagnostics(post):
