@@ -177,8 +177,10 @@ class Family:
     has_dispersion = False
     #: latent variance needs the null model's intercept (log-link counts)
     latent_needs_null = False
-    #: integer-valued response (for rootograms, zero-inflation tests)
+    #: integer-valued response (for rootograms)
     is_count = False
+    #: discrete response (ties in simulated residuals; zero-inflation test)
+    is_discrete = False
 
     def __init__(self, link: str | None = None):
         link = self.default_link if link is None else str(link).lower()
@@ -229,6 +231,10 @@ class Family:
     def observed_values(self, y, wt) -> np.ndarray:
         """What the PyMC likelihood observes: counts (successes for the binomial)."""
         return np.round(y).astype(np.int64)
+
+    def expected_observed(self, mu, wt) -> np.ndarray:
+        """The mean of :meth:`observed_values` (``mu``; ``wt * mu`` for the binomial)."""
+        return np.asarray(mu, dtype=float)
 
     def pymc_observed(self, name: str, eta, observed, trials, extra: dict):
         """The observed PyMC variable given the linear predictor ``eta`` (inside a model
@@ -299,6 +305,7 @@ class Binomial(Family):
     name = "binomial"
     links = ("logit", "probit", "cloglog")
     default_link = "logit"
+    is_discrete = True
 
     def variance(self, mu):
         return mu * (1.0 - mu)
@@ -332,6 +339,9 @@ class Binomial(Family):
     def observed_values(self, y, wt):
         return np.round(wt * y).astype(np.int64)
 
+    def expected_observed(self, mu, wt):
+        return wt * mu
+
     def pymc_observed(self, name, eta, observed, trials, extra):
         import pymc as pm
 
@@ -359,6 +369,7 @@ class Poisson(Family):
     default_link = "log"
     latent_needs_null = True
     is_count = True
+    is_discrete = True
 
     def variance(self, mu):
         return np.asarray(mu, dtype=float)

@@ -31,6 +31,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.linalg import solve_triangular
 from scipy.optimize import Bounds, minimize, minimize_scalar
 
@@ -74,13 +75,16 @@ class BlockedFactor:
         self.n_rest = A_rr.shape[0]
         self.n_pen_rest = n_pen_rest
         if self.n_rest:
-            # L_r1 = A_r1 blockdiag(L11^-T)
-            Ar1 = A_r1.reshape(self.n_rest, self.J1, self.q1)
-            self.L_r1 = np.einsum("rjk,jlk->rjl", Ar1, self.L11_inv).reshape(self.n_rest, -1)
-            S = A_rr - self.L_r1 @ self.L_r1.T
+            # L_r1 = A_r1 blockdiag(L11^-T), kept sparse: each level of the first factor meets
+            # few levels of the others when factors are nested (grouseticks), and the dense
+            # crossed case (VerbAgg: 24 x 316) is small
+            inv_t = sp.bsr_matrix((np.ascontiguousarray(self.L11_inv.transpose(0, 2, 1)), np.arange(self.J1),
+                                   np.arange(self.J1 + 1)), shape=(self.J1 * self.q1, self.J1 * self.q1))
+            self.L_r1 = (sp.csr_matrix(A_r1) @ inv_t).tocsr()
+            S = A_rr - (self.L_r1 @ self.L_r1.T).toarray()
             self.L_rr = np.linalg.cholesky(S)
         else:
-            self.L_r1 = np.zeros((0, self.J1 * self.q1))
+            self.L_r1 = sp.csr_matrix((0, self.J1 * self.q1))
             self.L_rr = np.zeros((0, 0))
 
     @property
@@ -110,7 +114,7 @@ class BlockedFactor:
             return M11, np.zeros((0, 0))
         Lrr_inv = solve_triangular(self.L_rr, np.eye(self.n_rest), lower=True, check_finite=False)
         # L^{-1} lower-left block: -Lrr^{-1} L_r1 L11^{-1}
-        C = (Lrr_inv @ self.L_r1).reshape(self.n_rest, self.J1, self.q1)
+        C = (Lrr_inv @ self.L_r1.toarray()).reshape(self.n_rest, self.J1, self.q1)
         C = np.einsum("rjk,jkl->rjl", C, self.L11_inv)
         M11 = M11 + np.einsum("rjk,rjl->jkl", C, C)
         return M11, Lrr_inv.T @ Lrr_inv
@@ -151,10 +155,11 @@ class GLMMDeviance:
         for b, off in self.rest:
             self._rest_index.append(off + b.codes[:, None] * b.n_terms + np.arange(b.n_terms)[None, :])
         col1 = self.codes1[:, None] * self.q1 + np.arange(self.q1)[None, :]
+        self._col1 = col1
         for k, ridx in enumerate(self._rest_index):
             for t in range(ridx.shape[1]):
                 for s_ in range(self.q1):
-                    self._plan_r1.append((ridx[:, t] * n1 + col1[:, s_], k, t, s_))
+                    self._plan_r1.append(((ridx[:, t], col1[:, s_]), k, t, s_))
                 for m in range(k + 1):
                     for s_ in range(self._rest_index[m].shape[1]):
                         if m == k and s_ > t:
@@ -217,14 +222,14 @@ class GLMMDeviance:
                 A11[:, l, k] = A11[:, k, l]
         A11 += np.eye(q1)[None, :, :]
         p = self.p if with_x else 0
-        A_r1 = np.zeros((n_r + p, n1))
+        rows, cols, vals = [], [], []
         A_rr = np.zeros((n_r + p, n_r + p))
         if n_r:
             Vr = self.V[1:]
-            acc = np.zeros(n_r * n1)
-            for idx, k, t, s_ in self._plan_r1:
-                acc += np.bincount(idx, weights=w * Vr[k][:, t] * self.V1[:, s_], minlength=n_r * n1)
-            A_r1[:n_r] = acc.reshape(n_r, n1)
+            for (ridx, cidx), k, t, s_ in self._plan_r1:
+                rows.append(ridx)
+                cols.append(cidx)
+                vals.append(w * Vr[k][:, t] * self.V1[:, s_])
             acc = np.zeros(n_r * n_r)
             for idx, k, t, m, s_ in self._plan_rr:
                 acc += np.bincount(idx, weights=w * Vr[k][:, t] * Vr[m][:, s_], minlength=n_r * n_r)
@@ -235,8 +240,9 @@ class GLMMDeviance:
             WX = self.X * w[:, None]
             for j in range(p):
                 for s_ in range(q1):
-                    A_r1[n_r + j].reshape(J1, q1)[:, s_] = np.bincount(
-                        self.codes1, weights=WX[:, j] * self.V1[:, s_], minlength=J1)
+                    rows.append(np.full(self.n, n_r + j))
+                    cols.append(self._col1[:, s_])
+                    vals.append(WX[:, j] * self.V1[:, s_])
                 if n_r:
                     row = np.zeros(n_r)
                     for V, ridx in zip(self.V[1:], self._rest_index):
@@ -245,6 +251,11 @@ class GLMMDeviance:
                     A_rr[n_r + j, :n_r] = row
                     A_rr[:n_r, n_r + j] = row
             A_rr[n_r:, n_r:] = self.X.T @ WX
+        if rows:
+            A_r1 = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                 shape=(n_r + p, n1)).tocsr()  # duplicates summed
+        else:
+            A_r1 = sp.csr_matrix((n_r + p, n1))
         return BlockedFactor(A11, A_r1, A_rr, n_r)
 
     # ------------------------------------------------------------ PIRLS

@@ -232,6 +232,32 @@ class GLMMResult:
             out[s] = self.family.simulate(self.family.linkinv(eta), self.gd.weights, rng)
         return out
 
+    # ---------------------------------------------------------- checks (bayeslmm.glmm_checks)
+    def quantile_residuals(self, nsim: int = 250, random_seed=None, conditional: bool = False):
+        """DHARMa-style simulated quantile residuals with uniformity, dispersion and
+        zero-inflation tests; see :func:`bayeslmm.glmm_checks.quantile_residuals`."""
+        from .glmm_checks import quantile_residuals
+
+        return quantile_residuals(self, nsim=nsim, random_seed=random_seed, conditional=conditional)
+
+    def rootogram(self, max_count: int | None = None) -> pd.DataFrame:
+        """Observed vs expected count frequencies; see :func:`bayeslmm.glmm_checks.rootogram`."""
+        from .glmm_checks import rootogram
+
+        return rootogram(self, max_count=max_count)
+
+    def binned_residuals(self, bins: int | None = None) -> pd.DataFrame:
+        """Binned residuals for binary/binomial fits; see :func:`bayeslmm.glmm_checks.binned_residuals`."""
+        from .glmm_checks import binned_residuals
+
+        return binned_residuals(self, bins=bins)
+
+    def shrinkage(self, group: str | None = None) -> pd.DataFrame:
+        """No, partial and complete pooling on the link scale; see :func:`bayeslmm.glmm_checks.shrinkage`."""
+        from .glmm_checks import shrinkage
+
+        return shrinkage(self, group=group)
+
     # ---------------------------------------------------------- ICC / R2
     @cached_property
     def null_intercept(self) -> float | None:

@@ -275,3 +275,68 @@ def test_posterior_cbpp_no_divergences_and_near_ml(fits, models):
     assert np.all(np.abs(fe["mean"].to_numpy() - ml.beta) < 0.5 * fe["sd"].to_numpy())
     assert post.varcorr()["mean"].iloc[0] == pytest.approx(0.74, abs=0.15)
     assert set(post.icc().index) == {"ICC_adjusted", "ICC_conditional"}
+
+
+# ------------------------------------------------------------------ checks and the negative binomial
+def _counts(kind: str, seed: int = 5):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(30), 10)
+    x = rng.normal(size=300)
+    eta = 0.8 + 0.5 * x + rng.normal(0, 0.4, 30)[g]
+    mu = np.exp(eta)
+    if kind == "poisson":
+        y = rng.poisson(mu)
+    elif kind == "nb":
+        y = rng.negative_binomial(2.0, 2.0 / (2.0 + mu))
+    else:  # zero-inflated Poisson
+        y = rng.poisson(mu) * (rng.uniform(size=300) > 0.3)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{j}" for j in g]})
+
+
+def test_quantile_residuals_pass_a_well_specified_model():
+    fit = blm.GLMM("y ~ x + (1 | g)", _counts("poisson"), family="poisson").fit()
+    q = fit.quantile_residuals(nsim=200, random_seed=1)
+    assert q.residuals.shape == (300,) and q.residuals.min() > 0 and q.residuals.max() < 1
+    assert q.uniformity[1] > 0.05
+    assert 0.05 < q.dispersion[1] and 0.7 < q.dispersion[0] < 1.4
+    assert q.zero_inflation[1] > 0.05
+
+
+def test_quantile_residuals_flag_overdispersion_and_zero_inflation():
+    over = blm.GLMM("y ~ x + (1 | g)", _counts("nb"), family="poisson").fit()
+    q = over.quantile_residuals(nsim=200, random_seed=1, conditional=True)
+    assert q.dispersion[0] > 1.5 and q.dispersion[1] < 0.01
+    zi = blm.GLMM("y ~ x + (1 | g)", _counts("zip"), family="poisson").fit()
+    qz = zi.quantile_residuals(nsim=200, random_seed=1)
+    assert qz.zero_inflation[0] > 1.3 and qz.zero_inflation[1] < 0.01
+
+
+def test_rootogram_and_binned_residuals(fits):
+    fit = blm.GLMM("y ~ x + (1 | g)", _counts("poisson"), family="poisson").fit(n_agq=0)
+    root = fit.rootogram(max_count=60)
+    assert root["observed"].sum() == 300
+    assert root["expected"].sum() == pytest.approx(300, abs=1e-3)
+    binned = fits[("cbpp", 1)].binned_residuals(bins=7)
+    assert len(binned) == 7 and binned["n"].sum() == 56
+    assert binned["inside"].mean() >= 5 / 7
+    with pytest.raises(blm.BayesLMMError, match="counts"):
+        fits[("cbpp", 1)].rootogram()
+
+
+def test_shrinkage_pulls_levels_toward_the_fixed_intercept(fits):
+    table = fits[("cbpp", 1)].shrinkage().dropna()
+    b0 = table["complete_pooling"].iloc[0]
+    assert np.all(np.abs(table["partial_pooling"] - b0) <= np.abs(table["no_pooling"] - b0) + 1e-9)
+
+
+def test_negative_binomial_estimates_the_shape_and_beats_poisson():
+    data = _counts("nb")
+    nb = blm.GLMM("y ~ x + (1 | g)", data, family="negative_binomial").fit()
+    pois = blm.GLMM("y ~ x + (1 | g)", data, family="poisson").fit()
+    assert 1.2 < nb.family.theta < 3.5  # simulated with shape 2
+    assert nb.loglik > pois.loglik + 50
+    assert nb.n_params == pois.n_params + 1
+    assert nb.fixef().loc["x", "estimate"] == pytest.approx(0.5, abs=0.12)
+    assert "Negative Binomial(" in nb.summary()
