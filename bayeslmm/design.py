@@ -610,8 +610,12 @@ def independent_columns(X: np.ndarray, tol: float = 1e-7, block: int = 32) -> li
     for start in range(0, p, block):
         columns = scaled[:, start:start + block].copy()
         if k:
-            for _ in range(2):  # twice is enough (Giraud et al. 2005)
-                columns -= basis[:, :k] @ (basis[:, :k].T @ columns)
+            before = np.linalg.norm(columns, axis=0)
+            columns -= basis[:, :k] @ (basis[:, :k].T @ columns)
+            # a second pass where a column lost much of its length (Kahan-Parlett: twice is enough)
+            again = np.linalg.norm(columns, axis=0) < 0.7 * before
+            if again.any():
+                columns[:, again] -= basis[:, :k] @ (basis[:, :k].T @ columns[:, again])
         first = k
         for offset in range(columns.shape[1]):
             j = start + offset

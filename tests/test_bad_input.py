@@ -713,7 +713,7 @@ def test_perfect_fit_check_reads_a_posterior_too(toy):
         assert _warn_if_perfect(Draws(0.9), design).values[0] == 0.9
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, print_blob=True)
 @given(values=st.lists(st.one_of(st.integers(-50, 10**6), st.floats(-1e6, 1e6, allow_nan=False, width=32)),
                        min_size=2, max_size=8, unique_by=lambda v: float(v)),
        as_text=st.booleans())

@@ -291,7 +291,7 @@ def _sequential_rank(X: np.ndarray, tol: float = 1e-7) -> list[int]:
     return keep
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, print_blob=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_blocked_rank_check_agrees_with_the_sequential_rule(seed):
     from bayeslmm.design import independent_columns

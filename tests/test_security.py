@@ -303,7 +303,7 @@ def _expressions(draw, depth=3):
     return f"{draw(st.sampled_from(_ALLOWED_CALLS))}({draw(_expressions(depth - 1))})"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 @given(inner=_expressions(), bad=st.sampled_from(_FORBIDDEN_CALLS), where=st.integers(0, 2))
 def test_random_expressions_are_accepted_and_any_forbidden_call_refused(inner, bad, where):
     good = f"I({inner})"
@@ -323,7 +323,7 @@ def test_warnings_module_untouched_by_checks():
         parse_formula("np.log(y) ~ I(x ** 2) + C(f, Treatment('b')) + (1 + x | g)")
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, print_blob=True)
 @given(text=st.text(alphabet=list("xyg_.`'\"()[]{}|+-*/:^%~,=@ 01abnplogIC#\\\n"), max_size=40))
 def test_any_text_is_a_formula_error_or_checked_calls_only(text):
     """Fuzz the parser with formula characters (quotes, backticks, brackets, operators): it
