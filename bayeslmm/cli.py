@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--tune", type=int)
     fit.add_argument("--chains", type=int)
     fit.add_argument("--seed", type=int)
+    fit.add_argument("--family", choices=["gaussian", "binomial", "poisson", "negative_binomial"],
+                     help="response family (default: the model file's, else gaussian: an LMM)")
+    fit.add_argument("--link", help="link function of a GLMM family (logit, probit, cloglog, log)")
     fit.add_argument("--fast", action="store_true", help="few draws (200 x 2 chains): a quick look")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar while sampling")
     commands.add_parser("datasets", help="list the bundled data sets")
@@ -99,6 +102,9 @@ def _fit(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
 
     data = spec.load_data()
+    family = args.family or spec.family
+    if family != "gaussian":
+        return _fit_glmm(args, spec, data, family, method, settings, out)
     model = LMM(spec.formula, data, priors=spec.priors or None)
     texts: list[tuple[str, str]] = []
     point = post = None
@@ -121,6 +127,32 @@ def _fit(args) -> int:
     if out:
         _write_outputs(out, spec, model, point, post, texts, np)
         print(f"\nwrote {out}/summary.txt, figures and {out}/report.html")
+    return 0
+
+
+def _fit_glmm(args, spec, data, family, method, settings, out) -> int:
+    """A GLMM from the command line or a model file: the ML (glmer) or MAP fit, and the
+    posterior; with ``--out``, summary.txt."""
+    from .model import GLMM
+
+    if method == "reml":
+        raise BayesLMMError(f"--method reml is for Gaussian models; a {family} model takes ml, map, sample or all")
+    model = GLMM(spec.formula, data, family=family, link=args.link or spec.link, priors=spec.priors or None)
+    texts = []
+    if method in ("ml", "map", "all"):
+        kind = "ml" if method == "all" else method
+        point = model.fit(kind)
+        texts.append((f"Point estimates ({kind.upper()})", point.summary()))
+        print(texts[-1][1], "\n", flush=True)
+    if method in ("sample", "all"):
+        post = model.sample(draws=settings["draws"], tune=settings["tune"], chains=settings["chains"],
+                            random_seed=settings["seed"], progressbar=not args.no_progress,
+                            **{k: v for k, v in settings.items() if k == "target_accept"})
+        texts.append(("Posterior", post.summary()))
+        print(texts[-1][1], flush=True)
+    if out:
+        (out / "summary.txt").write_text("\n\n".join(f"{title}\n{text}" for title, text in texts) + "\n")
+        print(f"\nwrote {out}/summary.txt")
     return 0
 
 

@@ -54,6 +54,9 @@ class ModelSpec:
     sample: dict = field(default_factory=dict)
     description: str = ""
     base_dir: Path = Path(".")
+    #: "gaussian" (an LMM) or a GLMM family: "binomial", "poisson", "negative_binomial"
+    family: str = "gaussian"
+    link: str | None = None
 
     def load_data(self) -> pd.DataFrame:
         """The bundled data set named ``data``, or the CSV it points to."""
@@ -133,7 +136,8 @@ def read_model_file(path: str | Path) -> ModelSpec:
     for key in ("data", "formula"):
         if key not in content:
             raise ModelFileError(f"{path} has no '{key}' entry")
-    unknown = set(content) - {"name", "description", "data", "formula", "method", "reml", "priors", "sample"}
+    unknown = set(content) - {"name", "description", "data", "formula", "method", "reml", "priors", "sample",
+                              "family", "link"}
     if unknown:
         raise ModelFileError(f"{path}: unknown entries {', '.join(sorted(unknown))}")
     method = str(content.get("method", "all")).lower()
@@ -142,7 +146,14 @@ def read_model_file(path: str | Path) -> ModelSpec:
     if not isinstance(content.get("sample", {}), dict) or not isinstance(content.get("priors", {}), dict):
         raise ModelFileError(f"{path}: [sample] and [priors] must be tables")
     sample = check_sample_settings(dict(content.get("sample", {})), str(path))
-    return ModelSpec(name=str(content.get("name", path.stem)), data=str(content["data"]),
+    family = str(content.get("family", "gaussian")).lower()
+    if family not in ("gaussian", "binomial", "poisson", "negative_binomial"):
+        raise ModelFileError(f"{path}: family must be gaussian, binomial, poisson or negative_binomial, not '{family}'")
+    if family != "gaussian" and method == "reml":
+        raise ModelFileError(f"{path}: method 'reml' is for Gaussian models; a {family} model uses 'ml', 'map', "
+                             "'sample' or 'all'")
+    link = content.get("link")
+    return ModelSpec(family=family, link=None if link is None else str(link), name=str(content.get("name", path.stem)), data=str(content["data"]),
                      formula=str(content["formula"]), method=method, reml=bool(content.get("reml", True)),
                      priors=parse_priors(content.get("priors", {})), sample=sample,
                      description=str(content.get("description", "")), base_dir=path.parent)

@@ -340,3 +340,21 @@ def test_negative_binomial_estimates_the_shape_and_beats_poisson():
     assert nb.n_params == pois.n_params + 1
     assert nb.fixef().loc["x", "estimate"] == pytest.approx(0.5, abs=0.12)
     assert "Negative Binomial(" in nb.summary()
+
+
+def test_model_file_and_cli_fit_a_glmm(tmp_path, capsys):
+    from bayeslmm.cli import main
+    from bayeslmm.modelfile import read_model_file
+
+    spec = read_model_file(Path(__file__).resolve().parents[1] / "models" / "cbpp.toml")
+    assert spec.family == "binomial" and spec.formula.startswith("cbind(")
+    assert main(["fit", str(Path(__file__).resolve().parents[1] / "models" / "cbpp.toml"), "--method", "ml",
+                 "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "summary.txt").read_text()
+    assert "Family: binomial  ( logit )" in text and "period4" in text
+    assert main(["fit", "--data", "cbpp", "--formula", "cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                 "--family", "binomial", "--method", "reml"]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text('data = "cbpp"\nformula = "incidence ~ 1 + (1 | herd)"\nfamily = "gamma"\n')
+    with pytest.raises(blm.BayesLMMError, match="family must be"):
+        read_model_file(bad)
