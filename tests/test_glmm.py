@@ -358,3 +358,20 @@ def test_model_file_and_cli_fit_a_glmm(tmp_path, capsys):
     bad.write_text('data = "cbpp"\nformula = "incidence ~ 1 + (1 | herd)"\nfamily = "gamma"\n')
     with pytest.raises(blm.BayesLMMError, match="family must be"):
         read_model_file(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_sbc_small_designs(family):
+    """A short run of validation/glmm_sbc.py (the committed run has 200 replications per
+    family: validation/out/glmm_sbc_*.txt): 40 replications, every rank histogram passes
+    the chi-square test at 1 % (Bonferroni) and no transition diverges."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "validation"))
+    import glmm_sbc
+
+    ranks, text, passed = glmm_sbc.run(family, reps=40, seed=11)
+    assert passed, text
+    assert " 0 divergent transitions" in text
+    assert ranks.shape == (40, 3) and ranks.to_numpy().min() >= 0 and ranks.to_numpy().max() <= 100
