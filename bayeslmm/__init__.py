@@ -7,6 +7,7 @@
 
 from . import datasets
 from .errors import BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PriorError, SamplingWarning
+from .glmm_results import GLMMResult
 from .model import GLMM, LMM
 from .posterior import PosteriorResult, load
 from .priors import LKJ, Exponential, Flat, Gamma, HalfNormal, HalfStudentT, LogNormal, Normal, StudentT
@@ -17,7 +18,7 @@ from .workflow import SingularFitWarning, WorkflowResult, lmm
 __version__ = "0.1.0"
 
 __all__ = [
-    "LMM", "GLMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
+    "LMM", "GLMM", "GLMMResult", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
     "datasets", "make_deviance", "lmm", "SingularFitWarning", "WorkflowResult", "__version__",
     "PosteriorResult", "load", "SamplingWarning", "ConvergenceWarning", "anova", "compare",
     "Normal", "StudentT", "Flat", "HalfStudentT", "HalfNormal", "Exponential", "Gamma", "LogNormal", "LKJ",
