@@ -152,8 +152,28 @@ def _fit_glmm(args, spec, data, family, method, settings, out) -> int:
         print(texts[-1][1], flush=True)
     if out:
         (out / "summary.txt").write_text("\n\n".join(f"{title}\n{text}" for title, text in texts) + "\n")
-        print(f"\nwrote {out}/summary.txt")
+        _write_glmm_report(out, spec, model, point if method in ("ml", "map", "all") else None, texts)
+        print(f"\nwrote {out}/summary.txt, checks.png and {out}/report.html")
     return 0
+
+
+def _write_glmm_report(out: Path, spec, model, point, texts) -> None:
+    from .glmm_checks import plot_checks
+    from .report_html import write_report
+
+    sections: list[tuple[str, object]] = list(texts)
+    figures = []
+    if point is not None:
+        sections.append(("ICC (Nakagawa, latent scale)", point.icc().to_frame("value")))
+        sections.append(("R2 (Nakagawa, latent scale)", point.r2().to_frame("value")))
+        sections.append(("Simulated quantile residuals: tests", point.quantile_residuals(random_seed=1).table()))
+        figure = plot_checks(point)
+        figure.savefig(out / "checks.png", dpi=90, bbox_inches="tight")
+        figures.append(("Quantile residuals, rootogram or binned residuals, link-scale shrinkage",
+                        out / "checks.png"))
+    meta = {"formula": spec.formula, "data": spec.data, "family": model.family.describe(),
+            "observations": str(model.design.nobs)}
+    write_report(out / "report.html", f"bayeslmm: {spec.name}", meta, sections, figures)
 
 
 def _write_outputs(out: Path, spec, model, point, post, texts, np) -> None:

@@ -352,6 +352,8 @@ def test_model_file_and_cli_fit_a_glmm(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     text = (tmp_path / "summary.txt").read_text()
     assert "Family: binomial  ( logit )" in text and "period4" in text
+    html = (tmp_path / "report.html").read_text()
+    assert "ICC_adjusted" in html and "dispersion" in html and "data:image/png;base64" in html
     assert main(["fit", "--data", "cbpp", "--formula", "cbind(incidence, size - incidence) ~ period + (1 | herd)",
                  "--family", "binomial", "--method", "reml"]) == 2
     bad = tmp_path / "bad.toml"
