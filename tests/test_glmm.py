@@ -275,6 +275,14 @@ def test_posterior_cbpp_no_divergences_and_near_ml(fits, models):
     assert np.all(np.abs(fe["mean"].to_numpy() - ml.beta) < 0.5 * fe["sd"].to_numpy())
     assert post.varcorr()["mean"].iloc[0] == pytest.approx(0.74, abs=0.15)
     assert set(post.icc().index) == {"ICC_adjusted", "ICC_conditional"}
+    df = blm.datasets.load("cbpp")
+    pred = post.predict(df.head(4))
+    assert np.allclose(pred["mean"], post.predict()["mean"].iloc[:4])
+    assert np.all((pred["lower"] < ml.predict(df.head(4))) & (ml.predict(df.head(4)) < pred["upper"]))
+    binned = post.binned_residuals(bins=7)
+    assert binned["n"].sum() == 56 and binned["inside"].mean() >= 5 / 7
+    shrink = post.shrinkage()
+    assert len(shrink) == 15
 
 
 # ------------------------------------------------------------------ checks and the negative binomial
