@@ -8,6 +8,7 @@
 from . import datasets
 from .errors import (BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PerfectFitWarning,
                      PriorError, SamplingWarning, SettingsError)
+from .glmm_results import GLMMResult
 from .model import GLMM, LMM
 from .posterior import PosteriorResult, load
 from .power import power, power_curve
@@ -19,7 +20,7 @@ from .workflow import SingularFitWarning, WorkflowResult, lmm
 __version__ = "0.2.0"
 
 __all__ = [
-    "LMM", "GLMM", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
+    "LMM", "GLMM", "GLMMResult", "BayesLMMError", "DataError", "FitError", "FormulaError", "PriorError",
     "datasets", "make_deviance", "lmm", "SingularFitWarning", "WorkflowResult", "__version__",
     "PosteriorResult", "load", "SamplingWarning", "ConvergenceWarning", "anova", "compare",
     "power", "power_curve", "SettingsError", "PerfectFitWarning",

@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--tune", type=int)
     fit.add_argument("--chains", type=int)
     fit.add_argument("--seed", type=int)
+    fit.add_argument("--family", choices=["gaussian", "binomial", "poisson", "negative_binomial"],
+                     help="response family (default: the model file's, else gaussian: an LMM)")
+    fit.add_argument("--link", help="link function of a GLMM family (logit, probit, cloglog, log)")
     fit.add_argument("--fast", action="store_true", help="few draws (200 x 2 chains): a quick look")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar while sampling")
     commands.add_parser("datasets", help="list the bundled data sets")
@@ -108,6 +111,9 @@ def _fit(args) -> int:
             raise BayesLMMError(f"--out {out} cannot be created: {exc.strerror or exc}") from exc
 
     data = spec.load_data()
+    family = args.family or spec.family
+    if family != "gaussian":
+        return _fit_glmm(args, spec, data, family, method, settings, out)
     model = LMM(spec.formula, data, priors=spec.priors or None)
     texts: list[tuple[str, str]] = []
     point = post = None
@@ -131,6 +137,52 @@ def _fit(args) -> int:
         _write_outputs(out, spec, model, point, post, texts, np)
         print(f"\nwrote {out}/summary.txt, figures and {out}/report.html")
     return 0
+
+
+def _fit_glmm(args, spec, data, family, method, settings, out) -> int:
+    """A GLMM from the command line or a model file: the ML (glmer) or MAP fit, and the
+    posterior; with ``--out``, summary.txt."""
+    from .model import GLMM
+
+    if method == "reml":
+        raise BayesLMMError(f"--method reml is for Gaussian models; a {family} model takes ml, map, sample or all")
+    model = GLMM(spec.formula, data, family=family, link=args.link or spec.link, priors=spec.priors or None)
+    texts = []
+    if method in ("ml", "map", "all"):
+        kind = "ml" if method == "all" else method
+        point = model.fit(kind)
+        texts.append((f"Point estimates ({kind.upper()})", point.summary()))
+        print(texts[-1][1], "\n", flush=True)
+    if method in ("sample", "all"):
+        post = model.sample(draws=settings["draws"], tune=settings["tune"], chains=settings["chains"],
+                            random_seed=settings["seed"], progressbar=not args.no_progress,
+                            **{k: v for k, v in settings.items() if k == "target_accept"})
+        texts.append(("Posterior", post.summary()))
+        print(texts[-1][1], flush=True)
+    if out:
+        (out / "summary.txt").write_text("\n\n".join(f"{title}\n{text}" for title, text in texts) + "\n")
+        _write_glmm_report(out, spec, model, point if method in ("ml", "map", "all") else None, texts)
+        print(f"\nwrote {out}/summary.txt, checks.png and {out}/report.html")
+    return 0
+
+
+def _write_glmm_report(out: Path, spec, model, point, texts) -> None:
+    from .glmm_checks import plot_checks
+    from .report_html import write_report
+
+    sections: list[tuple[str, object]] = list(texts)
+    figures = []
+    if point is not None:
+        sections.append(("ICC (Nakagawa, latent scale)", point.icc().to_frame("value")))
+        sections.append(("R2 (Nakagawa, latent scale)", point.r2().to_frame("value")))
+        sections.append(("Simulated quantile residuals: tests", point.quantile_residuals(random_seed=1).table()))
+        figure = plot_checks(point)
+        figure.savefig(out / "checks.png", dpi=90, bbox_inches="tight")
+        figures.append(("Quantile residuals, rootogram or binned residuals, link-scale shrinkage",
+                        out / "checks.png"))
+    meta = {"formula": spec.formula, "data": spec.data, "family": model.family.describe(),
+            "observations": str(model.design.nobs)}
+    write_report(out / "report.html", f"bayeslmm: {spec.name}", meta, sections, figures)
 
 
 def _write_outputs(out: Path, spec, model, point, post, texts, np) -> None:

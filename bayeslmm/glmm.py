@@ -63,6 +63,39 @@ class PIRLSState:
     iterations: int
 
 
+@dataclass(frozen=True)
+class _CrossPattern:
+    """Fixed sparsity of ``A_r1`` (rows: the other bars' effects and, for the joint solve,
+    the fixed effects; columns: the first bar's levels) and, per pair of non-zeros in one
+    column, where their product lands in the Schur complement."""
+
+    pos: np.ndarray      # position in ``data`` of each row contribution
+    nnz: int
+    col: np.ndarray      # column of each non-zero
+    indices: np.ndarray  # CSR column indices
+    indptr: np.ndarray
+    pa: np.ndarray
+    pb: np.ndarray
+    target: np.ndarray   # flat index into the (m, m) Schur complement
+
+    @classmethod
+    def build(cls, rows: np.ndarray, cols: np.ndarray, m: int, n1: int) -> "_CrossPattern":
+        uniq, pos = np.unique(rows.astype(np.int64) * n1 + cols, return_inverse=True)
+        r, c = uniq // n1, uniq % n1
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=m))])
+        order = np.argsort(c, kind="stable")
+        counts = np.bincount(c, minlength=n1)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        pa, pb = [], []
+        for j in range(n1):
+            members = order[starts[j]:starts[j + 1]]
+            pa.append(np.repeat(members, len(members)))
+            pb.append(np.tile(members, len(members)))
+        pa, pb = np.concatenate(pa), np.concatenate(pb)
+        return cls(pos=np.ravel(pos), nnz=len(uniq), col=c, indices=c.astype(np.int32),
+                   indptr=indptr.astype(np.int32), pa=pa, pb=pb, target=r[pa] * m + r[pb])
+
+
 class BlockedFactor:
     """Cholesky factor of ``[[A11, A1r], [Ar1, Arr]]`` where ``A11`` is block-diagonal
     (``J1`` blocks of ``q1 x q1``) and the rest dense; ``n_pen`` leading rows/columns of
@@ -86,6 +119,27 @@ class BlockedFactor:
         else:
             self.L_r1 = sp.csr_matrix((0, self.J1 * self.q1))
             self.L_rr = np.zeros((0, 0))
+
+    @classmethod
+    def scalar_first(cls, a11: np.ndarray, data: np.ndarray, pattern: "_CrossPattern", A_rr: np.ndarray,
+                     n_pen_rest: int) -> "BlockedFactor":
+        """The same factor when the first bar is scalar (``q1 = 1``), from the values of
+        ``A_r1`` on its fixed sparsity ``pattern``: ``L_r1`` is ``A_r1`` with scaled
+        columns and the Schur update sums precomputed products (no sparse algebra per
+        evaluation)."""
+        obj = cls.__new__(cls)
+        l11 = np.sqrt(a11)
+        obj.J1, obj.q1 = len(a11), 1
+        obj.L11 = l11[:, None, None]
+        obj.L11_inv = (1.0 / l11)[:, None, None]
+        m = A_rr.shape[0]
+        obj.n_rest, obj.n_pen_rest = m, n_pen_rest
+        ldata = data / l11[pattern.col]
+        obj.L_r1 = sp.csr_matrix((ldata, pattern.indices, pattern.indptr), shape=(m, obj.J1))
+        S = A_rr.ravel() - np.bincount(pattern.target, weights=ldata[pattern.pa] * ldata[pattern.pb],
+                                       minlength=m * m)
+        obj.L_rr = np.linalg.cholesky(S.reshape(m, m))
+        return obj
 
     @property
     def ldL2(self) -> float:
@@ -170,6 +224,7 @@ class GLMMDeviance:
         fam = self.family
         self._aic_saturated = float(-2.0 * fam.loglik(self.y, np.clip(self.y, 1e-300, None) if fam.is_count
                                                       else self.y, self.wt).sum())
+        self._patterns: dict[bool, _CrossPattern] = {}
         self.tol, self.max_iter = tol, max_iter
         self.evaluations = 0
         self._u_start = np.zeros(self.q)
@@ -251,6 +306,13 @@ class GLMMDeviance:
                     A_rr[n_r + j, :n_r] = row
                     A_rr[:n_r, n_r + j] = row
             A_rr[n_r:, n_r:] = self.X.T @ WX
+        if rows and q1 == 1:
+            pattern = self._patterns.get(with_x)
+            if pattern is None:
+                pattern = _CrossPattern.build(np.concatenate(rows), np.concatenate(cols), n_r + p, n1)
+                self._patterns[with_x] = pattern
+            data = np.bincount(pattern.pos, weights=np.concatenate(vals), minlength=pattern.nnz)
+            return BlockedFactor.scalar_first(A11[:, 0, 0], data, pattern, A_rr, n_r)
         if rows:
             A_r1 = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                                  shape=(n_r + p, n1)).tocsr()  # duplicates summed

@@ -300,6 +300,67 @@ class GLMMPosterior:
         draws = np.column_stack([v["fixed"] / total, (v["fixed"] + v["random"]) / total])
         return self._table(draws, ["R2_marginal", "R2_conditional"], prob)
 
+    def eta_draws(self, newdata: pd.DataFrame | None = None, include_random: bool = True) -> np.ndarray:
+        """(S, n) draws of the linear predictor (on the fitted data or ``newdata``; levels
+        not in the fit get a zero group effect)."""
+        design = self.design
+        if newdata is None:
+            X, off = design.X, self.gd.offset
+            codes = [b.codes for b in design.blocks]
+            Zx = [b.X for b in design.blocks]
+        else:
+            X = design.new_fixed_matrix(newdata)
+            off = design.new_offset(newdata)
+            off = np.zeros(len(X)) if off is None else off
+            codes = [design.new_codes(b, newdata) for b in design.blocks]
+            Zx = [b.new_columns(newdata) for b in design.blocks]
+        eta = self.fixef_draws() @ X.T + off[None, :]
+        if include_random:
+            for draws, c, z in zip(self.ranef_draws(), codes, Zx):
+                known = c >= 0
+                eta[:, known] += np.einsum("snq,nq->sn", draws[:, c[known], :], z[known])
+        return eta
+
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "response", include_random: bool = True,
+                prob: float = 0.95) -> pd.DataFrame:
+        """Posterior mean, sd and central interval of the mean response (``type="response"``)
+        or of the linear predictor (``"link"``) for each row."""
+        eta = self.eta_draws(newdata, include_random)
+        key = str(type).lower()
+        if key not in ("response", "link"):
+            raise BayesLMMError(f"type must be 'response' or 'link', not {type!r}")
+        values = self.gd.family.linkinv(eta) if key == "response" else eta
+        return self._table(values, pd.RangeIndex(values.shape[1]), prob)
+
+    def _at_posterior_mean(self):
+        """The checks of :mod:`bayeslmm.glmm_checks` read ``family``, ``gd``, ``mu``,
+        ``design``, ``beta`` and ``ranef_values``: here at the posterior means."""
+        from types import SimpleNamespace
+
+        mu = self.gd.family.linkinv(self.eta_draws()).mean(axis=0)
+        return SimpleNamespace(family=self.gd.family, gd=self.gd, mu=mu, design=self.design,
+                               beta=self.fixef_draws().mean(axis=0),
+                               ranef_values=[d.mean(axis=0) for d in self.ranef_draws()])
+
+    def rootogram(self, max_count: int | None = None) -> pd.DataFrame:
+        """Observed vs expected count frequencies at the posterior mean of each
+        observation's conditional mean (counts)."""
+        from .glmm_checks import rootogram
+
+        return rootogram(self._at_posterior_mean(), max_count=max_count)
+
+    def binned_residuals(self, bins: int | None = None) -> pd.DataFrame:
+        """Binned residuals (calibration) at the posterior mean probabilities (binomial)."""
+        from .glmm_checks import binned_residuals
+
+        return binned_residuals(self._at_posterior_mean(), bins=bins)
+
+    def shrinkage(self, group: str | None = None) -> pd.DataFrame:
+        """No / partial / complete pooling on the link scale at the posterior means."""
+        from .glmm_checks import shrinkage
+
+        return shrinkage(self._at_posterior_mean(), group=group)
+
     def summary(self, prob: float = 0.95) -> str:
         lines = [f"Generalized linear mixed model, posterior by NUTS ['bayeslmm']",
                  f" Family: {self.gd.family.describe()}", f"Formula: {self.design.formula.text}",

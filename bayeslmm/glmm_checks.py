@@ -177,3 +177,50 @@ def shrinkage(fit, group: str | None = None) -> pd.DataFrame:
     return pd.DataFrame({"n": np.bincount(codes, minlength=J), "no_pooling": np.where(finite, b0 + a, np.nan),
                          "partial_pooling": b0 + fit.ranef_values[k][:, t], "complete_pooling": b0},
                         index=pd.Index(block.levels, name=group))
+
+
+def plot_checks(fit, nsim: int = 250, random_seed=1):
+    """One figure of the checks above: a uniform QQ plot of the quantile residuals (with
+    the uniformity, dispersion and zero-inflation p-values), a hanging rootogram (counts)
+    or binned residuals (binomial), and the link-scale shrinkage of the first random
+    intercept. Returns a matplotlib Figure (not shown)."""
+    from matplotlib.figure import Figure
+
+    q = quantile_residuals(fit, nsim=nsim, random_seed=random_seed)
+    fig = Figure(figsize=(13, 4))
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    n = len(q.residuals)
+    ax1.plot((np.arange(n) + 0.5) / n, np.sort(q.residuals), ".", ms=3)
+    ax1.plot([0, 1], [0, 1], color="k", lw=1)
+    text = [f"KS p = {q.uniformity[1]:.3g}", f"dispersion {q.dispersion[0]:.2f} (p = {q.dispersion[1]:.3g})"]
+    if q.zero_inflation is not None:
+        text.append(f"zeros {q.zero_inflation[0]:.2f} (p = {q.zero_inflation[1]:.3g})")
+    ax1.text(0.03, 0.97, "\n".join(text), va="top", fontsize=8, transform=ax1.transAxes)
+    ax1.set(xlabel="expected (uniform)", ylabel="simulated quantile residual", title="Quantile residuals")
+    if fit.family.is_count:
+        root = rootogram(fit)
+        top = np.sqrt(root["expected"].to_numpy())
+        bottom = top - np.sqrt(root["observed"].to_numpy())
+        ax2.bar(root.index, top - bottom, bottom=bottom, color="#9db4d6", edgecolor="#4c72b0")
+        ax2.plot(root.index, top, color="#c44e52", marker=".", lw=1)
+        ax2.axhline(0, color="k", lw=1)
+        ax2.set(xlabel="count", ylabel="sqrt(frequency)", title="Hanging rootogram")
+    else:
+        binned = binned_residuals(fit)
+        ax2.plot(binned["fitted"], binned["residual"], "o", ms=4)
+        ax2.plot(binned["fitted"], 2 * binned["std_error"], color="grey", lw=1)
+        ax2.plot(binned["fitted"], -2 * binned["std_error"], color="grey", lw=1)
+        ax2.axhline(0, color="k", lw=1)
+        ax2.set(xlabel="fitted probability", ylabel="mean residual", title="Binned residuals (+-2 SE)")
+    try:
+        table = shrinkage(fit)
+        ax3.plot(table["no_pooling"], table["partial_pooling"], "o", ms=4)
+        lims = np.nanpercentile(np.concatenate([table["no_pooling"], table["partial_pooling"]]), [0, 100])
+        ax3.plot(lims, lims, color="k", lw=1)
+        ax3.axhline(table["complete_pooling"].iloc[0], color="grey", ls="--", lw=1)
+        ax3.set(xlabel="no pooling (link scale)", ylabel="partial pooling (link scale)",
+                title=f"Shrinkage: {table.index.name}")
+    except BayesLMMError:
+        ax3.set_axis_off()
+    fig.tight_layout()
+    return fig

@@ -52,6 +52,9 @@ class ModelSpec:
     sample: dict = field(default_factory=dict)
     description: str = ""
     base_dir: Path = Path(".")
+    #: "gaussian" (an LMM) or a GLMM family: "binomial", "poisson", "negative_binomial"
+    family: str = "gaussian"
+    link: str | None = None
 
     def load_data(self) -> pd.DataFrame:
         """The bundled data set named ``data``, or the CSV it points to."""
@@ -148,7 +151,7 @@ def check_sample_settings(sample: dict, where: str) -> dict:
 
 #: top-level entries of a model file and the type each must have
 _ENTRY_TYPES = {"name": str, "description": str, "data": str, "formula": str, "method": str, "reml": bool,
-                "priors": dict, "sample": dict}
+                "family": str, "link": str, "priors": dict, "sample": dict}
 
 
 def read_model_file(path: str | Path) -> ModelSpec:
@@ -182,7 +185,14 @@ def read_model_file(path: str | Path) -> ModelSpec:
     if not isinstance(content.get("sample", {}), dict) or not isinstance(content.get("priors", {}), dict):
         raise ModelFileError(f"{path}: [sample] and [priors] must be tables")
     sample = check_sample_settings(dict(content.get("sample", {})), str(path))
-    return ModelSpec(name=content.get("name", path.stem), data=content["data"],
+    family = content.get("family", "gaussian").lower()
+    if family not in ("gaussian", "binomial", "poisson", "negative_binomial"):
+        raise ModelFileError(f"{path}: family must be gaussian, binomial, poisson or negative_binomial, not '{family}'")
+    if family != "gaussian" and method == "reml":
+        raise ModelFileError(f"{path}: method 'reml' is for Gaussian models; a {family} model uses 'ml', 'map', "
+                             "'sample' or 'all'")
+    link = content.get("link")
+    return ModelSpec(family=family, link=link, name=content.get("name", path.stem), data=content["data"],
                      formula=content["formula"], method=method, reml=content.get("reml", True),
                      priors=parse_priors(content.get("priors", {})), sample=sample,
                      description=content.get("description", ""), base_dir=path.parent)

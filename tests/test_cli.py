@@ -26,7 +26,11 @@ def test_datasets_lists_every_bundled_set(capsys):
 def test_every_model_file_parses_and_builds():
     for path in sorted(MODELS.glob("*.toml")):
         spec = read_model_file(path)
-        model = blm.LMM(spec.formula, spec.load_data(), priors=spec.priors or None)
+        if spec.family == "gaussian":
+            model = blm.LMM(spec.formula, spec.load_data(), priors=spec.priors or None)
+        else:  # a GLMM model file (models/cbpp.toml)
+            model = blm.GLMM(spec.formula, spec.load_data(), family=spec.family, link=spec.link,
+                             priors=spec.priors or None)
         assert model.design.nobs > 0, path
     assert {p.stem for p in MODELS.glob("*.toml")} >= {"sleepstudy", "exam", "minneapolis", "dyestuff2",
                                                        "penicillin", "pastes", "insteval"}

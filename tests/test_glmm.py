@@ -275,6 +275,14 @@ def test_posterior_cbpp_no_divergences_and_near_ml(fits, models):
     assert np.all(np.abs(fe["mean"].to_numpy() - ml.beta) < 0.5 * fe["sd"].to_numpy())
     assert post.varcorr()["mean"].iloc[0] == pytest.approx(0.74, abs=0.15)
     assert set(post.icc().index) == {"ICC_adjusted", "ICC_conditional"}
+    df = blm.datasets.load("cbpp")
+    pred = post.predict(df.head(4))
+    assert np.allclose(pred["mean"], post.predict()["mean"].iloc[:4])
+    assert np.all((pred["lower"] < ml.predict(df.head(4))) & (ml.predict(df.head(4)) < pred["upper"]))
+    binned = post.binned_residuals(bins=7)
+    assert binned["n"].sum() == 56 and binned["inside"].mean() >= 5 / 7
+    shrink = post.shrinkage()
+    assert len(shrink) == 15
 
 
 # ------------------------------------------------------------------ checks and the negative binomial
@@ -340,3 +348,40 @@ def test_negative_binomial_estimates_the_shape_and_beats_poisson():
     assert nb.n_params == pois.n_params + 1
     assert nb.fixef().loc["x", "estimate"] == pytest.approx(0.5, abs=0.12)
     assert "Negative Binomial(" in nb.summary()
+
+
+def test_model_file_and_cli_fit_a_glmm(tmp_path, capsys):
+    from bayeslmm.cli import main
+    from bayeslmm.modelfile import read_model_file
+
+    spec = read_model_file(Path(__file__).resolve().parents[1] / "models" / "cbpp.toml")
+    assert spec.family == "binomial" and spec.formula.startswith("cbind(")
+    assert main(["fit", str(Path(__file__).resolve().parents[1] / "models" / "cbpp.toml"), "--method", "ml",
+                 "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "summary.txt").read_text()
+    assert "Family: binomial  ( logit )" in text and "period4" in text
+    html = (tmp_path / "report.html").read_text()
+    assert "ICC_adjusted" in html and "dispersion" in html and "data:image/png;base64" in html
+    assert main(["fit", "--data", "cbpp", "--formula", "cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                 "--family", "binomial", "--method", "reml"]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text('data = "cbpp"\nformula = "incidence ~ 1 + (1 | herd)"\nfamily = "gamma"\n')
+    with pytest.raises(blm.BayesLMMError, match="family must be"):
+        read_model_file(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_sbc_small_designs(family):
+    """A short run of validation/glmm_sbc.py (the committed run has 200 replications per
+    family: validation/out/glmm_sbc_*.txt): 40 replications, every rank histogram passes
+    the chi-square test at 1 % (Bonferroni) and no transition diverges."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "validation"))
+    import glmm_sbc
+
+    ranks, text, passed = glmm_sbc.run(family, reps=40, seed=11)
+    assert passed, text
+    assert " 0 divergent transitions" in text
+    assert ranks.shape == (40, 3) and ranks.to_numpy().min() >= 0 and ranks.to_numpy().max() <= 100
