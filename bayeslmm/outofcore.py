@@ -41,7 +41,7 @@ from .design import Design, build_design
 from .errors import BayesLMMError, DataError, FormulaError
 from .formula import parse_formula
 
-__all__ = ["GroupStatistics", "OutOfCoreDesign", "OutOfCoreLMM", "scan", "is_dask_frame", "read_parquet"]
+__all__ = ["GroupStatistics", "OutOfCoreDesign", "OutOfCoreLMM", "is_dask_frame", "read_parquet", "scan"]
 
 _SAMPLE_ROWS = 200          # first rows of each partition kept for the evaluation sample
 _SAMPLE_GROUPS = 20         # and up to 3 rows of each of its first groups
@@ -174,7 +174,7 @@ class GroupStatistics:
         return means, y_center, y_scale, SufficientStats(n.astype(float), yy, Xy, XX, Zy, ZX, ZZ)
 
 
-def _partition_statistics(part: pd.DataFrame, plan: "_Plan"):
+def _partition_statistics(part: pd.DataFrame, plan: _Plan):
     """Pass 2 on one partition: (group codes present, n, sums, products) of its groups."""
     part = part.dropna(subset=plan.used)
     if len(part) == 0:
@@ -463,8 +463,8 @@ def _summary_without_residuals(self) -> str:
     what = "REML criterion at convergence" if self.method == "reml" else "deviance"
     block = self.design.blocks[0]
     vc = self.varcorr()
-    lines = [f"Linear mixed model fit by {'REML' if self.method == 'reml' else 'maximum likelihood'}, out of core "
-             f"(per-group statistics of {self.nobs} rows)",
+    lines = [(f"Linear mixed model fit by {'REML' if self.method == 'reml' else 'maximum likelihood'}, out of core "
+             f"(per-group statistics of {self.nobs} rows)"),
              f"Formula: {self.formula}",
              f"{what}: {self.criterion:.1f}" if self.method == "reml" else
              f"     AIC      BIC   logLik deviance\n{self.aic:8.1f} {self.bic:8.1f} {self.loglik:8.1f} {self.criterion:8.1f}",

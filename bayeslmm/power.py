@@ -29,7 +29,7 @@ from .errors import BayesLMMError, FitError
 from .executor import run_tasks
 from .simulate import simulate_response
 
-__all__ = ["PowerResult", "PowerCurve", "power", "power_curve", "extend"]
+__all__ = ["PowerCurve", "PowerResult", "extend", "power", "power_curve"]
 
 _METHODS = ("satterthwaite", "wald", "lrt")
 

@@ -55,7 +55,7 @@ def test_wald_power_matches_the_noncentral_t_on_a_dask_cluster(sleep_fit, dask_c
 
 
 def test_same_seed_same_runs_with_one_or_two_workers(sleep_fit, dask_client):
-    kwargs = dict(nsim=6, fixef={"Days": 4.0}, method="wald", random_seed=11, progressbar=False)
+    kwargs = {"nsim": 6, "fixef": {"Days": 4.0}, "method": "wald", "random_seed": 11, "progressbar": False}
     serial = power(sleep_fit, "Days", n_jobs=1, **kwargs)
     local = power(sleep_fit, "Days", n_jobs=2, **kwargs)
     cluster = power(sleep_fit, "Days", client=dask_client, **kwargs)
