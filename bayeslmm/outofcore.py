@@ -171,6 +171,11 @@ class GroupStatistics:
         Zy = (P[:, iz, iy] - e * sZ) / y_scale
         ZX = P[:, iz, ix] - sZ[:, :, None] * d[None, None, :]
         ZZ = P[:, iz, iz]
+        if "m" in {f.name for f in fields(SufficientStats)}:
+            # the compact layout (bayeslmm.crossed's): group sizes m_j, blocks flattened group by group
+            return means, y_center, y_scale, SufficientStats(
+                n=n.astype(float), yy=yy, Xy=Xy, XX=XX, m=np.full(len(n), self.q), Zy=Zy.ravel(), ZX=ZX.ravel(),
+                ZZ=ZZ.ravel())
         return means, y_center, y_scale, SufficientStats(n.astype(float), yy, Xy, XX, Zy, ZX, ZZ)
 
 
