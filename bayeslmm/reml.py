@@ -344,7 +344,7 @@ class ProfiledDeviance:
 
     # -- out of core: the same deviance from cross-products (additive; see CrossProducts)
     @classmethod
-    def from_cross_products(cls, design: Design, products: CrossProducts, reml: bool = True) -> ProfiledDeviance:
+    def from_cross_products(cls, design: Design, products: "CrossProducts", reml: bool = True) -> "ProfiledDeviance":
         """The deviance of ``design`` (one bar: its block gives the terms and levels; no row
         is read) from ``products``. It sets the attributes that ``__init__`` and
         ``_precompute`` set, so ``solve`` and everything after it are shared with the
