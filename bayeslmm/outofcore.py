@@ -41,7 +41,7 @@ from .design import Design, build_design
 from .errors import BayesLMMError, DataError, FormulaError
 from .formula import parse_formula
 
-__all__ = ["GroupStatistics", "OutOfCoreDesign", "OutOfCoreLMM", "scan", "is_dask_frame", "read_parquet"]
+__all__ = ["GroupStatistics", "OutOfCoreDesign", "OutOfCoreLMM", "is_dask_frame", "read_parquet", "scan"]
 
 _SAMPLE_ROWS = 200          # first rows of each partition kept for the evaluation sample
 _SAMPLE_GROUPS = 20         # and up to 3 rows of each of its first groups
@@ -191,10 +191,15 @@ class GroupStatistics:
         Zy = (P[:, iz, iy] - e * sZ) / y_scale
         ZX = P[:, iz, ix] - sZ[:, :, None] * d[None, None, :]
         ZZ = P[:, iz, iz]
+        if "m" in {f.name for f in fields(SufficientStats)}:
+            # the compact layout (bayeslmm.crossed's): group sizes m_j, blocks flattened group by group
+            return means, y_center, y_scale, SufficientStats(
+                n=n.astype(float), yy=yy, Xy=Xy, XX=XX, m=np.full(len(n), self.q), Zy=Zy.ravel(), ZX=ZX.ravel(),
+                ZZ=ZZ.ravel())
         return means, y_center, y_scale, SufficientStats(n.astype(float), yy, Xy, XX, Zy, ZX, ZZ)
 
 
-def _partition_statistics(part: pd.DataFrame, plan: "_Plan"):
+def _partition_statistics(part: pd.DataFrame, plan: _Plan):
     """Pass 2 on one partition: (group codes present, n, sums, products) of its groups."""
     part = part.dropna(subset=plan.used)
     if len(part) == 0:
@@ -489,8 +494,8 @@ def _summary_without_residuals(self) -> str:
     what = "REML criterion at convergence" if self.method == "reml" else "deviance"
     block = self.design.blocks[0]
     vc = self.varcorr()
-    lines = [f"Linear mixed model fit by {'REML' if self.method == 'reml' else 'maximum likelihood'}, out of core "
-             f"(per-group statistics of {self.nobs} rows)",
+    lines = [(f"Linear mixed model fit by {'REML' if self.method == 'reml' else 'maximum likelihood'}, out of core "
+             f"(per-group statistics of {self.nobs} rows)"),
              f"Formula: {self.formula}",
              f"{what}: {self.criterion:.1f}" if self.method == "reml" else
              f"     AIC      BIC   logLik deviance\n{self.aic:8.1f} {self.bic:8.1f} {self.loglik:8.1f} {self.criterion:8.1f}",

@@ -25,11 +25,11 @@ import pandas as pd
 from scipy import stats
 
 from .design import Design, build_design
-from .errors import BayesLMMError
+from .errors import BayesLMMError, FitError
 from .executor import run_tasks
 from .simulate import simulate_response
 
-__all__ = ["PowerResult", "PowerCurve", "power", "power_curve", "extend"]
+__all__ = ["PowerCurve", "PowerResult", "extend", "power", "power_curve"]
 
 _METHODS = ("satterthwaite", "wald", "lrt")
 
@@ -116,7 +116,10 @@ def _simulate_and_test(spec: SimulationSpec, task, seed) -> dict:
     if isinstance(spec, dict):  # power curve: task = (key, k)
         spec = spec[task[0]]
     rng = np.random.default_rng(seed)
-    y, _ = simulate_response(spec.design, spec.beta, list(spec.covariances), spec.sigma, rng)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y, _ = simulate_response(spec.design, spec.beta, list(spec.covariances), spec.sigma, rng)
+    if not np.all(np.isfinite(y)):
+        raise FitError("the simulated response has non-finite values (an effect size or variance too large?)")
     return _test_one(spec, y)
 
 

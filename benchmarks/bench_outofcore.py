@@ -75,8 +75,8 @@ def main() -> None:
     path = Path(args.dir)
     lines = [f"bench_outofcore: {args.rows:,} rows, {args.groups:,} groups, y ~ x + (x | g)",
              f"truth: beta = {BETA.tolist()}, sd(g) = {SD.tolist()}, cor = {COR}, sigma = {SIGMA}",
-             f"machine: {os.cpu_count()} CPUs, shared with other jobs; this process at nice "
-             f"{os.nice(0)}", ""]
+             (f"machine: {os.cpu_count()} CPUs, shared with other jobs; this process at nice "
+             f"{os.nice(0)}"), ""]
 
     disk = shutil.disk_usage(path.parent if path.parent.exists() else "/")
     lines.append(f"free disk before writing: {disk.free / 2**30:.0f} GiB")
@@ -132,7 +132,7 @@ def main() -> None:
                  f"(sampling {post.idata.posterior.attrs['sampling_seconds']:.0f} s); client peak RSS "
                  f"{peak_gib():.2f} GiB; group effects: {post.idata.posterior.attrs.get('group_effects', 'drawn')}")
     p = post.idata.posterior
-    quant = lambda v: (float(v.quantile(0.025)), float(v.quantile(0.975)), float(v.mean()))  # noqa: E731
+    quant = lambda v: (float(v.quantile(0.025)), float(v.quantile(0.975)), float(v.mean()))
     checks = [("beta[(Intercept)]", p["beta"].sel(term="(Intercept)"), BETA[0]),
               ("beta[x]", p["beta"].sel(term="x"), BETA[1]),
               ("sd_g[(Intercept)]", p["sd_g"].sel(g__term="(Intercept)"), SD[0]),
@@ -142,8 +142,8 @@ def main() -> None:
         lo, hi, mean = quant(values)
         inside.append(lo <= true <= hi)
         lines.append(f"  {name:18s} mean {mean:10.4f}  95% [{lo:.4f}, {hi:.4f}]  truth {true}  inside: {inside[-1]}")
-    lines += ["", f"client process peak RSS: {peak_gib():.2f} GiB (limit 4 GiB: "
-                  f"{'met' if peak_gib() < 4 else 'NOT met'})",
+    lines += ["", (f"client process peak RSS: {peak_gib():.2f} GiB (limit 4 GiB: "
+                  f"{'met' if peak_gib() < 4 else 'NOT met'})"),
               f"true values inside their 95% intervals: {sum(inside)} of {len(inside)}",
               f"total (excluding writing): {t_scan + t_fit + t_post:.0f} s"]
     text = "\n".join(lines) + "\n"

@@ -34,11 +34,11 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     fit = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy")).fit()
-    kwargs = dict(nsim=args.nsim, fixef={"Days": 3.0}, method="wald", random_seed=2024, progressbar=False)
-    lines = [f"bench_power: {args.nsim} simulations of Reaction ~ Days + (Days | Subject), sleepstudy design "
-             f"(180 rows, 18 subjects), slope 3, Wald z test, REML refits",
-             f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, shared with other jobs; "
-             f"load average at the start {os.getloadavg()[0]:.1f}", ""]
+    kwargs = {"nsim": args.nsim, "fixef": {"Days": 3.0}, "method": "wald", "random_seed": 2024, "progressbar": False}
+    lines = [(f"bench_power: {args.nsim} simulations of Reaction ~ Days + (Days | Subject), sleepstudy design "
+             f"(180 rows, 18 subjects), slope 3, Wald z test, REML refits"),
+             (f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, shared with other jobs; "
+             f"load average at the start {os.getloadavg()[0]:.1f}"), ""]
 
     start = time.perf_counter()
     serial = blm.power(fit, "Days", n_jobs=1, **kwargs)
@@ -66,8 +66,8 @@ def main() -> None:
     lines += ["", serial.summary(), "",
               f"identical runs table (estimate, se, statistic, p, singular), 1 process vs 2 Dask workers: {same_dask}",
               f"identical runs table, 1 process vs 2 local processes: {same_local}",
-              f"mean seconds per simulation in a worker: {np.mean(serial.runs['seconds']):.4f} (1 process), "
-              f"{np.mean(on_dask.runs['seconds']):.4f} (Dask)",
+              (f"mean seconds per simulation in a worker: {np.mean(serial.runs['seconds']):.4f} (1 process), "
+              f"{np.mean(on_dask.runs['seconds']):.4f} (Dask)"),
               f"load average at the end: {os.getloadavg()[0]:.1f}"]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -34,7 +34,7 @@ import bayeslmm as blm
 
 # BAYESLMM_FAST=1 (the test suite) runs a few simulations only; unset it for real analyses
 FAST = os.environ.get("BAYESLMM_FAST") == "1"
-NSIM = 12 if FAST else 100
+NSIM = 12 if FAST else 60
 RUN = dict(random_seed=2024, n_jobs=2, progressbar=False)"""),
     ("code", """def kb07_like(n_subj=56, n_item=32):
     \"\"\"Every subject sees every item once; the 8 conditions rotate over items (Latin square).\"\"\"
@@ -83,10 +83,13 @@ same simulation at every size. All simulations go to the executor at once; pass
                         **truth, **RUN)
 curve.table"""),
     ("code", """curve.plot(target=0.8);"""),
-    ("md", """With a 25 ms effect, 56 subjects give the power in the table above; the curve shows how many
-subjects reach 80%. The intervals are exact binomial (Clopper-Pearson) intervals for the number
-of simulations run: for a decision, run more simulations (`nsim=1000` takes a few minutes on
-two cores, or seconds on a cluster)."""),
+    ("md", """The curve shows how power grows with the number of subjects for a 25 ms effect, and where it
+crosses 80%. The intervals are exact binomial (Clopper-Pearson) intervals for the number of
+simulations run, and they are wide at this `nsim`: the two estimates at 56 subjects (the single
+`power` run and the curve's point, made with different seeds) differ by about that much. For a
+decision, run more simulations (`nsim=1000`), in parallel on local processes or on a Dask
+cluster with `client=`. Many singular fits at small sizes are a warning too: with few subjects
+the by-subject slope variance is often estimated at zero."""),
 ]
 
 POWER_NOTEBOOK = {NAME: CELLS}

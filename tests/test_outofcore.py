@@ -134,7 +134,7 @@ def test_posterior_is_the_in_memory_posterior(models):
     ours = replace(problem, means=means, y_center=y_center, y_scale=y_scale, stats=stats)
     a, b = problem.pack(mem.resolved_priors()), ours.pack(ooc.resolved_priors())
     np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
-    kwargs = dict(draws=150, tune=150, chains=2, random_seed=5, progressbar=False)
+    kwargs = {"draws": 150, "tune": 150, "chains": 2, "random_seed": 5, "progressbar": False}
     draws_a = run_marginal(problem, mem.resolved_priors(), **kwargs).x
     draws_b = run_marginal(ours, ooc.resolved_priors(), **kwargs).x
     np.testing.assert_allclose(draws_b, draws_a, atol=1e-8)
