@@ -150,3 +150,33 @@ def dask_client():
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
                                   silence_logs=50) as cluster, distributed.Client(cluster) as client:
         yield client
+
+
+# ------------------------------------------------------------------ a posterior file by hand
+def write_posterior_file(path, formula: str = "Reaction ~ Days + (1 | Subject)", chains: int = 1,
+                         draws: int = 4) -> None:
+    """A sleepstudy posterior file as ``PosteriorResult.to_netcdf`` writes it (zero draws of
+    the variables ``blm.load`` checks, the attributes it rebuilds the model from), written
+    directly so that a test of loading does not depend on a sampler. ``formula`` must be a
+    one-bar ``(1 | Subject)`` model with fixed part ``Days`` for the draws to match."""
+    import json
+
+    import numpy as np
+    import xarray as xr
+
+    import bayeslmm as blm
+    from bayeslmm.posterior import frame_schema, frame_to_csv
+
+    sleep = blm.datasets.load("sleepstudy")
+    subjects = sorted(sleep["Subject"].astype(str).unique(), key=int)
+    shape = (chains, draws)
+    posterior = xr.Dataset(
+        {"beta": (("chain", "draw", "term"), np.zeros(shape + (2,))),
+         "sigma": (("chain", "draw"), np.full(shape, 25.0)),
+         "sd_Subject": (("chain", "draw", "Subject__term"), np.ones(shape + (1,))),
+         "r_Subject": (("chain", "draw", "Subject__level", "Subject__term"), np.zeros(shape + (len(subjects), 1)))},
+        coords={"chain": np.arange(chains), "draw": np.arange(draws), "term": ["(Intercept)", "Days"],
+                "Subject__term": ["(Intercept)"], "Subject__level": subjects})
+    posterior.attrs.update(formula=formula, data_csv=frame_to_csv(sleep), priors_json="{}",
+                           data_schema=json.dumps(frame_schema(sleep)))
+    xr.DataTree.from_dict({"posterior": posterior}).to_netcdf(path, engine="h5netcdf")

@@ -654,17 +654,9 @@ def test_fit_and_lmm_options_are_checked(toy):
 def test_nan_r_hat_and_ess_do_not_pass_the_diagnostics(tmp_path, monkeypatch):
     """One draw gives R-hat and ESS = NaN; NaN compared with a threshold is False, so it used
     to pass as 'no problem'."""
-    import json
+    from conftest import write_posterior_file
 
-    import xarray as xr
-
-    from bayeslmm.posterior import frame_schema, frame_to_csv
-
-    sleep = blm.datasets.load("sleepstudy")
-    posterior = xr.Dataset({"sigma": (("chain", "draw"), np.full((2, 1), 25.0))})
-    posterior.attrs.update(formula="Reaction ~ Days + (1 | Subject)", data_csv=frame_to_csv(sleep),
-                           priors_json="{}", data_schema=json.dumps(frame_schema(sleep)))
-    xr.DataTree.from_dict({"posterior": posterior}).to_netcdf(tmp_path / "one_draw.nc", engine="h5netcdf")
+    write_posterior_file(tmp_path / "one_draw.nc", chains=2, draws=1)
     post = blm.load(tmp_path / "one_draw.nc")
     monkeypatch.setattr(type(post), "diagnostics", lambda self: pd.DataFrame(
         {"r_hat": [np.nan], "ess_bulk": [np.nan], "ess_tail": [np.nan]}, index=["sigma"]))

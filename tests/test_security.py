@@ -25,6 +25,7 @@ from bayeslmm.design import FORMULA_NAMESPACE
 from bayeslmm.errors import FormulaError
 from bayeslmm.formula import expression_columns, parse_formula
 from bayeslmm.posterior import PosteriorFileError
+from conftest import write_posterior_file
 
 # {m} is the marker path; every payload creates it if evaluated (os.system, np.save, open, ...)
 PAYLOADS = [
@@ -155,23 +156,7 @@ def test_payloads_from_the_command_line_and_a_model_file(template, data, tmp_pat
 def _posterior_file(path, formula: str) -> None:
     """A file as PosteriorResult.to_netcdf writes it, with the attributes blm.load rebuilds the
     model from (written directly, so that this test does not depend on a sampler)."""
-    import xarray as xr
-
-    from bayeslmm.posterior import frame_schema, frame_to_csv
-
-    sleep = blm.datasets.load("sleepstudy")
-    subjects = blm.LMM("Reaction ~ Days + (1 | Subject)", sleep).design.blocks[0].levels
-    shape = (1, 4)
-    posterior = xr.Dataset(
-        {"beta": (("chain", "draw", "term"), np.zeros(shape + (2,))),
-         "sigma": (("chain", "draw"), np.full(shape, 25.0)),
-         "sd_Subject": (("chain", "draw", "Subject__term"), np.ones(shape + (1,))),
-         "r_Subject": (("chain", "draw", "Subject__level", "Subject__term"), np.zeros(shape + (len(subjects), 1)))},
-        coords={"chain": [0], "draw": np.arange(4), "term": ["(Intercept)", "Days"],
-                "Subject__term": ["(Intercept)"], "Subject__level": list(subjects)})
-    posterior.attrs.update(formula=formula, data_csv=frame_to_csv(sleep), priors_json="{}",
-                           data_schema=json.dumps(frame_schema(sleep)))
-    xr.DataTree.from_dict({"posterior": posterior}).to_netcdf(path, engine="h5netcdf")
+    write_posterior_file(path, formula)
 
 
 def test_payloads_from_an_edited_posterior_file(tmp_path):
