@@ -374,14 +374,11 @@ def _read_tree(path: Path):
         raise PosteriorFileError(f"{path} is not a netCDF4/HDF5 file (it does not start with the HDF5 "
                                  "signature): load() reads files written by PosteriorResult.to_netcdf")
     try:
-        with warnings.catch_warnings():
-            # h5netcdf's notice on a file that a netCDF library other than its own wrote
-            warnings.simplefilter("ignore")
-            tree = xr.open_datatree(str(path), engine="h5netcdf")
-            try:
-                tree.load()
-            finally:
-                tree.close()
+        tree = xr.open_datatree(str(path), engine="h5netcdf")
+        try:
+            tree.load()  # into memory, so that the file is closed on return
+        finally:
+            tree.close()
     except Exception as exc:  # h5py/h5netcdf/xarray raise OSError, KeyError, ValueError, ...
         raise PosteriorFileError(f"{path} is damaged or truncated: it cannot be read as netCDF4 "
                                  f"({type(exc).__name__}: {exc})") from exc
