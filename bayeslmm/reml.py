@@ -794,6 +794,14 @@ def optimize_with_gradient(deviance: ProfiledDeviance, start: np.ndarray,
 
     x = np.asarray(start, dtype=float)
     message, ok = "", False
+    # a first pass with the diagonal kept a little off 0: at 0 the criterion is even in a
+    # diagonal entry whose column vanishes, so its gradient is 0 and quasi-Newton steps that
+    # reach the bound would stay there (kb07's zero-correlation model fell to theta = 0)
+    floor = Bounds(np.where(np.isfinite(lower), lower + 1e-2, lower), np.full(len(lower), np.inf))
+    first = minimize(fg, np.maximum(x, floor.lb), jac=True, method="L-BFGS-B", bounds=floor,
+                     options={"maxiter": 20000, "maxfun": 40000, "ftol": 1e-12, "gtol": 1e-6, "maxcor": 30})
+    if np.isfinite(first.fun):
+        x = first.x
     for attempt in range(max_restarts + 1):
         result = minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds,
                           options={"maxiter": 20000, "maxfun": 40000, "ftol": 1e-15, "gtol": 1e-9,
