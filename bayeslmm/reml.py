@@ -364,7 +364,10 @@ class ProfiledDeviance:
         v_index = (entry_level[first] * q1 + entry_term[first]) * q1 + entry_term[second]
         # one sparse matrix from the entries of V to the filled entries of G, duplicates summed:
         # an evaluation is one sparse matrix-vector product and a scatter
-        self._g_targets, slot = np.unique(target, return_inverse=True)
+        filled = np.zeros(qr * qr, dtype=bool)
+        filled[target] = True
+        self._g_targets = np.flatnonzero(filled)
+        slot = (np.cumsum(filled) - 1)[target]  # no sort: a lookup over the qr x qr entries
         self._g_map = sp.csr_matrix((A.data[first] * A.data[second], (slot, v_index)),
                                     shape=(len(self._g_targets), self.J1 * q1 * q1))
 
