@@ -30,6 +30,9 @@ from .design import Design, RandomBlock
 from .errors import ConvergenceWarning, FitError
 
 _LOG_2PI = np.log(2.0 * np.pi)
+#: force the dense (True) or sparse (False) product for A_r1 V A_r1' (None: by cost); tests
+#: use it to check both paths on the same designs
+_DENSE_AR1: bool | None = None
 
 
 # ---------------------------------------------------------------- theta <-> Lambda
@@ -317,7 +320,10 @@ class ProfiledDeviance:
                 if A.shape[1] else np.zeros(0)
             pairs = float(np.sum(per_level * (per_level + 1) / 2.0))
             dense_flops = float(self.qr) ** 2 * self.J1 * self.q1
-            if dense_flops <= 20.0 * pairs or self.qr * self.J1 * self.q1 <= 200_000:
+            dense = dense_flops <= 20.0 * pairs or self.qr * self.J1 * self.q1 <= 200_000
+            if _DENSE_AR1 is not None:
+                dense = _DENSE_AR1
+            if dense:
                 self.Ar1_dense = self.Ar1.toarray()
                 # level-major copy (J1, qr, q1) for batched products with the per-level blocks
                 self._Ar1_levels = np.ascontiguousarray(self.Ar1_dense.reshape(self.qr, self.J1, self.q1)
@@ -336,8 +342,8 @@ class ProfiledDeviance:
         Every pair of non-zeros ``(a, k)``, ``(b, l)`` of ``A_r1`` in the columns of the
         same level j of the first bar, with row a >= row b, adds
         ``A[a, jk] V_j[k, l] A[b, jl]`` to ``G[a, b]``. Pairs, coefficients and targets are
-        fixed, so an evaluation is one weighted ``bincount`` into the lower triangle
-        (the sparse rank update of MixedModels.jl).
+        fixed, so an evaluation is one sparse matrix-vector product into the filled
+        entries of the lower triangle (the sparse rank update of MixedModels.jl).
         """
         q1, qr = self.q1, self.qr
         A = self.Ar1.tocsc()
@@ -354,9 +360,16 @@ class ProfiledDeviance:
         rows = A.indices
         keep = rows[first] >= rows[second]
         first, second = first[keep], second[keep]
-        self._pair_target = rows[first] * qr + rows[second]
-        self._pair_coef = A.data[first] * A.data[second]
-        self._pair_v = (entry_level[first] * q1 + entry_term[first]) * q1 + entry_term[second]
+        target = rows[first] * qr + rows[second]
+        v_index = (entry_level[first] * q1 + entry_term[first]) * q1 + entry_term[second]
+        # one sparse matrix from the entries of V to the filled entries of G, duplicates summed:
+        # an evaluation is one sparse matrix-vector product and a scatter
+        filled = np.zeros(qr * qr, dtype=bool)
+        filled[target] = True
+        self._g_targets = np.flatnonzero(filled)
+        slot = (np.cumsum(filled) - 1)[target]  # no sort: a lookup over the qr x qr entries
+        self._g_map = sp.csr_matrix((A.data[first] * A.data[second], (slot, v_index)),
+                                    shape=(len(self._g_targets), self.J1 * q1 * q1))
 
     def lambda_rest(self, theta: np.ndarray) -> sp.csr_matrix:
         lam = self._lambda_r.copy()
@@ -390,10 +403,9 @@ class ProfiledDeviance:
                 G = AVr.reshape(self.qr, J1 * q1) @ self.Ar1_dense.T
                 lower = self.Arr - G
             else:
-                weights = self._pair_coef * V.ravel()[self._pair_v]
-                G = np.bincount(self._pair_target, weights=weights, minlength=self.qr * self.qr)
                 # only the lower triangle of Arr - G is filled and needed
-                lower = self.Arr - G.reshape(self.qr, self.qr)
+                lower = self.Arr.copy()
+                lower.ravel()[self._g_targets] -= self._g_map @ V.ravel()
             Mrr = self._congruence(lam_r, lower)
             Mrr[np.diag_indices_from(Mrr)] += 1.0
             try:
@@ -877,6 +889,14 @@ def optimize_with_gradient(deviance: ProfiledDeviance, start: np.ndarray,
 
     x = np.asarray(start, dtype=float)
     message, ok = "", False
+    # a first pass with the diagonal kept a little off 0: at 0 the criterion is even in a
+    # diagonal entry whose column vanishes, so its gradient is 0 and quasi-Newton steps that
+    # reach the bound would stay there (kb07's zero-correlation model fell to theta = 0)
+    floor = Bounds(np.where(np.isfinite(lower), lower + 1e-2, lower), np.full(len(lower), np.inf))
+    first = minimize(fg, np.maximum(x, floor.lb), jac=True, method="L-BFGS-B", bounds=floor,
+                     options={"maxiter": 20000, "maxfun": 40000, "ftol": 1e-12, "gtol": 1e-6, "maxcor": 30})
+    if np.isfinite(first.fun):
+        x = first.x
     for attempt in range(max_restarts + 1):
         result = minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds,
                           options={"maxiter": 20000, "maxfun": 40000, "ftol": 1e-15, "gtol": 1e-9,
