@@ -1159,3 +1159,161 @@ def bootstrap(result, nsim: int = 1000, random_seed=None, client=None, n_jobs: i
     if failed:
         warnings.warn(f"{failed} of {nsim} bootstrap refits failed and are left out", InferenceWarning, stacklevel=3)
     return pd.DataFrame(np.vstack(rows), columns=names)
+
+
+# ---------------------------------------------------------------- Kenward-Roger
+def _divzero(x: float, y: float, tol: float = 1e-14) -> float:
+    return 1.0 if abs(x) < tol and abs(y) < tol else x / y
+
+
+class KenwardRoger:
+    """pbkrtest 0.5's Kenward-Roger adjustment of a REML fit (``vcovAdj``, ``Lb_ddf``,
+    ``KRmodcomp``), as lmerTest uses it.
+
+    The covariance parameters are pbkrtest's: every variance and covariance of every bar
+    and the residual variance, ``V = sum_i gamma_i G_i``. ``P_i = -X'V^-1 G_i V^-1 X``,
+    ``Q_ij = X'V^-1 G_i V^-1 G_j V^-1 X`` and ``tr(V^-1 G_i V^-1 G_j)`` give the expected
+    information ``I_ij`` and ``W = 2 I^-1``; the adjusted covariance of beta-hat is
+    ``Phi_A = Phi + 2 Phi U Phi`` with ``U = sum_ij W_ij (Q_ij - P_i Phi P_j)``. Every
+    ``n x n`` product is reduced to the q x q cross-products of :class:`VarianceModel`
+    (pbkrtest itself forms ``V``), so the cost is that of a few q x q products.
+    """
+
+    name = "Kenward-Roger"
+
+    def __init__(self, result):
+        if result.method != "reml":
+            raise BayesLMMError("the Kenward-Roger method needs a REML fit (pbkrtest's rule); "
+                                f"this fit is method={result.method!r}: refit with fit(method='reml')")
+        model = VarianceModel(result.design, reml=True)
+        self.model = model
+        theta, sigma = np.asarray(result.theta, float), float(result.sigma)
+        sol = model.solve(theta)
+        s2 = sigma**2
+        p, o = model.p, model.offsets
+        Czz, CzX, Q = sol.Czz, sol.CzX, sol.Q
+        D = model.D(theta)
+        DCzX = np.asarray(D @ CzX)
+        DCzz = np.asarray(D @ Czz)
+        Z2X = CzX - Czz @ DCzX                 # Z' Sigma^-2 X
+        X2X = Q - CzX.T @ DCzX                 # X' Sigma^-2 X
+        X3X = X2X - Z2X.T @ DCzX               # X' Sigma^-3 X
+        Z2Z = Czz - Czz @ DCzz                 # Z' Sigma^-2 Z
+        # pbkrtest's parameters: (block, i, j) for each variance / covariance, then the residual
+        items = []
+        for k, block in enumerate(result.design.blocks):
+            q = block.n_terms
+            pairs = [(i, j) for i in range(q) for j in range(i, q)] if block.correlated else [(i, i) for i in range(q)]
+            for i, j in pairs:
+                f = np.zeros((q, q))
+                f[i, j] = f[j, i] = 1.0
+                items.append((k, f))
+        m = len(items) + 1
+        XF = []
+        for k, f in items:
+            part = CzX.T[:, o[k]:o[k + 1]].reshape(p, model.J[k], model.q_sizes[k]) @ f
+            full = np.zeros((p, model.q))
+            full[:, o[k]:o[k + 1]] = part.reshape(p, -1)
+            XF.append(full)
+        PP = [-(xf @ CzX) / s2**2 for xf in XF] + [-X2X / s2**2]
+        QQ = [[None] * m for _ in range(m)]
+        for a in range(m - 1):
+            for b in range(m - 1):
+                QQ[a][b] = XF[a] @ Czz @ XF[b].T / s2**3
+            QQ[a][m - 1] = XF[a] @ Z2X / s2**3
+            QQ[m - 1][a] = QQ[a][m - 1].T
+        QQ[m - 1][m - 1] = X3X / s2**3
+        K = np.zeros((m, m))
+        K[:-1, :-1] = _traces(model, Czz, items) / s2**2
+        for a, (k, f) in enumerate(items):
+            K[a, -1] = K[-1, a] = np.sum(f * model._diag_sum(Z2Z, k)) / s2**2
+        K[-1, -1] = (model.n - 2.0 * np.trace(DCzz) + np.sum(DCzz * DCzz.T)) / s2**2
+        Phi = np.asarray(result.vcov_beta, float)
+        IE2 = np.empty((m, m))
+        for a in range(m):
+            for b in range(a, m):
+                IE2[a, b] = IE2[b, a] = (K[a, b] - 2.0 * np.sum(Phi * QQ[a][b])
+                                         + np.sum((Phi @ PP[a]) * (PP[b] @ Phi)))
+        values = np.linalg.eigvalsh(IE2)
+        W = 2.0 * (np.linalg.inv(IE2) if np.min(np.abs(values)) > 1e-10 else np.linalg.pinv(IE2))
+        U = np.zeros((p, p))
+        for a in range(m):
+            for b in range(a + 1, m):
+                U += W[a, b] * (QQ[a][b] - PP[a] @ Phi @ PP[b])
+        U = U + U.T
+        for a in range(m):
+            U += W[a, a] * (QQ[a][a] - PP[a] @ Phi @ PP[a])
+        self.Phi = Phi
+        self.PhiA = Phi + 2.0 * Phi @ U @ Phi
+        self.P, self.W = PP, W
+
+    @property
+    def vcov(self) -> np.ndarray:
+        """The adjusted covariance of beta-hat (pbkrtest's ``vcovAdj``)."""
+        return self.PhiA
+
+    def _A(self, L: np.ndarray) -> tuple[float, float]:
+        Theta = L.T @ np.linalg.solve(L @ self.Phi @ L.T, L)
+        TP = Theta @ self.Phi
+        u = [TP @ P @ self.Phi for P in self.P]
+        A1 = A2 = 0.0
+        m = len(u)
+        for a in range(m):
+            for b in range(a, m):
+                e = 1.0 if a == b else 2.0
+                A1 += e * self.W[a, b] * np.trace(u[a]) * np.trace(u[b])
+                A2 += e * self.W[a, b] * np.sum(u[a] * u[b].T)
+        return A1, A2
+
+    def _ddf_and_scaling(self, L: np.ndarray) -> tuple[float, float]:
+        """pbkrtest's ``Lb_ddf`` denominator df and ``KRmodcomp``'s F scaling."""
+        q = L.shape[0]
+        A1, A2 = self._A(L)
+        B = (A1 + 6.0 * A2) / (2.0 * q)
+        g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
+        c1 = g / (3 * q + 2 * (1 - g))
+        c2 = (q - g) / (3 * q + 2 * (1 - g))
+        c3 = (q + 2 - g) / (3 * q + 2 * (1 - g))
+        V0, V1, V2 = 1 + c1 * B, 1 - c2 * B, 1 - c3 * B
+        V0 = 0.0 if abs(V0) < 1e-10 else V0
+        rho = _divzero(1 - A2 / q, V1) ** 2 * V0 / V2 / q
+        df2 = 4 + (q + 2) / (q * rho - 1)
+        scaling = 9999.0 if abs(df2 - 2) < 1e-2 else df2 * (1 - A2 / q) / (df2 - 2)
+        return float(df2), float(scaling)
+
+    def df(self, L: np.ndarray) -> float:
+        return self._ddf_and_scaling(np.asarray(L, float).reshape(1, -1))[0]
+
+    def ftest(self, L: np.ndarray, beta: np.ndarray) -> tuple[float, int, float]:
+        """One row: the squared KR t-test (lmerTest's ``contest1D``); several: pbkrtest's
+        scaled F, ``F = scaling * (L b)' (L Phi_A L')^-1 (L b) / q``."""
+        L = np.asarray(L, float)
+        rows, _ = _rotate(L, self.Phi)
+        if len(rows) == 1:
+            t = rows[0] @ beta / np.sqrt(rows[0] @ self.PhiA @ rows[0])
+            return float(t * t), 1, self.df(rows[0])
+        q = len(rows)
+        Lb = rows @ beta
+        wald = float(Lb @ np.linalg.solve(rows @ self.PhiA @ rows.T, Lb)) / q
+        ddf, scaling = self._ddf_and_scaling(rows)
+        return scaling * wald, q, ddf
+
+
+def _traces(model: VarianceModel, M: np.ndarray, items) -> np.ndarray:
+    """``tr(F_a M F_b M)`` for ``F_a = I (x) f_a`` on bar ``k_a`` (items ``(k_a, f_a)``)."""
+    m = len(items)
+    out = np.zeros((m, m))
+    cache = {}
+    for a, (k, fa) in enumerate(items):
+        for b in range(a, m):
+            l, fb = items[b]
+            key = (min(k, l), max(k, l))
+            if key not in cache:
+                B = model._block(M, *key)
+                qk, ql = model.q_sizes[key[0]], model.q_sizes[key[1]]
+                F = np.ascontiguousarray(B.transpose(1, 3, 0, 2)).reshape(qk * ql, -1)
+                cache[key] = (F @ F.T).reshape(qk, ql, qk, ql)
+            T = cache[key]
+            first, second = (fa, fb) if k <= l else (fb, fa)
+            out[a, b] = out[b, a] = np.einsum("st,uv,tusv->", first, second, T)
+    return out

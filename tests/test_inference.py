@@ -302,3 +302,47 @@ def test_probability_of_direction():
 
     draws = np.column_stack([np.r_[np.ones(90), -np.ones(10)], np.r_[np.ones(30), -np.ones(70)]])
     np.testing.assert_allclose(probability_of_direction(draws), [0.9, 0.7])
+
+
+# ------------------------------------------------------------------ Kenward-Roger
+KR_CASES = [c for c in CASES if "kenward_roger" in inference_reference(c)]
+
+
+@pytest.mark.parametrize("case", KR_CASES)
+def test_kenward_roger_matches_pbkrtest(case):
+    ref = _frame(inference_reference(case)["kenward_roger"])
+    table = reference_fit(case).fixef(ddf="kenward-roger")
+    assert list(table.index) == list(ref.index)
+    np.testing.assert_allclose(table["df"], ref["df"], rtol=1e-3)
+    np.testing.assert_allclose(table["std_error"], ref["Std. Error"], rtol=1e-3)
+    np.testing.assert_allclose(table["p_value"], ref["Pr(>|t|)"], rtol=0, atol=1e-4)
+    anova_ref = inference_reference(case)["anova_kenward_roger"]
+    if anova_ref:
+        ref = _frame(anova_ref)
+        anova = reference_fit(case).anova(ddf="kenward-roger")
+        np.testing.assert_allclose(anova["f_value"], ref["F value"], rtol=1e-4)
+        np.testing.assert_allclose(anova["den_df"], ref["DenDF"], rtol=1e-3)
+        np.testing.assert_allclose(anova["p_value"], ref["Pr(>F)"], rtol=0, atol=1e-4)
+
+
+def test_kenward_roger_needs_reml():
+    with pytest.raises(blm.BayesLMMError, match="REML"):
+        reference_fit("sleep_rs_ml").fixef(ddf="kenward-roger")
+
+
+def test_kenward_roger_multi_df_test_is_scaled_wald(factor_fit):
+    """A 2-df KR F-test: pbkrtest's scaled Wald statistic on the adjusted covariance; the
+    scaling is close to 1 and the df close to Satterthwaite's for this well-balanced design."""
+    kr = factor_fit.anova(ddf="kenward-roger").loc["g"]
+    sat = factor_fit.anova().loc["g"]
+    method = factor_fit._ddf_method("kenward-roger")
+    b = factor_fit.beta[2:]
+    wald = b @ np.linalg.solve(method.PhiA[2:, 2:], b) / 2
+    assert kr["num_df"] == 2
+    assert kr["f_value"] == pytest.approx(wald, rel=0.05)
+    assert kr["den_df"] == pytest.approx(sat["den_df"], rel=0.1)
+
+
+def test_summary_names_kenward_roger():
+    text = reference_fit("sleep_rs").summary(ddf="kenward-roger")
+    assert text.splitlines()[0].endswith("t-tests use Kenward-Roger's method [lmerModLmerTest]")
