@@ -346,3 +346,13 @@ def test_kenward_roger_multi_df_test_is_scaled_wald(factor_fit):
 def test_summary_names_kenward_roger():
     text = reference_fit("sleep_rs").summary(ddf="kenward-roger")
     assert text.splitlines()[0].endswith("t-tests use Kenward-Roger's method [lmerModLmerTest]")
+
+
+@pytest.mark.parametrize("case", ["pastes", "exam_sex", "sleep_uncorr"])
+def test_blocked_and_dense_solves_agree(case):
+    fit = reference_fit(case)
+    vm = VarianceModel(fit.design, reml=fit.reml)
+    theta = fit.theta * 1.3 + 0.05 * (vm.layout.lower == 0)
+    blocked, dense = vm.solve(theta), vm._solve_dense(theta)
+    assert blocked.logdet_sigma == pytest.approx(dense.logdet_sigma, rel=1e-10)
+    np.testing.assert_allclose(blocked.C, dense.C, rtol=1e-9, atol=1e-9 * np.abs(dense.C).max())
