@@ -858,12 +858,12 @@ class Profile:
             v0[-1] = np.log(x)
             bounds = [(lo if np.isfinite(lo) else None, None) for lo in self.model.layout.lower] + [(v0[-1], v0[-1])]
             res = minimize(objective, v0, jac=True, method="SLSQP", bounds=bounds,
-                           options={"ftol": PROFILE_FTOL, "maxiter": 500})
+                           options={"ftol": PROFILE_FTOL, "maxiter": 200})
         else:
             bounds = [(lo if np.isfinite(lo) else None, None) for lo in self.model.layout.lower] + [(None, None)]
             res = minimize(objective, start, jac=True, method="SLSQP", bounds=bounds,
                            constraints=[{"type": "eq", "fun": constraint, "jac": constraint_jac}],
-                           options={"ftol": PROFILE_FTOL, "maxiter": 500})
+                           options={"ftol": PROFILE_FTOL, "maxiter": 200})
         value = float(res.fun) if abs(constraint(res.x)) <= 1e-6 * max(1.0, abs(x)) else np.inf
         diff = max(value - self.base, 0.0)
         return float(np.sign(x - self.phi_hat[w]) * np.sqrt(diff)), res.x
@@ -887,7 +887,7 @@ class Profile:
 
         bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
         res = minimize(objective, start, jac=True, method="SLSQP", bounds=bounds,
-                       options={"ftol": PROFILE_FTOL, "maxiter": 500})
+                       options={"ftol": PROFILE_FTOL, "maxiter": 200})
         diff = max(float(res.fun) - self.base, 0.0)
         return float(np.sign(value - self.beta_hat[j]) * np.sqrt(diff)), res.x
 
@@ -932,6 +932,13 @@ class Profile:
             if direction * (x - bound) >= 0:
                 x = bound
             z = zeta(x)
+            if not np.isfinite(z) and x == bound:
+                # a correlation of exactly +-1 with the others free can be infeasible:
+                # read the profile just inside the bound
+                x = bound - direction * 1e-6 * scale
+                z = zeta(x)
+                if np.isfinite(z) and direction * (z - target) < 0:
+                    return float(bound)
             if not np.isfinite(z):
                 z = direction * np.inf
             if abs(z - target) < tol:
@@ -961,6 +968,10 @@ class Profile:
                 if not (lo + 0.02 * width < guess < hi - 0.02 * width):
                     guess = 0.5 * (inner + outer)
                 x = guess
+                if not np.isfinite(z_outer) and width < 1e-2 * scale:
+                    # the profile stops (no feasible refit) before reaching the target:
+                    # as lme4, whose spline has no value there, report the bound
+                    return float(bound)
                 if width < 1e-10 * max(abs(estimate), scale, 1e-300):
                     return float(x)
         warnings.warn(f"the profile search for zeta = {target:.3g} did not converge", InferenceWarning, stacklevel=4)
