@@ -356,3 +356,22 @@ def test_blocked_and_dense_solves_agree(case):
     blocked, dense = vm.solve(theta), vm._solve_dense(theta)
     assert blocked.logdet_sigma == pytest.approx(dense.logdet_sigma, rel=1e-10)
     np.testing.assert_allclose(blocked.C, dense.C, rtol=1e-9, atol=1e-9 * np.abs(dense.C).max())
+
+
+def test_singular_hessian_eigenvalues_are_dropped_with_a_counted_warning(monkeypatch):
+    """lmerTest's rule: eigenvalues of the Hessian at or below 1e-8 are left out of its
+    inverse, with one warning that counts them."""
+    from bayeslmm import inference
+
+    fit = reference_fit("sleep_rs")
+    true = inference.VarianceModel(fit.design, reml=True).hessian(fit.theta, fit.sigma)
+    values, vectors = np.linalg.eigh(true)
+    bent = values.copy()
+    bent[0], bent[1] = -1e-3, 0.0
+    monkeypatch.setattr(inference.VarianceModel, "hessian",
+                        lambda self, theta, sigma, sol=None: (vectors * bent) @ vectors.T)
+    with pytest.warns(inference.InferenceWarning, match="1 negative eigenvalue.*1 eigenvalue.*close to zero"):
+        method = inference.Satterthwaite(fit)
+    assert method.n_dropped_eigenvalues == 2
+    kept = vectors[:, 2:]
+    np.testing.assert_allclose(method.vcov_varpar, 2 * (kept / bent[2:]) @ kept.T, rtol=1e-10)
