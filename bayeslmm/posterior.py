@@ -40,6 +40,12 @@ from .results import FitResult, merge_by_group, varcorr_layout, varcorr_values
 _MAX_LOGLIK_CELLS = 50_000_000
 
 
+def probability_of_direction(draws: np.ndarray) -> np.ndarray:
+    """Share of draws (rows) on the majority side of zero, per column (bayestestR's ``pd``)."""
+    draws = np.asarray(draws, dtype=float)
+    return np.maximum(np.mean(draws > 0, axis=0), np.mean(draws < 0, axis=0))
+
+
 def _interval(draws: np.ndarray, prob: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     tail = (1.0 - prob) / 2.0
     return np.quantile(draws, tail, axis=axis), np.quantile(draws, 1.0 - tail, axis=axis)
@@ -151,13 +157,16 @@ class PosteriorResult(FitResult):
 
     # ---------------------------------------------------------- tables
     def fixef(self, prob: float = 0.95) -> pd.DataFrame:
-        """Posterior mean, sd, equal-tailed interval, R-hat and ESS of each fixed effect."""
+        """Posterior mean, sd, equal-tailed interval, probability of direction (``pd``,
+        the posterior probability that the effect has the sign of its median, between 0.5
+        and 1; the Bayesian counterpart of a p-value, Makowski et al. 2019), R-hat and ESS
+        of each fixed effect."""
         draws = self.fixef_draws()
         lower, upper = _interval(draws, prob)
         diag = self.diagnostics()
         keys = [f"beta[{name}]" for name in self.design.fixed_names]
         return pd.DataFrame({"mean": draws.mean(axis=0), "sd": draws.std(axis=0, ddof=1),
-                             "lower": lower, "upper": upper,
+                             "lower": lower, "upper": upper, "pd": probability_of_direction(draws),
                              "rhat": diag.loc[keys, "r_hat"].to_numpy(),
                              "ess_bulk": diag.loc[keys, "ess_bulk"].to_numpy(),
                              "ess_tail": diag.loc[keys, "ess_tail"].to_numpy()},

@@ -185,3 +185,193 @@ def test_sequential_and_type2_anova_on_an_interaction():
     assert type2.loc["Days:g", "f_value"] == pytest.approx(marginal.loc[0, "f_value"], rel=1e-10)
     with pytest.raises(blm.BayesLMMError, match="sum-to-zero"):
         fit.anova(type=3)
+
+
+# ------------------------------------------------------------------ confidence intervals
+def _reference_limits(case, key):
+    frame = _frame(inference_reference(case)[key]).replace("NA", np.nan).astype(float)
+    return frame.rename(columns={"2.5 %": "lower", "97.5 %": "upper"})
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_wald_confint_matches_lme4(case):
+    """Names and NA rows exactly; limits to 1e-6 beyond what the fit's own estimates and
+    standard errors differ from lme4's (those are the REML back end's, tested in
+    test_reml_parity)."""
+    from scipy.stats import norm
+
+    fit = reference_fit(case)
+    ref = _reference_limits(case, "confint_wald")
+    lme4 = inference_reference(case)
+    table = fit.confint(method="wald")
+    assert list(table.index) == list(ref.index)
+    assert list(table.columns) == ["lower", "upper"]
+    np.testing.assert_array_equal(table.isna().to_numpy(), ref.isna().to_numpy())
+    fixed = ref.dropna()
+    z = norm.ppf(0.975)
+    se_ref = (fixed["upper"] - fixed["lower"]) / (2 * z)
+    est_ref = (fixed["upper"] + fixed["lower"]) / 2
+    ours = fit.fixef(ddf=None)
+    explained = np.abs(ours["estimate"] - est_ref) + z * np.abs(ours["std_error"] - se_ref)
+    for column in ("lower", "upper"):
+        err = np.abs(table.loc[fixed.index, column] - fixed[column])
+        assert np.all(err <= 1e-6 * np.abs(fixed[column]) + explained), (case, column, err)
+    # and lme4's limits are its own estimate +- z se (the formula, to 1e-10)
+    sat = _frame(lme4["satterthwaite"])
+    np.testing.assert_allclose(est_ref, sat["Estimate"], rtol=1e-10)
+    np.testing.assert_allclose(se_ref, sat["Std. Error"], rtol=1e-9)
+
+
+def _assert_profile_agrees(case, table):
+    from bayeslmm.inference import Profile
+
+    ref = _reference_limits(case, "confint_profile")
+    assert list(table.index) == list(ref.index)
+    profile = Profile(reference_fit(case))
+    estimate = np.abs(np.nan_to_num(np.r_[profile.phi_hat, profile.beta_hat], nan=1.0))
+    err = np.abs(table.to_numpy() - ref.to_numpy())
+    ok = (err <= 1e-3 * estimate[:, None]) | (err <= 1e-4)
+    assert ok.all(), (case, table[~ok.all(axis=1)], ref[~ok.all(axis=1)])
+
+
+@pytest.mark.parametrize("case", ["dyestuff", "dyestuff2", "sleep_ri"])
+def test_profile_confint_matches_lme4(case):
+    """dyestuff2's sd is 0 at the ML optimum: its lower limit is the bound 0, as lme4's."""
+    _assert_profile_agrees(case, reference_fit(case).confint())
+
+
+PROFILE_CASES = [c for c in SMALL if "confint_profile" in inference_reference(c)
+                 and c not in ("dyestuff", "dyestuff2", "sleep_ri")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", PROFILE_CASES)
+def test_profile_confint_matches_lme4_everywhere(case):
+    _assert_profile_agrees(case, reference_fit(case).confint())
+
+
+def test_confint_rejects_bad_arguments():
+    fit = reference_fit("sleep_rs")
+    with pytest.raises(blm.BayesLMMError, match="unknown method"):
+        fit.confint(method="bca")
+    with pytest.raises(blm.BayesLMMError, match="level"):
+        fit.confint(method="wald", level=95)
+
+
+# ------------------------------------------------------------------ parametric bootstrap
+def test_bootstrap_refit_of_the_data_is_the_fit():
+    from bayeslmm.inference import _BootModel
+
+    fit = reference_fit("sleep_rs")
+    values = _BootModel.from_result(fit).refit(fit.design.y)
+    vc = fit.varcorr()["sdcor"].to_numpy()
+    np.testing.assert_allclose(values[:4], vc[[0, 2, 1, 3]], rtol=1e-4)
+    np.testing.assert_allclose(values[4:], fit.beta, rtol=1e-6)
+
+
+def test_bootstrap_is_reproducible_across_workers():
+    fit = reference_fit("sleep_ri")
+    one = fit.confint(method="boot", nsim=12, random_seed=7, n_jobs=1, progressbar=False)
+    two = fit.confint(method="boot", nsim=12, random_seed=7, n_jobs=2, progressbar=False)
+    pd.testing.assert_frame_equal(one, two)
+    other = fit.confint(method="boot", nsim=12, random_seed=8, n_jobs=1, progressbar=False)
+    assert not np.allclose(one.to_numpy(), other.to_numpy())
+
+
+def test_bootstrap_interval_agrees_with_the_profile_interval():
+    """200 draws on sleep_ri (3 variance/fixed parameters + sigma): each percentile limit
+    within its Monte Carlo error (4 binomial sds of the quantile, mapped through the
+    draws' density) of lme4's profile limit."""
+    from bayeslmm.inference import bootstrap
+
+    fit = reference_fit("sleep_ri")
+    draws = bootstrap(fit, nsim=200, random_seed=11, n_jobs=2, progressbar=False)
+    ref = _reference_limits("sleep_ri", "confint_profile")
+    n = len(draws)
+    for name in ref.index:
+        x = np.sort(draws[name].to_numpy())
+        for q, column in ((0.025, "lower"), (0.975, "upper")):
+            sd_rank = np.sqrt(n * q * (1 - q))
+            lo = x[max(int(np.floor(n * q - 4 * sd_rank)), 0)]
+            hi = x[min(int(np.ceil(n * q + 4 * sd_rank)), n - 1)]
+            assert lo <= ref.loc[name, column] <= hi, (name, column, lo, ref.loc[name, column], hi)
+
+
+def test_probability_of_direction():
+    from bayeslmm.posterior import probability_of_direction
+
+    draws = np.column_stack([np.r_[np.ones(90), -np.ones(10)], np.r_[np.ones(30), -np.ones(70)]])
+    np.testing.assert_allclose(probability_of_direction(draws), [0.9, 0.7])
+
+
+# ------------------------------------------------------------------ Kenward-Roger
+KR_CASES = [c for c in CASES if "kenward_roger" in inference_reference(c)]
+
+
+@pytest.mark.parametrize("case", KR_CASES)
+def test_kenward_roger_matches_pbkrtest(case):
+    ref = _frame(inference_reference(case)["kenward_roger"])
+    table = reference_fit(case).fixef(ddf="kenward-roger")
+    assert list(table.index) == list(ref.index)
+    np.testing.assert_allclose(table["df"], ref["df"], rtol=1e-3)
+    np.testing.assert_allclose(table["std_error"], ref["Std. Error"], rtol=1e-3)
+    np.testing.assert_allclose(table["p_value"], ref["Pr(>|t|)"], rtol=0, atol=1e-4)
+    anova_ref = inference_reference(case)["anova_kenward_roger"]
+    if anova_ref:
+        ref = _frame(anova_ref)
+        anova = reference_fit(case).anova(ddf="kenward-roger")
+        np.testing.assert_allclose(anova["f_value"], ref["F value"], rtol=1e-4)
+        np.testing.assert_allclose(anova["den_df"], ref["DenDF"], rtol=1e-3)
+        np.testing.assert_allclose(anova["p_value"], ref["Pr(>F)"], rtol=0, atol=1e-4)
+
+
+def test_kenward_roger_needs_reml():
+    with pytest.raises(blm.BayesLMMError, match="REML"):
+        reference_fit("sleep_rs_ml").fixef(ddf="kenward-roger")
+
+
+def test_kenward_roger_multi_df_test_is_scaled_wald(factor_fit):
+    """A 2-df KR F-test: pbkrtest's scaled Wald statistic on the adjusted covariance; the
+    scaling is close to 1 and the df close to Satterthwaite's for this well-balanced design."""
+    kr = factor_fit.anova(ddf="kenward-roger").loc["g"]
+    sat = factor_fit.anova().loc["g"]
+    method = factor_fit._ddf_method("kenward-roger")
+    b = factor_fit.beta[2:]
+    wald = b @ np.linalg.solve(method.PhiA[2:, 2:], b) / 2
+    assert kr["num_df"] == 2
+    assert kr["f_value"] == pytest.approx(wald, rel=0.05)
+    assert kr["den_df"] == pytest.approx(sat["den_df"], rel=0.1)
+
+
+def test_summary_names_kenward_roger():
+    text = reference_fit("sleep_rs").summary(ddf="kenward-roger")
+    assert text.splitlines()[0].endswith("t-tests use Kenward-Roger's method [lmerModLmerTest]")
+
+
+@pytest.mark.parametrize("case", ["pastes", "exam_sex", "sleep_uncorr"])
+def test_blocked_and_dense_solves_agree(case):
+    fit = reference_fit(case)
+    vm = VarianceModel(fit.design, reml=fit.reml)
+    theta = fit.theta * 1.3 + 0.05 * (vm.layout.lower == 0)
+    blocked, dense = vm.solve(theta), vm._solve_dense(theta)
+    assert blocked.logdet_sigma == pytest.approx(dense.logdet_sigma, rel=1e-10)
+    np.testing.assert_allclose(blocked.C, dense.C, rtol=1e-9, atol=1e-9 * np.abs(dense.C).max())
+
+
+def test_singular_hessian_eigenvalues_are_dropped_with_a_counted_warning(monkeypatch):
+    """lmerTest's rule: eigenvalues of the Hessian at or below 1e-8 are left out of its
+    inverse, with one warning that counts them."""
+    from bayeslmm import inference
+
+    fit = reference_fit("sleep_rs")
+    true = inference.VarianceModel(fit.design, reml=True).hessian(fit.theta, fit.sigma)
+    values, vectors = np.linalg.eigh(true)
+    bent = values.copy()
+    bent[0], bent[1] = -1e-3, 0.0
+    monkeypatch.setattr(inference.VarianceModel, "hessian",
+                        lambda self, theta, sigma, sol=None: (vectors * bent) @ vectors.T)
+    with pytest.warns(inference.InferenceWarning, match="1 negative eigenvalue.*1 eigenvalue.*close to zero"):
+        method = inference.Satterthwaite(fit)
+    assert method.n_dropped_eigenvalues == 2
+    kept = vectors[:, 2:]
+    np.testing.assert_allclose(method.vcov_varpar, 2 * (kept / bent[2:]) @ kept.T, rtol=1e-10)
