@@ -150,7 +150,7 @@ class CrossedProblem:
         y, X = np.asarray(y, dtype=float), np.asarray(X, dtype=float)
         n = len(y)
         if top is None:
-            top = best_top(factors)
+            top = best_top(factors, y, X.shape[1])
         integrated = nested_in(factors, top)
         sampled = [k for k in range(len(factors)) if k not in integrated]
         if centered is None:
@@ -244,9 +244,12 @@ class CrossedProblem:
         sections = {
             K.H_FPRI: np.ravel(fixed), K.H_SPRI: np.ravel(_prior_code(prior_set.sigma) + [0.0]),
             K.H_BARS: np.ravel(bar_rows), K.H_SDPRI: np.ravel(sd_priors),
-            C.C_Y: a["y"], C.C_X: a["X"], C.C_ROWSLOT: a["slots"], C.C_ZI: a["zi"], C.C_GROW: a["group_ptr"],
+            C.C_Y: a["y"], C.C_X: a["X"], C.C_ROWSLOT: voff[np.repeat(np.arange(J), np.diff(a["group_ptr"]))][:, None]
+            + a["slots"], C.C_ZI: a["zi"], C.C_GROW: a["group_ptr"],
             C.C_GPTR: gptr, C.C_ENT: entries, C.C_GM: m, C.C_GSOFF: soff, C.C_GVOFF: voff, C.C_S: S,
-            C.C_IBAR: np.array(self.integrated), C.C_SBAR: np.ravel(sbar), C.C_CODE: a["codes"], C.C_ZS: a["zs"]}
+            C.C_IBAR: np.array(self.integrated), C.C_SBAR: np.ravel(sbar), C.C_ZS: a["zs"],
+            C.C_CODE: (np.array([row[3] for row in sbar], dtype=np.int64)[None, :]
+                       + a["codes"] * np.array([self.bars[k].q for k in self.sampled], dtype=np.int64)[None, :])}
         header = np.zeros(C.C_SIZE)
         header[[K.H_P, K.H_K, K.H_NDIM, K.H_MMAX, K.H_SIGMA, K.H_N, K.H_SCALE]] = [
             p, len(self.bars), self.ndim, max(int(m.max()), 1), sigma_index, n, self.y_scale]
@@ -351,20 +354,43 @@ FLOP_COST = 0.5e-9
 RUN_COST = 2.0
 FULL_COMPILE = 25.0
 #: Draws per effective draw of the slowest parameter, measured: the collapsed sampler
-#: ~1 (exam_rs: ESS 4896 of 4000), the partially collapsed ~6 (kb07 4x4: ESS 610 of 4000),
-#: the full model ~8 (exam_rs: ESS 495 of 4000).
-ESS_PENALTY = {"marginal": 1.0, "crossed": 6.0, "full": 8.0}
+#: ~1 (exam_rs: ESS 4896 of 4000), the full model ~8 (exam_rs: ESS 495 of 4000). The
+#: partially collapsed one mixes worse the more data each level of a non-centered sampled
+#: bar holds (the data then fix b = Lambda u, and u and the sds trade off): kb07 4x4 with
+#: the items sampled (56 rows per item) ESS 610 of 4000, with the subjects sampled (32
+#: rows per subject) ESS 1152; modelled as 2 + rows per level / 10 per such bar.
+ESS_PENALTY = {"marginal": 1.0, "crossed": 2.0, "full": 8.0}
+ROWS_PER_PENALTY = 10.0
 #: The collapsed sampler mixes best: it is kept while its estimate stays below this.
 AFFORDABLE = 20.0
 
 
-def best_top(factors: list[Factor]) -> int:
-    """The bar whose factor integrates out the most effects at a modest per-group cost."""
-    def score(t):
-        integ = nested_in(factors, t)
-        m = group_sizes(factors, t, integ)
-        return (float((m.astype(float) ** 3).sum()) <= 5e7, int(m.sum()))
-    return max(range(len(factors)), key=score)
+def crossed_penalty(factors: list[Factor], sampled: list[int], y: np.ndarray) -> float:
+    """Estimated draws per effective draw of the partially collapsed sampler when the bars
+    ``sampled`` are sampled (see ESS_PENALTY)."""
+    penalty = ESS_PENALTY["crossed"]
+    for k in sampled:
+        if not centering(factors[k], y):
+            penalty += len(factors[k].codes) / factors[k].n_levels / ROWS_PER_PENALTY
+    return penalty
+
+
+def crossed_cost(factors: list[Factor], top: int, y: np.ndarray, p: int, iters: float) -> float:
+    """Estimated seconds (at equal ESS) of the partially collapsed sampler integrating out
+    ``top``'s factor (and every bar nested in it)."""
+    n = len(y)
+    integ = nested_in(factors, top)
+    sampled = [k for k in range(len(factors)) if k not in integ]
+    m = group_sizes(factors, top, integ).astype(float)
+    n_hyper = p + 1 + sum(f.q + f.q * (f.q - 1) // 2 for f in factors)
+    n_sampled = sum(factors[k].q * factors[k].n_levels for k in sampled)
+    per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * n * (p + sum(f.q for f in factors))
+    return RUN_COST + crossed_penalty(factors, sampled, y) * iters * _steps(n_hyper + n_sampled) * per
+
+
+def best_top(factors: list[Factor], y: np.ndarray, p: int = 1) -> int:
+    """The bar whose factor is cheapest to integrate out by :func:`crossed_cost`."""
+    return min(range(len(factors)), key=lambda t: crossed_cost(factors, t, y, p, 4000.0))
 
 
 @dataclass(frozen=True)
@@ -407,13 +433,9 @@ def estimate_costs(design: Design, draws: int = 1000, tune: int = 1000, chains: 
         per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * len(m) * (p + 1)
         costs["marginal"] = RUN_COST + ESS_PENALTY["marginal"] * iters * _steps(n_hyper) * per
     for t in range(len(factors)):
-        integ = nested_in(factors, t)
-        if len(integ) == len(factors):
+        if len(nested_in(factors, t)) == len(factors):
             continue  # nothing left to sample: that is the collapsed sampler
-        m = group_sizes(factors, t, integ).astype(float)
-        sampled = sum(factors[k].q * factors[k].n_levels for k in range(len(factors)) if k not in integ)
-        per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * n * (p + Q)
-        costs[f"crossed:{t}"] = RUN_COST + ESS_PENALTY["crossed"] * iters * _steps(n_hyper + sampled) * per
+        costs[f"crossed:{t}"] = crossed_cost(factors, t, design.y, p, iters)
     n_eff = sum(f.q * f.n_levels for f in factors)
     per = 4.0 * ROW_COST * n * (p + Q)  # PyMC's graph: a few passes over the rows
     costs["full"] = FULL_COMPILE + ESS_PENALTY["full"] * iters * _steps(n_hyper + n_eff) * per
