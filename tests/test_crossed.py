@@ -152,10 +152,16 @@ def test_priors_and_jacobians_equal_the_collapsed_samplers(centered):
     assert c_prior == pytest.approx(expected, abs=1e-9)
 
 
-def test_integrated_factor_is_the_one_with_most_effects_and_no_group_is_padded():
+def test_integrated_factor_is_the_cheapest_and_no_group_is_padded():
+    from bayeslmm.crossed import best_top, crossed_cost
+
     design, _ = case("y ~ x + (x | a) + (1 | b)", "sim")
+    factors = factors_of(design)
+    costs = [crossed_cost(factors, t, design.y, 2, 4000.0) for t in range(2)]
     problem = CrossedProblem.from_design(design)
-    assert [problem.bars[k].label for k in problem.integrated] == ["a"]  # 24 effects vs 7
+    assert problem.top == best_top(factors, design.y, 2) == int(np.argmin(costs))
+    problem = CrossedProblem.from_design(design, top=0)
+    assert [problem.bars[k].label for k in problem.integrated] == ["a"] and problem.sampled == (1,)
     assert problem.group_m.tolist() == [2] * 12
     design, _ = case("y ~ x + (x || a) + (x | b) + (1 | c)", "sim")
     factors = factors_of(design)
