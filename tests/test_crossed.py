@@ -167,7 +167,7 @@ def test_integrated_factor_is_the_cheapest_and_no_group_is_padded():
     factors = factors_of(design)
     labels = [f.label for f in factors]
     assert sorted(labels[k] for k in nested_in(factors, labels.index("c"))) == ["a", "c"]
-    problem = CrossedProblem.from_design(design)
+    problem = CrossedProblem.from_design(design, top=labels.index("c"))
     # c's four groups hold c's effect and the intercepts and slopes of their three a's
     assert problem.group_m.tolist() == [7, 7, 7, 7]
 
