@@ -118,7 +118,7 @@ def insteval(seed, top=None):
     return report("insteval", problem, run, posterior, t_eff, f"; means {means}")
 
 
-def sim1m(seed):
+def sim1m(seed, draws=1000, tune=1000, chains=4):
     """1,000,000 rows, 10,000 x 2,000 crossed levels, intercept + slope on x in the fixed
     part, random intercepts on both factors: true values inside their 95% intervals?"""
     import bayeslmm.priors as P
@@ -144,12 +144,12 @@ def sim1m(seed):
                                (1, "(Intercept)"): P.HalfStudentT(nu=3.0, sigma=2.5 * float(np.std(y)))},
                            cor={}, sigma=P.HalfStudentT(nu=3.0, sigma=2.5 * float(np.std(y))), sources={})
     t_setup = time.perf_counter() - t0
-    run = run_crossed(problem, prior_set, random_seed=seed, progressbar=False)
+    run = run_crossed(problem, prior_set, draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=False)
     t = time.perf_counter()
     effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob, np.random.default_rng([seed, 2]))
     t_eff = time.perf_counter() - t
     posterior = crossed_posterior(problem, run, effects)
-    checks = []
+    checks = [f"{chains} chains x {draws} draws after {tune} tuning steps"]
     for name, values in (("b0", posterior["beta"][..., 0]), ("b1", posterior["beta"][..., 1]),
                          ("sd_a", posterior["sd_a"][..., 0]), ("sd_b", posterior["sd_b"][..., 0]),
                          ("sigma", posterior["sigma"])):
@@ -166,10 +166,13 @@ if __name__ == "__main__":
     parser.add_argument("case", choices=["kb07_4x4", "kb07_max", "insteval", "sim1m"])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--top", type=int, default=None)
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--tune", type=int, default=1000)
+    parser.add_argument("--chains", type=int, default=4)
     args = parser.parse_args()
     if args.case.startswith("kb07"):
         kb07(args.case, args.seed, args.top)
     elif args.case == "insteval":
         insteval(args.seed, args.top)
     else:
-        sim1m(args.seed)
+        sim1m(args.seed, args.draws, args.tune, args.chains)
