@@ -1,32 +1,40 @@
 """Stage 3e: the partially collapsed sampler for crossed designs of any size.
 
 Crossed factors (subjects x items, students x lecturers) do not split the likelihood by
-group, so the collapsed sampler of :mod:`bayeslmm.marginal` could only integrate all their
-effects out jointly: one dense m x m factorization per gradient, m^3 flops (kb07 with 4x4
-blocks: m = 352, ~15 Mflop for the Cholesky alone and as much again for the inverse the
-gradient needs; ~1e5 gradients per run: far too slow; InstEval's m = 4,114 is out of
-reach). A sparse joint Cholesky does not help much: in a fully crossed design (kb07: every
-subject sees every item) the Schur complement of one factor is dense.
+group, so the collapsed sampler of :mod:`bayeslmm.marginal` can only integrate all their
+effects out jointly: one dense m x m factorization per gradient and its inverse for the
+gradient, ~m^3 flops (kb07 with 4x4 blocks: m = 352, ~3e7 flops; the joint collapse was
+measured at 36 s for m = 100 and grows as m^3; InstEval's m = 4,114 is out of reach). A
+sparse joint Cholesky does not help much here: in a fully crossed design (kb07: every
+subject sees every item) the Schur complement of one factor is dense, and scipy has no
+sparse Cholesky with the selected inverse the gradient needs.
 
 What scales is to integrate out one factor *conditional on the others* ("marginalizing
 random effects inside HMC", Lai, Domke & Sheldon 2024). Given the effects b_S of the
 *sampled* bars, the rows split by the levels of the *top* factor T again, and the effects
 of every bar nested in T (the *integrated* bars, b_I) integrate out group by group exactly
-as in the collapsed sampler, on the residual y - X beta - Z_S b_S::
+as in the collapsed sampler, on the residual r = y - X beta - Z_S b_S::
 
     p(y | beta, b_S, Sigma, sigma) = prod_j N(r_j | 0, sigma^2 (I + Z_j Lt Lt' Z_j'))
 
-NUTS samples beta, the covariance parameters (same transforms and priors as the
-collapsed and the full model), log sigma and u_S (b_S = Lambda_S u_S, u_S ~ N(0, I),
-non-centered). One gradient costs a pass over the rows and the per-group algebra:
-O(n (p + q) + sum_j m_j^3), no padding of groups (kb07 4x4: ~20 us; InstEval: ~0.3 ms).
-Afterwards b_I is drawn exactly from its Gaussian conditional given each draw (beta, b_S,
-Sigma, sigma), so the posterior has the full model's layout and is the same posterior.
+NUTS (nutpie, low-rank mass matrix) samples beta, the covariance parameters (the same
+transforms and priors as the collapsed and the full model), log sigma and the sampled
+effects: non-centered (b_S = Lambda_S u_S, u_S ~ N(0, I)), or centered where a one-term
+bar's levels hold much data (:func:`centering`). One gradient is one pass over the rows
+for r and Z_I'r, the per-group algebra, and one pass for the gradient in beta and b_S:
+O(n (p + q) + sum_j m_j^3), every group its own size m_j (measured CPU per gradient on a
+loaded machine: kb07 4x4 68 us, kb07 maximal 150 us, InstEval ~1.5 ms). Afterwards b_I is
+drawn exactly from its Gaussian conditional given each draw (beta, b_S, Sigma, sigma), so
+the posterior is the same and has the full model's layout.
 
-The top factor is the one whose integration leaves the least to sample (the largest
-number of integrated effects), among those whose per-group algebra is cheap; "auto" in
-:meth:`bayeslmm.LMM.sample` compares this plan with the collapsed and the full model by
-an estimated cost (:func:`plan_sampler`).
+Which factor to integrate out is a cost question (:func:`crossed_cost`): the per-gradient
+cost, the number of sampled dimensions, and how badly the sampled bars mix. Measured on
+kb07 4x4: integrating the subjects and sampling the items (56 rows per item) gave min
+bulk ESS 549 on the item covariance in 4,000 draws; integrating the items and sampling the
+subjects (32 rows each) gave 1,152, in fewer leapfrog steps (15 vs 23). The more data a
+non-centered sampled level holds, the worse it mixes, so the cost model charges for it.
+``LMM.sample(parametrization="auto")`` compares this with the collapsed and the full
+model (:func:`plan_sampler`) and says what it picked and why.
 """
 
 from __future__ import annotations
@@ -150,7 +158,7 @@ class CrossedProblem:
         y, X = np.asarray(y, dtype=float), np.asarray(X, dtype=float)
         n = len(y)
         if top is None:
-            top = best_top(factors)
+            top = best_top(factors, y, X.shape[1])
         integrated = nested_in(factors, top)
         sampled = [k for k in range(len(factors)) if k not in integrated]
         if centered is None:
@@ -244,9 +252,12 @@ class CrossedProblem:
         sections = {
             K.H_FPRI: np.ravel(fixed), K.H_SPRI: np.ravel(_prior_code(prior_set.sigma) + [0.0]),
             K.H_BARS: np.ravel(bar_rows), K.H_SDPRI: np.ravel(sd_priors),
-            C.C_Y: a["y"], C.C_X: a["X"], C.C_ROWSLOT: a["slots"], C.C_ZI: a["zi"], C.C_GROW: a["group_ptr"],
+            C.C_Y: a["y"], C.C_X: a["X"], C.C_ROWSLOT: voff[np.repeat(np.arange(J), np.diff(a["group_ptr"]))][:, None]
+            + a["slots"], C.C_ZI: a["zi"], C.C_GROW: a["group_ptr"],
             C.C_GPTR: gptr, C.C_ENT: entries, C.C_GM: m, C.C_GSOFF: soff, C.C_GVOFF: voff, C.C_S: S,
-            C.C_IBAR: np.array(self.integrated), C.C_SBAR: np.ravel(sbar), C.C_CODE: a["codes"], C.C_ZS: a["zs"]}
+            C.C_IBAR: np.array(self.integrated), C.C_SBAR: np.ravel(sbar), C.C_ZS: a["zs"],
+            C.C_CODE: (np.array([row[3] for row in sbar], dtype=np.int64)[None, :]
+                       + a["codes"] * np.array([self.bars[k].q for k in self.sampled], dtype=np.int64)[None, :])}
         header = np.zeros(C.C_SIZE)
         header[[K.H_P, K.H_K, K.H_NDIM, K.H_MMAX, K.H_SIGMA, K.H_N, K.H_SCALE]] = [
             p, len(self.bars), self.ndim, max(int(m.max()), 1), sigma_index, n, self.y_scale]
@@ -351,20 +362,43 @@ FLOP_COST = 0.5e-9
 RUN_COST = 2.0
 FULL_COMPILE = 25.0
 #: Draws per effective draw of the slowest parameter, measured: the collapsed sampler
-#: ~1 (exam_rs: ESS 4896 of 4000), the partially collapsed ~6 (kb07 4x4: ESS 610 of 4000),
-#: the full model ~8 (exam_rs: ESS 495 of 4000).
-ESS_PENALTY = {"marginal": 1.0, "crossed": 6.0, "full": 8.0}
+#: ~1 (exam_rs: ESS 4896 of 4000), the full model ~8 (exam_rs: ESS 495 of 4000). The
+#: partially collapsed one mixes worse the more data each level of a non-centered sampled
+#: bar holds (the data then fix b = Lambda u, and u and the sds trade off): kb07 4x4 with
+#: the items sampled (56 rows per item) ESS 610 of 4000, with the subjects sampled (32
+#: rows per subject) ESS 1152; modelled as 2 + rows per level / 10 per such bar.
+ESS_PENALTY = {"marginal": 1.0, "crossed": 2.0, "full": 8.0}
+ROWS_PER_PENALTY = 10.0
 #: The collapsed sampler mixes best: it is kept while its estimate stays below this.
 AFFORDABLE = 20.0
 
 
-def best_top(factors: list[Factor]) -> int:
-    """The bar whose factor integrates out the most effects at a modest per-group cost."""
-    def score(t):
-        integ = nested_in(factors, t)
-        m = group_sizes(factors, t, integ)
-        return (float((m.astype(float) ** 3).sum()) <= 5e7, int(m.sum()))
-    return max(range(len(factors)), key=score)
+def crossed_penalty(factors: list[Factor], sampled: list[int], y: np.ndarray) -> float:
+    """Estimated draws per effective draw of the partially collapsed sampler when the bars
+    ``sampled`` are sampled (see ESS_PENALTY)."""
+    penalty = ESS_PENALTY["crossed"]
+    for k in sampled:
+        if not centering(factors[k], y):
+            penalty += len(factors[k].codes) / factors[k].n_levels / ROWS_PER_PENALTY
+    return penalty
+
+
+def crossed_cost(factors: list[Factor], top: int, y: np.ndarray, p: int, iters: float) -> float:
+    """Estimated seconds (at equal ESS) of the partially collapsed sampler integrating out
+    ``top``'s factor (and every bar nested in it)."""
+    n = len(y)
+    integ = nested_in(factors, top)
+    sampled = [k for k in range(len(factors)) if k not in integ]
+    m = group_sizes(factors, top, integ).astype(float)
+    n_hyper = p + 1 + sum(f.q + f.q * (f.q - 1) // 2 for f in factors)
+    n_sampled = sum(factors[k].q * factors[k].n_levels for k in sampled)
+    per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * n * (p + sum(f.q for f in factors))
+    return RUN_COST + crossed_penalty(factors, sampled, y) * iters * _steps(n_hyper + n_sampled) * per
+
+
+def best_top(factors: list[Factor], y: np.ndarray, p: int = 1) -> int:
+    """The bar whose factor is cheapest to integrate out by :func:`crossed_cost`."""
+    return min(range(len(factors)), key=lambda t: crossed_cost(factors, t, y, p, 4000.0))
 
 
 @dataclass(frozen=True)
@@ -407,13 +441,9 @@ def estimate_costs(design: Design, draws: int = 1000, tune: int = 1000, chains: 
         per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * len(m) * (p + 1)
         costs["marginal"] = RUN_COST + ESS_PENALTY["marginal"] * iters * _steps(n_hyper) * per
     for t in range(len(factors)):
-        integ = nested_in(factors, t)
-        if len(integ) == len(factors):
+        if len(nested_in(factors, t)) == len(factors):
             continue  # nothing left to sample: that is the collapsed sampler
-        m = group_sizes(factors, t, integ).astype(float)
-        sampled = sum(factors[k].q * factors[k].n_levels for k in range(len(factors)) if k not in integ)
-        per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * n * (p + Q)
-        costs[f"crossed:{t}"] = RUN_COST + ESS_PENALTY["crossed"] * iters * _steps(n_hyper + sampled) * per
+        costs[f"crossed:{t}"] = crossed_cost(factors, t, design.y, p, iters)
     n_eff = sum(f.q * f.n_levels for f in factors)
     per = 4.0 * ROW_COST * n * (p + Q)  # PyMC's graph: a few passes over the rows
     costs["full"] = FULL_COMPILE + ESS_PENALTY["full"] * iters * _steps(n_hyper + n_eff) * per

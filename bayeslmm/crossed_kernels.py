@@ -13,12 +13,13 @@ H_K, H_NDIM, H_MMAX, H_SIGMA, H_N, H_FPRI, H_SPRI, H_BARS, H_SDPRI, H_SCALE; the
 
     C_J groups, C_KI integrated bars, C_KS sampled bars, C_QI (sum q of integrated
     bars), C_QS (sum q of sampled bars), and section offsets:
-    C_Y (n), C_X (n p), C_ROWSLOT (n KI: slot of the row's level in its group, per
-    integrated bar), C_ZI (n QI), C_GROW (J + 1 row pointers; rows sorted by group),
+    C_Y (n), C_X (n p), C_ROWSLOT (n KI: index of the row's level's first effect in the
+    compact group-slot vector, per integrated bar), C_ZI (n QI), C_GROW (J + 1 row pointers; rows sorted by group),
     C_GPTR (J + 1 entry pointers), C_ENT (E x 2: bar, slot), C_GM (J), C_GSOFF (J),
     C_GVOFF (J), C_S (sum m_j^2: Z_j'Z_j), C_IBAR (KI bar indices), C_SBAR (KS x 5: bar,
     levels, start of u (or b, if centered) in x, start in the effect work array, 1 if
-    centered), C_CODE (n KS), C_ZS (n QS),
+    centered), C_CODE (n KS: index of the row's level's first effect in the sampled-effect work
+    array), C_ZS (n QS),
     C_NEFF (size of the sampled-effect work array), C_NVEC (sum m_j)
 """
 
@@ -67,14 +68,33 @@ def _sampled_effects(x, blob, lams, beff):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _residuals(x, blob, beff, r):
-    """r = y - X beta - Z_S b_S (standardized scale); returns r'r."""
+def _bar_q(blob):
+    """q of each sampled and each integrated bar (hoisted out of the row loops)."""
+    KS, KI = int(blob[C_KS]), int(blob[C_KI])
+    sb, ib, bars = int(blob[C_SBAR]), int(blob[C_IBAR]), int(blob[H_BARS])
+    sq = np.empty(KS, dtype=np.int64)
+    iq = np.empty(KI, dtype=np.int64)
+    for s in range(KS):
+        sq[s] = int(blob[bars + 6 * int(blob[sb + 5 * s])])
+    for k in range(KI):
+        iq[k] = int(blob[bars + 6 * int(blob[ib + k])])
+    return sq, iq
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"})
+def _residuals(x, blob, beff, r, cvec):
+    """One pass over the rows: r = y - X beta - Z_S b_S (standardized scale) and
+    c = Z_I' r in the compact group-slot layout (``cvec``, zeroed here); returns r'r.
+    Each row stores the absolute index of its level's effects (sampled: into b_S;
+    integrated: into the compact vector)."""
     n = int(blob[H_N])
     p = int(blob[H_P])
-    KS = int(blob[C_KS])
-    QS = int(blob[C_QS])
-    y0, X0, code0, zs0, sb, bars = (int(blob[C_Y]), int(blob[C_X]), int(blob[C_CODE]), int(blob[C_ZS]),
-                                    int(blob[C_SBAR]), int(blob[H_BARS]))
+    KS, QS, KI, QI = int(blob[C_KS]), int(blob[C_QS]), int(blob[C_KI]), int(blob[C_QI])
+    y0, X0, code0, zs0 = int(blob[C_Y]), int(blob[C_X]), int(blob[C_CODE]), int(blob[C_ZS])
+    rs0, zi0 = int(blob[C_ROWSLOT]), int(blob[C_ZI])
+    sq, iq = _bar_q(blob)
+    for a in range(len(cvec)):
+        cvec[a] = 0.0
     rr = 0.0
     for i in range(n):
         t = blob[y0 + i]
@@ -82,15 +102,18 @@ def _residuals(x, blob, beff, r):
             t -= blob[X0 + i * p + a] * x[a]
         col = 0
         for s in range(KS):
-            k = int(blob[sb + 5 * s])
-            e0 = int(blob[sb + 5 * s + 3])
-            q = int(blob[bars + 6 * k])
-            lev = int(blob[code0 + i * KS + s])
-            for c in range(q):
-                t -= blob[zs0 + i * QS + col + c] * beff[e0 + lev * q + c]
-            col += q
+            e = int(blob[code0 + i * KS + s])
+            for c in range(sq[s]):
+                t -= blob[zs0 + i * QS + col + c] * beff[e + c]
+            col += sq[s]
         r[i] = t
         rr += t * t
+        col = 0
+        for k in range(KI):
+            v = int(blob[rs0 + i * KI + k])
+            for c in range(iq[k]):
+                cvec[v + c] += blob[zi0 + i * QI + col + c] * t
+            col += iq[k]
     return rr
 
 
@@ -113,28 +136,8 @@ def _group_lt(blob, j, lams, sigma, Lt):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _group_c(blob, j, r, c):
-    """c_j = Z_j' r_j in the group's slot layout (length m_j)."""
-    m = int(blob[int(blob[C_GM]) + j])
-    for a in range(m):
-        c[a] = 0.0
-    KI, QI = int(blob[C_KI]), int(blob[C_QI])
-    grow, rs0, zi0, ib, bars = (int(blob[C_GROW]), int(blob[C_ROWSLOT]), int(blob[C_ZI]), int(blob[C_IBAR]),
-                                int(blob[H_BARS]))
-    for i in range(int(blob[grow + j]), int(blob[grow + j + 1])):
-        col = 0
-        for kk in range(KI):
-            q = int(blob[bars + 6 * int(blob[ib + kk])])
-            slot = int(blob[rs0 + i * KI + kk])
-            for t in range(q):
-                c[slot + t] += blob[zi0 + i * QI + col + t] * r[i]
-            col += q
-    return m
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _collapsed(x, blob, lams, sigma, r, g_lams, ltw, need_grad):
-    """Per-group collapsed algebra given residuals ``r``: (sum log|M_j|, sum u_j'w_j);
+def _collapsed(x, blob, lams, sigma, cvec, g_lams, ltw, need_grad):
+    """Per-group collapsed algebra given c_j = Z_j' r_j (``cvec``): (sum log|M_j|, sum u_j'w_j);
     accumulates d/dLt into ``g_lams`` and stores Lt w_j in ``ltw`` (for the row pass).
     (-inf, 0) if some M_j is not positive definite."""
     J = int(blob[C_J])
@@ -157,9 +160,10 @@ def _collapsed(x, blob, lams, sigma, r, g_lams, ltw, need_grad):
     uw = 0.0
     for j in range(J):
         m = _group_lt(blob, j, lams, sigma, Lt)
-        _group_c(blob, j, r, c)
         so = S0 + int(blob[gs + j])
         vo = int(blob[gv + j])
+        for a in range(m):
+            c[a] = cvec[vo + a]
         for a in range(m):
             for b in range(m):
                 t = 0.0
@@ -218,41 +222,36 @@ def _collapsed(x, blob, lams, sigma, r, g_lams, ltw, need_grad):
     return logdet, uw
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"})
 def _row_gradient(x, blob, r, ltw, s2, grad, gb):
     """e_i = (r_i - Z_i Lt w_j) / s2 = -d loglik / d r_i; adds X'e to grad[:p] and
     Z_S'e per level into ``gb`` (gradient in b_S)."""
     n = int(blob[H_N])
     p = int(blob[H_P])
-    KI, QI, KS, QS = int(blob[C_KI]), int(blob[C_QI]), int(blob[C_KS]), int(blob[C_QS])
-    J = int(blob[C_J])
-    y0, X0, code0, zs0, sb, bars = (int(blob[C_Y]), int(blob[C_X]), int(blob[C_CODE]), int(blob[C_ZS]),
-                                    int(blob[C_SBAR]), int(blob[H_BARS]))
-    grow, rs0, zi0, ib, gv = (int(blob[C_GROW]), int(blob[C_ROWSLOT]), int(blob[C_ZI]), int(blob[C_IBAR]),
-                              int(blob[C_GVOFF]))
-    for j in range(J):
-        vo = int(blob[gv + j])
-        for i in range(int(blob[grow + j]), int(blob[grow + j + 1])):
-            t = r[i]
-            col = 0
-            for kk in range(KI):
-                q = int(blob[bars + 6 * int(blob[ib + kk])])
-                slot = int(blob[rs0 + i * KI + kk])
-                for a in range(q):
-                    t -= blob[zi0 + i * QI + col + a] * ltw[vo + slot + a]
-                col += q
-            e = t / s2
-            for a in range(p):
-                grad[a] += blob[X0 + i * p + a] * e
-            col = 0
-            for s in range(KS):
-                k = int(blob[sb + 5 * s])
-                e0 = int(blob[sb + 5 * s + 3])
-                q = int(blob[bars + 6 * k])
-                lev = int(blob[code0 + i * KS + s])
-                for a in range(q):
-                    gb[e0 + lev * q + a] += blob[zs0 + i * QS + col + a] * e
-                col += q
+    KS, QS, KI, QI = int(blob[C_KS]), int(blob[C_QS]), int(blob[C_KI]), int(blob[C_QI])
+    X0, code0, zs0 = int(blob[C_X]), int(blob[C_CODE]), int(blob[C_ZS])
+    rs0, zi0 = int(blob[C_ROWSLOT]), int(blob[C_ZI])
+    sq, iq = _bar_q(blob)
+    gbeta = np.zeros(p)
+    for i in range(n):
+        t = r[i]
+        col = 0
+        for k in range(KI):
+            v = int(blob[rs0 + i * KI + k])
+            for a in range(iq[k]):
+                t -= blob[zi0 + i * QI + col + a] * ltw[v + a]
+            col += iq[k]
+        e = t / s2
+        for a in range(p):
+            gbeta[a] += blob[X0 + i * p + a] * e
+        col = 0
+        for s in range(KS):
+            ee = int(blob[code0 + i * KS + s])
+            for a in range(sq[s]):
+                gb[ee + a] += blob[zs0 + i * QS + col + a] * e
+            col += sq[s]
+    for a in range(p):
+        grad[a] += gbeta[a]
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -317,10 +316,11 @@ def crossed_logp(x, grad, blob):
     beff = np.zeros(int(blob[C_NEFF]))
     _sampled_effects(x, blob, lams, beff)
     r = np.empty(n)
-    rr = _residuals(x, blob, beff, r)
+    cvec = np.empty(int(blob[C_NVEC]))
+    rr = _residuals(x, blob, beff, r, cvec)
     g_lams = np.zeros_like(lams)
     ltw = np.zeros(int(blob[C_NVEC]))
-    logdet, uw = _collapsed(x, blob, lams, sigma, r, g_lams, ltw, True)
+    logdet, uw = _collapsed(x, blob, lams, sigma, cvec, g_lams, ltw, True)
     if not np.isfinite(logdet) or not (s2 > 0.0) or not np.isfinite(s2):
         return -np.inf
     Q = (rr - uw) / s2
@@ -407,10 +407,11 @@ def crossed_loglik(x, blob):
     beff = np.zeros(int(blob[C_NEFF]))
     _sampled_effects(x, blob, lams, beff)
     r = np.empty(n)
-    rr = _residuals(x, blob, beff, r)
+    cvec = np.empty(int(blob[C_NVEC]))
+    rr = _residuals(x, blob, beff, r, cvec)
     g_lams = np.zeros_like(lams)
     ltw = np.zeros(int(blob[C_NVEC]))
-    logdet, uw = _collapsed(x, blob, lams, sigma, r, g_lams, ltw, False)
+    logdet, uw = _collapsed(x, blob, lams, sigma, cvec, g_lams, ltw, False)
     if not np.isfinite(logdet):
         return -np.inf
     s2 = sigma * sigma
@@ -435,18 +436,20 @@ def crossed_draw(xs, blob, normals, out_int, out_smp):
     w = np.zeros(mmax)
     z = np.zeros(mmax)
     r = np.empty(n)
+    cvec = np.empty(int(blob[C_NVEC]))
     for sidx in range(xs.shape[0]):
         x = xs[sidx]
         sigma = math.exp(x[int(blob[H_SIGMA])])
         _factors(x, blob, lams, chols)
         beff = out_smp[sidx]
         _sampled_effects(x, blob, lams, beff)
-        _residuals(x, blob, beff, r)
+        _residuals(x, blob, beff, r, cvec)
         for j in range(J):
             m = _group_lt(blob, j, lams, sigma, Lt)
-            _group_c(blob, j, r, c)
             so = S0 + int(blob[gs + j])
             vo = int(blob[gv + j])
+            for a in range(m):
+                c[a] = cvec[vo + a]
             for a in range(m):
                 for b in range(m):
                     t = 0.0
