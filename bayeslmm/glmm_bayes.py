@@ -112,10 +112,49 @@ def fit_glmm_map(gd: GLMMDesign, priors: dict | None):
 
 
 # ---------------------------------------------------------------- the PyMC model
-def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet):
-    """The non-centered PyMC model: ``eta = offset + X beta + sum_k Z_k b_k`` with
+#: A one-term intercept bar is sampled centered when the data pin its levels down more than
+#: the prior does: the median over levels of (sum of the PIRLS weights of the level's rows)
+#: x sd^2, at the nAGQ = 0 fit, above this. It is the GLMM version of
+#: :data:`bayeslmm.crossed.CENTER_INFORMATION` (the Fisher information of a level's effect
+#: relative to its prior precision). There the non-centered form mixes badly, the centered
+#: form where the data are weak (Papaspiliopoulos, Roberts & Skold 2007).
+CENTER_INFORMATION = 2.0
+
+
+def centering(gd: GLMMDesign) -> list[bool]:
+    """Per bar, whether NUTS samples its effects centered (see :data:`CENTER_INFORMATION`);
+    bars with slopes stay non-centered."""
+    from .family import Poisson
+    from .glmm import GLMMDeviance, fit_glmm_numbers
+
+    blocks = gd.design.blocks
+    candidates = [b.n_terms == 1 and np.allclose(b.X[:, 0], 1.0) for b in blocks]
+    if not any(candidates):
+        return [False] * len(blocks)
+    # the negative binomial's weights need its shape: the Poisson ones bound them above
+    fam_gd = gd.with_family(Poisson(gd.family.link.name)) if gd.family.has_dispersion else gd
+    dev = GLMMDeviance(fam_gd)
+    try:
+        numbers = fit_glmm_numbers(dev, n_agq=0)
+    except Exception:  # noqa: BLE001 - a failed start only costs the choice
+        return [False] * len(blocks)
+    _, _, w = dev._weights(numbers.state.eta)
+    lams = dev.factors(numbers.theta)
+    out = []
+    for block, lam, cand in zip(blocks, lams, candidates):
+        if not cand:
+            out.append(False)
+            continue
+        info = np.bincount(block.codes, weights=w, minlength=block.n_levels)
+        out.append(bool(np.median(info) * float(lam[0, 0]) ** 2 >= CENTER_INFORMATION))
+    return out
+
+
+def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool] | None = None):
+    """The PyMC model: ``eta = offset + X beta + sum_k Z_k b_k``, non-centered
     ``b_k = z_k L_k'`` (``z ~ N(0, 1)``; ``L_k`` from an ``LKJCholeskyCov`` for a
-    correlated bar, diagonal sds otherwise); the family's observed variable."""
+    correlated bar, diagonal sds otherwise), or, for a one-term bar with ``centered[k]``,
+    ``b_k ~ N(0, sd_k)`` sampled directly; the family's observed variable."""
     import pymc as pm
     import pytensor.tensor as pt
 
@@ -163,8 +202,11 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet):
             else:
                 sds = pt.stack([p.to_pymc(f"sd_{block.group}__{t}") for p, t in zip(sd_priors, block.terms)])
                 chol = pt.diag(sds)
-            z = pm.Normal(f"_z_{k}", 0.0, 1.0, dims=(lev, trm))
-            b = pm.Deterministic(f"r_{block.group}__{k}", pt.dot(z, chol.T), dims=(lev, trm))
+            if centered is not None and centered[k]:
+                b = pm.Normal(f"r_{block.group}__{k}", 0.0, sds[None, :], dims=(lev, trm))
+            else:
+                z = pm.Normal(f"_z_{k}", 0.0, 1.0, dims=(lev, trm))
+                b = pm.Deterministic(f"r_{block.group}__{k}", pt.dot(z, chol.T), dims=(lev, trm))
             eta = eta + (block.X * b[block.codes]).sum(axis=1)
         extra = gd.family.pymc_parameters()
         # data containers, so that a compiled model can be refitted to new responses (SBC)
@@ -176,13 +218,23 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet):
 
 def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: int = 1000, chains: int = 4,
                 random_seed: int | None = None, target_accept: float = 0.9, progressbar: bool = True,
-                **kwargs):
+                centered: bool | list[bool] | None = None, **kwargs):
     """NUTS (nutpie, numba backend) on :func:`build_glmm_model`; returns a
-    :class:`GLMMPosterior`."""
+    :class:`GLMMPosterior`. ``centered``: per bar (or one bool for all one-term intercept
+    bars) whether its effects are sampled centered; default :func:`centering`."""
     import nutpie
 
     prior_set = resolve_glmm_priors(gd, priors)
-    model = build_glmm_model(gd, prior_set)
+    blocks = gd.design.blocks
+    one_term = [b.n_terms == 1 and k not in prior_set.cor for k, b in enumerate(blocks)]
+    if centered is None:
+        centered = centering(gd)
+    elif isinstance(centered, (bool, np.bool_)):
+        centered = [bool(centered)] * len(blocks)
+    if len(centered) != len(blocks):
+        raise BayesLMMError(f"centered has {len(centered)} entries for {len(blocks)} random-effect bars")
+    centered = [bool(c) and ok for c, ok in zip(centered, one_term)]
+    model = build_glmm_model(gd, prior_set, centered)
     init = {}
     for rv in model.free_RVs:
         if rv.name.startswith("_chol_"):

@@ -270,6 +270,12 @@ _power = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_power)
 NOTEBOOKS.update(_power.POWER_NOTEBOOK)
 
+# 07_glmm_binary_count.ipynb: its cells live in build_glmm_notebook.py (GLMMs, issue 16)
+_spec = importlib.util.spec_from_file_location("build_glmm_notebook", HERE / "build_glmm_notebook.py")
+_glmm = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_glmm)
+NOTEBOOKS.update(_glmm.GLMM_NOTEBOOK)
+
 
 def build(execute: bool = False) -> None:
     """Write every notebook; with ``execute`` run it at full settings first, so that a reader

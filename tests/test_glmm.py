@@ -15,9 +15,9 @@ import bayeslmm as blm
 from bayeslmm.family import get_family
 from bayeslmm.glmm import GLMMDeviance, gauss_hermite
 from bayeslmm.glmm_results import anova
+from conftest import REFERENCE_DIR
 
-REF = json.loads((Path(__file__).resolve().parents[2] / "shared" / "reference" / "glmm" /
-                  "glmm_reference.json").read_text())
+REF = json.loads((REFERENCE_DIR / "glmm" / "glmm_reference.json").read_text())
 FAMILY = {"cbpp": "binomial", "grouseticks": "poisson", "verbagg": "binomial"}
 
 
