@@ -392,12 +392,14 @@ def test_a_list_in_c_is_refused_with_the_way_round(toy):
 
 
 def test_formulae_errors_are_wrapped_with_the_position(toy):
-    # 1e-3 is a number to Python but not to formulae's scanner: its error reaches the user
-    # as a FormulaError with the position of the part, not a raw formulae exception
+    # a power of 1 passes the grammar check but formulae refuses it: its error reaches the
+    # user as a FormulaError with the position of the part, not a raw formulae exception
+    # (1e-3, the former example, is now handed to formulae as 0.001)
     with pytest.raises(FormulaError) as info:
-        blm.LMM("y ~ I(x * 1e-3) + (1 | g)", toy)
-    assert str(info.value).startswith("cannot evaluate the fixed part 'y ~ I(x * 1e-3)' (position 4): ")
-    assert type(info.value.__cause__).__module__.startswith("formulae")
+        blm.LMM("y ~ (x + f)**1 + (1 | g)", toy)
+    assert str(info.value) == ("cannot evaluate the fixed part 'y ~ (x + f)**1' (position 4): "
+                               "ValueError: Power must be a positive integer.")
+    assert isinstance(info.value.__cause__, ValueError)
 
 
 # ---------------------------------------------------------------- rank deficiency
@@ -742,3 +744,61 @@ def test_a_grouping_column_of_mixed_types_names_the_values(toy):
     raises_exactly(DataError, "grouping factor 'm': the values 1, '1' are of different types but print as the same "
                    "level '1' (R's as.character); make the column one type, e.g. data['m'].astype(str)",
                    "y ~ x + (1 | m)", toy.assign(m=[1, "1", 2, "2", 3, "a"] * 10))
+
+
+# ---------------------------------------------------------------- harden2: loose ends
+@pytest.mark.parametrize("formula, number, at", [
+    ("y ~ 2 + (1 | g)", "2", 4), ("y ~ x + 2 + (1 | g)", "2", 8), ("y ~ x - 2 + (1 | g)", "2", 8),
+    ("y ~ 1.5 + x + (1 | g)", "1.5", 4), ("y ~ x + (2 | g)", "2", 9), ("y ~ x + (x + 3 | g)", "3", 13),
+    ("y ~ 2", "2", 4),
+])
+def test_a_bare_number_other_than_0_or_1_is_not_a_term(toy, formula, number, at):
+    raises_exactly(FormulaError, f"the number {number} at position {at} is not a term: a formula's terms are "
+                   f"columns, '1' (the intercept) and '0' or '-1' (no intercept); for a constant times a "
+                   f"column write I({number} * x)", formula, toy)
+
+
+def test_intercept_spellings_and_powers_still_parse(toy):
+    base = blm.LMM("y ~ x + (1 | g)", toy).fit().fixef()["estimate"]
+    for formula in ("y ~ 1 + x + (1 | g)", "y ~ 1.0 + x + (1 | g)", "y ~ 1e0 + x + (1 | g)",
+                    "y ~ x**2 + (1 | g)"):
+        got = blm.LMM(formula, toy).fit().fixef()["estimate"]
+        np.testing.assert_allclose(got.loc[base.index], base, rtol=1e-10, err_msg=formula)
+    no_intercept = blm.LMM("y ~ 0 + x + (1 | g)", toy).fit().fixef()
+    assert list(no_intercept.index) == ["x"]
+
+
+@pytest.mark.parametrize("literal, decimal, factor", [("1e-3", "0.001", 1e-3), ("2.5E2", "250", 250.0),
+                                                      ("1e+3", "1000", 1e3), (".5e-1", "0.05", 0.05)])
+def test_scientific_notation_inside_i_is_read_as_the_number(toy, literal, decimal, factor):
+    """formulae's scanner has no exponents: the literal reaches it as a decimal, and the
+    coefficient is the plain one divided by the factor (named as R prints it)."""
+    plain = blm.LMM("y ~ x + (1 | g)", toy).fit().fixef()["estimate"]
+    scaled = blm.LMM(f"y ~ I(x * {literal}) + (1 | g)", toy).fit()
+    est = scaled.fixef()["estimate"]
+    assert list(est.index) == ["(Intercept)", f"I(x * {decimal})"]
+    assert est.iloc[1] == pytest.approx(plain["x"] / factor, rel=1e-8)
+    assert est.iloc[0] == pytest.approx(plain["(Intercept)"], rel=1e-8)
+    # the same transform on new data
+    new = toy.head(4)
+    np.testing.assert_allclose(scaled.predict(new).to_numpy().ravel(),
+                               blm.LMM("y ~ x + (1 | g)", toy).fit().predict(new).to_numpy().ravel(), rtol=1e-8)
+
+
+def test_scientific_notation_in_the_response_and_a_bar(toy):
+    r = blm.LMM("I(y * 1e3) ~ x + (I(x * 1e-2) | g)", toy).fit()
+    assert list(r.fixef().index) == ["(Intercept)", "x"]
+    assert list(r.varcorr()["var1"].dropna().unique())[:2] == ["(Intercept)", "I(x * 0.01)"]
+
+
+def test_scientific_notation_leaves_names_and_text_alone():
+    from bayeslmm.formula import decimal_literals
+
+    assert decimal_literals("y ~ x1e3 + `a 1e3` + C(f, Treatment('1e3')) + I(x*1e-3)") == \
+        "y ~ x1e3 + `a 1e3` + C(f, Treatment('1e3')) + I(x*0.001)"
+    assert decimal_literals("I(x * 2e20)") == "I(x * 200000000000000000000.0)"
+
+
+def test_a_number_too_large_for_a_float_is_named(toy):
+    raises_exactly(FormulaError, "the number 1e400 at position 10 is not allowed in a formula: it is too large "
+                   "for a floating-point number", "y ~ I(x * 1e400) + (1 | g)", toy)
