@@ -802,3 +802,37 @@ def test_scientific_notation_leaves_names_and_text_alone():
 def test_a_number_too_large_for_a_float_is_named(toy):
     raises_exactly(FormulaError, "the number 1e400 at position 10 is not allowed in a formula: it is too large "
                    "for a floating-point number", "y ~ I(x * 1e400) + (1 | g)", toy)
+
+
+@pytest.fixture(scope="module")
+def sleep_deviance():
+    data = blm.datasets.load("sleepstudy")
+    return blm.LMM("Reaction ~ Days + (Days | Subject)", data)
+
+
+@pytest.mark.parametrize("theta, message", [
+    ("abc", "theta must be 3 numbers (the layout's order, see .layout.names), not str 'abc'"),
+    ([1, "x", 2], "theta must be 3 numbers (the layout's order, see .layout.names), not list \"[1, 'x', 2]\""),
+    ([1.0, 0.0], "theta must have 3 entries (the layout's order, see .layout.names), not 2"),
+    ([1.0, np.nan, 1.0], "theta has NaN or infinite entries at position(s) 1: [nan]"),
+    ([1.0, 0.0, np.inf], "theta has NaN or infinite entries at position(s) 2: [inf]"),
+])
+def test_make_deviance_names_a_bad_theta(sleep_deviance, theta, message):
+    from bayeslmm.errors import FitError
+
+    dev = blm.make_deviance(sleep_deviance.design)
+    for evaluate in (dev, dev.solve):
+        with pytest.raises(FitError) as info:
+            evaluate(theta)
+        assert str(info.value) == message
+    # a good theta still evaluates, to lme4's value at the initial theta (sleepstudy REML)
+    assert dev([1.0, 0.0, 1.0]) == pytest.approx(1773.68033061, rel=1e-9)
+
+
+def test_make_deviance_needs_a_design(sleep_deviance):
+    from bayeslmm.errors import FitError
+
+    with pytest.raises(FitError, match=r"^make_deviance needs a Design \(a model's is model.design\), not LMM$"):
+        blm.make_deviance(sleep_deviance)
+    with pytest.raises(FitError, match=r"^reml must be True or False, not 'no'$"):
+        blm.make_deviance(sleep_deviance.design, reml="no")
