@@ -5,6 +5,7 @@ or PyTensor error). Also: inputs that must still work (scale, odd level names)."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -836,3 +837,99 @@ def test_make_deviance_needs_a_design(sleep_deviance):
         blm.make_deviance(sleep_deviance)
     with pytest.raises(FitError, match=r"^reml must be True or False, not 'no'$"):
         blm.make_deviance(sleep_deviance.design, reml="no")
+
+
+def _open_handles(path) -> list[str]:
+    """What of this process still holds ``path`` open: h5py file ids, xarray's file cache,
+    and (on Linux) file descriptors."""
+    import os
+
+    import h5py
+    from xarray.backends.file_manager import FILE_CACHE
+
+    target = os.path.realpath(path)
+    held = [f"h5py:{fid.name.decode() if isinstance(fid.name, bytes) else fid.name}"
+            for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+            if os.path.realpath(h5py.File(fid).filename) == target]
+    held += [f"xarray-cache:{key}" for key in list(FILE_CACHE.keys()) if target in str(key)]
+    if os.path.isdir("/proc/self/fd"):
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.path.realpath(os.readlink(f"/proc/self/fd/{fd}")) == target:
+                    held.append(f"fd:{fd}")
+            except OSError:
+                pass
+    return held
+
+
+def _zero_first_chunk(path, variable: str) -> None:
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        info = handle[variable].id.get_chunk_info(0)
+    raw = bytearray(path.read_bytes())
+    raw[info.byte_offset:info.byte_offset + info.size] = b"\0" * info.size
+    path.write_bytes(bytes(raw))
+
+
+def test_a_failed_load_leaves_the_file_closed(tmp_path):
+    """Every way load() can fail (truncated, undecodable attribute at open, a corrupt chunk
+    while reading, an edited formula after reading) leaves no handle on the file, even while
+    the error is held: the same process can overwrite, delete and reload it."""
+    import shutil
+
+    import h5py
+    import xarray as xr
+
+    from bayeslmm.posterior import PosteriorFileError
+
+    source = Path(__file__).resolve().parent / "data" / "v0.1.0_dyestuff.nc"
+    path = tmp_path / "posterior.nc"
+
+    def truncate():
+        raw = source.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+
+    def undecodable_units():
+        shutil.copy(source, path)
+        with h5py.File(path, "r+") as handle:
+            handle["posterior/sigma"].attrs["units"] = "days since garbage"
+
+    def corrupt_chunk():  # the file opens; reading the compressed draws fails
+        with xr.open_datatree(source, engine="h5netcdf") as tree:
+            tree = tree.load()
+        tree.to_netcdf(path, engine="h5netcdf",
+                       encoding={"/posterior": {v: {"zlib": True} for v in tree["posterior"].data_vars}})
+        _zero_first_chunk(path, "posterior/sigma")
+
+    def edited_formula():  # read completely, refused afterwards
+        shutil.copy(source, path)
+        with h5py.File(path, "r+") as handle:
+            handle["posterior"].attrs["formula"] = "Yield ~ nothing + (1 | Batch)"
+
+    for damage in (truncate, undecodable_units, corrupt_chunk, edited_formula):
+        damage()
+        with pytest.raises(PosteriorFileError) as info:
+            blm.load(path)
+        assert info.value.__cause__ is not None or "formula" in str(info.value)
+        assert _open_handles(path) == [], damage.__name__  # the error (and its traceback) is still held
+        shutil.copy(source, path)  # overwrite in place
+        assert blm.load(path).nobs == 30
+        path.unlink()
+        assert not path.exists()
+        shutil.copy(source, path)
+        assert blm.load(path).fixef()["mean"].iloc[0] == pytest.approx(1527.239597, rel=1e-8)
+        path.unlink()
+
+
+@pytest.mark.parametrize("path", [None, 12, [1], "", 2.5])
+def test_load_and_to_netcdf_need_a_file_name(path, tmp_path, monkeypatch):
+    from bayeslmm.posterior import PosteriorFileError
+
+    with pytest.raises(PosteriorFileError, match=r"^load\(\) needs a file name \(a str or pathlib.Path\), not "):
+        blm.load(path)
+    post = blm.load(Path(__file__).resolve().parent / "data" / "v0.1.0_dyestuff.nc")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PosteriorFileError, match=r"^to_netcdf\(\) needs a file name"):
+        post.to_netcdf(path)
+    assert list(tmp_path.iterdir()) == []  # no file named 'None' or '12'
