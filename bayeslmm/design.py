@@ -21,7 +21,7 @@ import pandas as pd
 from formulae.environment import Environment
 
 from .errors import DataError, FormulaError
-from .formula import ELEMENTWISE, ParsedFormula, RandomTerm, _point, expression_columns
+from .formula import ELEMENTWISE, ParsedFormula, RandomTerm, _point, decimal_literals, expression_columns
 
 
 class _FunctionTable:
@@ -485,7 +485,7 @@ def _formulae(formula_text: str, data: pd.DataFrame, what: str, position: int | 
             # np.log(0) and friends: the NaN/inf they make is reported with the column and
             # rows by _check_finite_columns, so numpy's bare RuntimeWarning would only repeat it
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                return fm.design_matrices(formula_text, data, na_action="error",
+                return fm.design_matrices(decimal_literals(formula_text), data, na_action="error",
                                           env=Environment([FORMULA_NAMESPACE]))
     except RecursionError as exc:  # formulae's parser and resolver recurse once per term
         shown = formula_text if len(formula_text) <= 80 else formula_text[:77] + "..."

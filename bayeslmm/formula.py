@@ -32,6 +32,8 @@ import ast
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import FormulaError
 
 # Column names as Python (and formulae) read them: letters of any script, digits, _ and .
@@ -208,6 +210,36 @@ def _mask_backticks(text: str) -> str:
             out.append(ch)
             i += 1
     return "".join(out)
+
+
+_EXPONENT_NUMBER = re.compile(r"(?<![\w.])(?:\d+\.?\d*|\.\d+)[eE][+-]?\d+(?![\w.])")
+
+
+def decimal_literals(text: str) -> str:
+    """``I(x * 1e-3)`` -> ``I(x * 0.001)``: formulae's scanner reads no exponents, so every
+    number written with one is handed to it in positional notation (the shortest digits that
+    give the same float; R prints such a coefficient name the same way). Quoted names and
+    text literals are left alone.
+
+    Raises
+    ------
+    FormulaError
+        A number too large for a float (``1e400``), with its position.
+    """
+    scan = _mask_backticks(text)
+    out, last = [], 0
+    for match in _EXPONENT_NUMBER.finditer(scan):
+        value = float(match.group())
+        if not np.isfinite(value):
+            raise FormulaError(f"the number {match.group()} at position {match.start()} is too large for a "
+                               f"floating-point number{_point(text, match.start())}")
+        if value == int(value) and abs(value) < 2.0 ** 53:
+            digits = str(int(value))  # a whole number stays one, as in formulae ('1000')
+        else:  # a fraction, or too large for exact int arithmetic with an integer column
+            digits = np.format_float_positional(value, unique=True, trim="0")
+        out.append(text[last:match.start()] + digits)
+        last = match.end()
+    return "".join(out) + text[last:]
 
 
 def _check_parentheses(text: str, scan: str) -> None:
@@ -473,6 +505,11 @@ def _check_sum(text: str, begin: int, end: int, scan: str, found: list | None = 
     previous, previous_at, token_text = "start", begin, ""
     for kind, token, at in _tokens(text, begin, end, scan, found):
         if kind == "operand":
+            if (_NUMBER.fullmatch(token) and float(token) not in (0.0, 1.0)
+                    and not (previous == "binary" and token_text in ("^", "**"))):
+                raise FormulaError(f"the number {token} at position {at} is not a term: a formula's terms are "
+                                   f"columns, '1' (the intercept) and '0' or '-1' (no intercept); for a "
+                                   f"constant times a column write I({token} * x){_point(text, at)}")
             if previous == "operand":
                 raise FormulaError(f"missing operator between '{token_text}' and '{token}' at position "
                                    f"{at}: join terms with '+' (or ':' / '*' for interactions)"
@@ -694,6 +731,8 @@ class _CallChecker:
         elif isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float, str)):
                 self.fail(node, f"the constant {self.span(node)}")
+            if isinstance(node.value, float) and not np.isfinite(node.value):
+                self.fail(node, f"the number {self.span(node)}", "it is too large for a floating-point number")
         elif isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
             self.data(node.left)
             self.data(node.right)

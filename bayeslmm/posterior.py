@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,6 +265,7 @@ class PosteriorResult(FitResult):
         for node in tree.subtree:
             if node is not tree["posterior"]:
                 node.attrs = _netcdf_attrs(node.attrs)
+        path = _as_path(path, "to_netcdf")
         tree.to_netcdf(str(path), engine="h5netcdf")
         return str(path)
 
@@ -366,6 +368,17 @@ class PosteriorFileError(BayesLMMError, ValueError):
 _REQUIRED_ATTRS = ("formula", "data_csv", "priors_json")
 
 
+def _as_path(path, verb: str) -> Path:
+    """A file name as a Path, or a PosteriorFileError: ``None``, a number or a list would
+    otherwise become a raw TypeError, or a file literally named 'None'."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise PosteriorFileError(f"{verb}() needs a file name (a str or pathlib.Path), not "
+                                 f"{type(path).__name__} {path!r}"[:200])
+    return Path(path)
+
+
 def _read_tree(path: Path):
     """The file as an in-memory DataTree, or a PosteriorFileError saying why not."""
     import xarray as xr
@@ -453,7 +466,7 @@ def load(path) -> PosteriorResult:
     """
     from .model import LMM
 
-    path = Path(path)
+    path = _as_path(path, "load")
     tree = _read_tree(path)
     if "posterior" not in tree.children:
         raise PosteriorFileError(f"{path} has no posterior group (groups: {sorted(tree.children) or 'none'}): "

@@ -448,7 +448,7 @@ class ProfiledDeviance:
         conditional modes at that ``beta`` instead of at its profiled value (the MAP back
         end needs it).
         """
-        theta_user = np.asarray(theta, dtype=float)
+        theta_user = self._checked_theta(theta)
         theta = self.to_internal(theta_user)
         f = self._factor(theta)
         beta_u = f.beta if beta_fixed is None else self.beta_to_internal(beta_fixed)
@@ -488,7 +488,28 @@ class ProfiledDeviance:
         # back to the user's scale of y
         return float(value + 2.0 * n_eff * np.log(self.y_scale))
 
+    def _checked_theta(self, theta) -> np.ndarray:
+        """The user's ``theta`` as a float vector of the layout's length, or a FitError
+        naming what is wrong (not numbers, wrong length, NaN or infinite entries)."""
+        size = self.layout.size
+        try:
+            values = np.asarray(theta, dtype=float)
+        except (TypeError, ValueError):
+            raise FitError(f"theta must be {size} numbers (the layout's order, see .layout.names), not "
+                           f"{type(theta).__name__} {str(theta)[:60]!r}") from None
+        if values.ndim > 1 and values.size == size:
+            values = values.ravel()
+        if values.ndim != 1 or values.size != size:
+            raise FitError(f"theta must have {size} entries (the layout's order, see .layout.names), not "
+                           f"{values.size}" + (f" (shape {values.shape})" if values.ndim != 1 else ""))
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise FitError(f"theta has NaN or infinite entries at position(s) {', '.join(map(str, bad[:5]))}: "
+                           f"{values[bad[:5]].tolist()}")
+        return values
+
     def __call__(self, theta: np.ndarray) -> float:
+        theta = self._checked_theta(theta)
         try:
             return self._objective(self._factor(self.to_internal(theta)))
         except (FitError, np.linalg.LinAlgError):
@@ -693,7 +714,12 @@ def make_deviance(design: Design, reml: bool = True) -> ProfiledDeviance:
     >>> dev = make_deviance(design, reml=True)
     >>> dev(dev.layout.initial())
     """
-    return ProfiledDeviance(design, reml=reml)
+    if not isinstance(design, Design):
+        hint = " (a model's is model.design)" if hasattr(design, "design") else ""
+        raise FitError(f"make_deviance needs a Design{hint}, not {type(design).__name__}")
+    if not isinstance(reml, (bool, np.bool_)):
+        raise FitError(f"reml must be True or False, not {reml!r}")
+    return ProfiledDeviance(design, reml=bool(reml))
 
 
 # ---------------------------------------------------------------- optimization

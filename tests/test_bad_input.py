@@ -5,6 +5,7 @@ or PyTensor error). Also: inputs that must still work (scale, odd level names)."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -392,12 +393,14 @@ def test_a_list_in_c_is_refused_with_the_way_round(toy):
 
 
 def test_formulae_errors_are_wrapped_with_the_position(toy):
-    # 1e-3 is a number to Python but not to formulae's scanner: its error reaches the user
-    # as a FormulaError with the position of the part, not a raw formulae exception
+    # a power of 1 passes the grammar check but formulae refuses it: its error reaches the
+    # user as a FormulaError with the position of the part, not a raw formulae exception
+    # (1e-3, the former example, is now handed to formulae as 0.001)
     with pytest.raises(FormulaError) as info:
-        blm.LMM("y ~ I(x * 1e-3) + (1 | g)", toy)
-    assert str(info.value).startswith("cannot evaluate the fixed part 'y ~ I(x * 1e-3)' (position 4): ")
-    assert type(info.value.__cause__).__module__.startswith("formulae")
+        blm.LMM("y ~ (x + f)**1 + (1 | g)", toy)
+    assert str(info.value) == ("cannot evaluate the fixed part 'y ~ (x + f)**1' (position 4): "
+                               "ValueError: Power must be a positive integer.")
+    assert isinstance(info.value.__cause__, ValueError)
 
 
 # ---------------------------------------------------------------- rank deficiency
@@ -734,3 +737,191 @@ def test_a_grouping_column_of_mixed_types_names_the_values(toy):
     raises_exactly(DataError, "grouping factor 'm': the values 1, '1' are of different types but print as the same "
                    "level '1' (R's as.character); make the column one type, e.g. data['m'].astype(str)",
                    "y ~ x + (1 | m)", toy.assign(m=[1, "1", 2, "2", 3, "a"] * 10))
+
+
+# ---------------------------------------------------------------- harden2: loose ends
+@pytest.mark.parametrize("formula, number, at", [
+    ("y ~ 2 + (1 | g)", "2", 4), ("y ~ x + 2 + (1 | g)", "2", 8), ("y ~ x - 2 + (1 | g)", "2", 8),
+    ("y ~ 1.5 + x + (1 | g)", "1.5", 4), ("y ~ x + (2 | g)", "2", 9), ("y ~ x + (x + 3 | g)", "3", 13),
+    ("y ~ 2", "2", 4),
+])
+def test_a_bare_number_other_than_0_or_1_is_not_a_term(toy, formula, number, at):
+    raises_exactly(FormulaError, f"the number {number} at position {at} is not a term: a formula's terms are "
+                   f"columns, '1' (the intercept) and '0' or '-1' (no intercept); for a constant times a "
+                   f"column write I({number} * x)", formula, toy)
+
+
+def test_intercept_spellings_and_powers_still_parse(toy):
+    base = blm.LMM("y ~ x + (1 | g)", toy).fit().fixef()["estimate"]
+    for formula in ("y ~ 1 + x + (1 | g)", "y ~ 1.0 + x + (1 | g)", "y ~ 1e0 + x + (1 | g)",
+                    "y ~ x**2 + (1 | g)"):
+        got = blm.LMM(formula, toy).fit().fixef()["estimate"]
+        np.testing.assert_allclose(got.loc[base.index], base, rtol=1e-10, err_msg=formula)
+    no_intercept = blm.LMM("y ~ 0 + x + (1 | g)", toy).fit().fixef()
+    assert list(no_intercept.index) == ["x"]
+
+
+@pytest.mark.parametrize("literal, decimal, factor", [("1e-3", "0.001", 1e-3), ("2.5E2", "250", 250.0),
+                                                      ("1e+3", "1000", 1e3), (".5e-1", "0.05", 0.05)])
+def test_scientific_notation_inside_i_is_read_as_the_number(toy, literal, decimal, factor):
+    """formulae's scanner has no exponents: the literal reaches it as a decimal, and the
+    coefficient is the plain one divided by the factor (named as R prints it)."""
+    plain = blm.LMM("y ~ x + (1 | g)", toy).fit().fixef()["estimate"]
+    scaled = blm.LMM(f"y ~ I(x * {literal}) + (1 | g)", toy).fit()
+    est = scaled.fixef()["estimate"]
+    assert list(est.index) == ["(Intercept)", f"I(x * {decimal})"]
+    assert est.iloc[1] == pytest.approx(plain["x"] / factor, rel=1e-8)
+    assert est.iloc[0] == pytest.approx(plain["(Intercept)"], rel=1e-8)
+    # the same transform on new data
+    new = toy.head(4)
+    np.testing.assert_allclose(scaled.predict(new).to_numpy().ravel(),
+                               blm.LMM("y ~ x + (1 | g)", toy).fit().predict(new).to_numpy().ravel(), rtol=1e-8)
+
+
+def test_scientific_notation_in_the_response_and_a_bar(toy):
+    r = blm.LMM("I(y * 1e3) ~ x + (I(x * 1e-2) | g)", toy).fit()
+    assert list(r.fixef().index) == ["(Intercept)", "x"]
+    assert list(r.varcorr()["var1"].dropna().unique())[:2] == ["(Intercept)", "I(x * 0.01)"]
+
+
+def test_scientific_notation_leaves_names_and_text_alone():
+    from bayeslmm.formula import decimal_literals
+
+    assert decimal_literals("y ~ x1e3 + `a 1e3` + C(f, Treatment('1e3')) + I(x*1e-3)") == \
+        "y ~ x1e3 + `a 1e3` + C(f, Treatment('1e3')) + I(x*0.001)"
+    assert decimal_literals("I(x * 2e20)") == "I(x * 200000000000000000000.0)"
+
+
+def test_a_number_too_large_for_a_float_is_named(toy):
+    raises_exactly(FormulaError, "the number 1e400 at position 10 is not allowed in a formula: it is too large "
+                   "for a floating-point number", "y ~ I(x * 1e400) + (1 | g)", toy)
+
+
+@pytest.fixture(scope="module")
+def sleep_deviance():
+    data = blm.datasets.load("sleepstudy")
+    return blm.LMM("Reaction ~ Days + (Days | Subject)", data)
+
+
+@pytest.mark.parametrize("theta, message", [
+    ("abc", "theta must be 3 numbers (the layout's order, see .layout.names), not str 'abc'"),
+    ([1, "x", 2], "theta must be 3 numbers (the layout's order, see .layout.names), not list \"[1, 'x', 2]\""),
+    ([1.0, 0.0], "theta must have 3 entries (the layout's order, see .layout.names), not 2"),
+    ([1.0, np.nan, 1.0], "theta has NaN or infinite entries at position(s) 1: [nan]"),
+    ([1.0, 0.0, np.inf], "theta has NaN or infinite entries at position(s) 2: [inf]"),
+])
+def test_make_deviance_names_a_bad_theta(sleep_deviance, theta, message):
+    from bayeslmm.errors import FitError
+
+    dev = blm.make_deviance(sleep_deviance.design)
+    for evaluate in (dev, dev.solve):
+        with pytest.raises(FitError) as info:
+            evaluate(theta)
+        assert str(info.value) == message
+    # a good theta still evaluates, to lme4's value at the initial theta (sleepstudy REML)
+    assert dev([1.0, 0.0, 1.0]) == pytest.approx(1773.68033061, rel=1e-9)
+
+
+def test_make_deviance_needs_a_design(sleep_deviance):
+    from bayeslmm.errors import FitError
+
+    with pytest.raises(FitError, match=r"^make_deviance needs a Design \(a model's is model.design\), not LMM$"):
+        blm.make_deviance(sleep_deviance)
+    with pytest.raises(FitError, match=r"^reml must be True or False, not 'no'$"):
+        blm.make_deviance(sleep_deviance.design, reml="no")
+
+
+def _open_handles(path) -> list[str]:
+    """What of this process still holds ``path`` open: h5py file ids, xarray's file cache,
+    and (on Linux) file descriptors."""
+    import os
+
+    import h5py
+    from xarray.backends.file_manager import FILE_CACHE
+
+    target = os.path.realpath(path)
+    held = [f"h5py:{fid.name.decode() if isinstance(fid.name, bytes) else fid.name}"
+            for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+            if os.path.realpath(h5py.File(fid).filename) == target]
+    held += [f"xarray-cache:{key}" for key in list(FILE_CACHE.keys()) if target in str(key)]
+    if os.path.isdir("/proc/self/fd"):
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.path.realpath(os.readlink(f"/proc/self/fd/{fd}")) == target:
+                    held.append(f"fd:{fd}")
+            except OSError:
+                pass
+    return held
+
+
+def _zero_first_chunk(path, variable: str) -> None:
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        info = handle[variable].id.get_chunk_info(0)
+    raw = bytearray(path.read_bytes())
+    raw[info.byte_offset:info.byte_offset + info.size] = b"\0" * info.size
+    path.write_bytes(bytes(raw))
+
+
+def test_a_failed_load_leaves_the_file_closed(tmp_path):
+    """Every way load() can fail (truncated, undecodable attribute at open, a corrupt chunk
+    while reading, an edited formula after reading) leaves no handle on the file, even while
+    the error is held: the same process can overwrite, delete and reload it."""
+    import shutil
+
+    import h5py
+    import xarray as xr
+
+    from bayeslmm.posterior import PosteriorFileError
+
+    source = Path(__file__).resolve().parent / "data" / "v0.1.0_dyestuff.nc"
+    path = tmp_path / "posterior.nc"
+
+    def truncate():
+        raw = source.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+
+    def undecodable_units():
+        shutil.copy(source, path)
+        with h5py.File(path, "r+") as handle:
+            handle["posterior/sigma"].attrs["units"] = "days since garbage"
+
+    def corrupt_chunk():  # the file opens; reading the compressed draws fails
+        with xr.open_datatree(source, engine="h5netcdf") as tree:
+            tree = tree.load()
+        tree.to_netcdf(path, engine="h5netcdf",
+                       encoding={"/posterior": {v: {"zlib": True} for v in tree["posterior"].data_vars}})
+        _zero_first_chunk(path, "posterior/sigma")
+
+    def edited_formula():  # read completely, refused afterwards
+        shutil.copy(source, path)
+        with h5py.File(path, "r+") as handle:
+            handle["posterior"].attrs["formula"] = "Yield ~ nothing + (1 | Batch)"
+
+    for damage in (truncate, undecodable_units, corrupt_chunk, edited_formula):
+        damage()
+        with pytest.raises(PosteriorFileError) as info:
+            blm.load(path)
+        assert info.value.__cause__ is not None or "formula" in str(info.value)
+        assert _open_handles(path) == [], damage.__name__  # the error (and its traceback) is still held
+        shutil.copy(source, path)  # overwrite in place
+        assert blm.load(path).nobs == 30
+        path.unlink()
+        assert not path.exists()
+        shutil.copy(source, path)
+        assert blm.load(path).fixef()["mean"].iloc[0] == pytest.approx(1527.239597, rel=1e-8)
+        path.unlink()
+
+
+@pytest.mark.parametrize("path", [None, 12, [1], "", 2.5])
+def test_load_and_to_netcdf_need_a_file_name(path, tmp_path, monkeypatch):
+    from bayeslmm.posterior import PosteriorFileError
+
+    with pytest.raises(PosteriorFileError, match=r"^load\(\) needs a file name \(a str or pathlib.Path\), not "):
+        blm.load(path)
+    post = blm.load(Path(__file__).resolve().parent / "data" / "v0.1.0_dyestuff.nc")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PosteriorFileError, match=r"^to_netcdf\(\) needs a file name"):
+        post.to_netcdf(path)
+    assert list(tmp_path.iterdir()) == []  # no file named 'None' or '12'

@@ -59,7 +59,7 @@ def test_bars(text, expected):
     ("y ~ I(grade - 5) + (1 | g)", "y", "I(grade - 5)"),
     ("np.log(reading_score) ~ grade + (1 | s)", "np.log(reading_score)", "grade"),
     ("log(y) ~ x + (1 | g)", "log(y)", "x"),
-    ("y ~ x + 1e-5 + (1 | g)", "y", "x + 1e-5"),
+    ("y ~ x + I(x * 1e-5) + (1 | g)", "y", "x + I(x * 1e-5)"),  # a bare 1e-5 is no term (test_bad_input)
     ("y ~ (a + b)**2 + (1 | g)", "y", "(a + b)**2"),
     ("y ~ C(f, Treatment) + (1 | g)", "y", "C(f, Treatment)"),
 ])
