@@ -418,7 +418,10 @@ class ProfiledDeviance:
             Lxr = solve_triangular(Lrr, B.T, lower=True, check_finite=False).T
             S = S - Lxr @ Lxr.T
 
-        Lxx = np.linalg.cholesky(S[:p, :p]) if p else np.zeros((0, 0))
+        try:
+            Lxx = np.linalg.cholesky(S[:p, :p]) if p else np.zeros((0, 0))
+        except np.linalg.LinAlgError as exc:  # theta so large that the Schur complement cancels
+            raise FitError(f"the fixed-effects system is not positive definite at theta={theta}") from exc
         lyx = solve_triangular(Lxx, S[:p, p], lower=True, check_finite=False) if p else np.zeros(0)
         pwrss = max(float(S[p, p] - lyx @ lyx), np.finfo(float).tiny)
         beta = solve_triangular(Lxx.T, lyx, lower=False, check_finite=False) if p else np.zeros(0)
@@ -880,7 +883,10 @@ def check_convergence(deviance: ProfiledDeviance, theta: np.ndarray, grad: np.nd
     for a, i in enumerate(idx):
         step = np.zeros_like(theta)
         step[i] = h
-        hess[:, a] = (deviance.internal_gradient(theta + step)[1][idx] - grad[idx]) / h
+        try:
+            hess[:, a] = (deviance.internal_gradient(theta + step)[1][idx] - grad[idx]) / h
+        except FitError:  # no factor next to the optimum (a perfect fit drives theta to infinity)
+            return True, "converged (the Hessian could not be evaluated next to the optimum)", None
     hess = 0.5 * (hess + hess.T)
     values, vectors = np.linalg.eigh(hess)
     if values[0] < -1e-6 * max(1.0, abs(values[-1])):

@@ -346,7 +346,7 @@ def test_log_likelihood_is_the_gaussian_density(sleep_full):
 def test_verbs_summarise_the_draws(sleep_full):
     post = sleep_full
     fixef = post.fixef(prob=0.9)
-    assert list(fixef.columns) == ["mean", "sd", "lower", "upper", "rhat", "ess_bulk", "ess_tail"]
+    assert list(fixef.columns) == ["mean", "sd", "lower", "upper", "pd", "rhat", "ess_bulk", "ess_tail"]
     days = post.idata.posterior["beta"].sel(term="Days").values.ravel()
     assert fixef.loc["Days", "mean"] == pytest.approx(days.mean())
     assert fixef.loc["Days", "lower"] == pytest.approx(np.quantile(days, 0.05))
