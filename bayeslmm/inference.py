@@ -861,9 +861,10 @@ class Profile:
                            options={"ftol": PROFILE_FTOL, "maxiter": 200})
         else:
             bounds = [(lo if np.isfinite(lo) else None, None) for lo in self.model.layout.lower] + [(None, None)]
-            res = minimize(objective, start, jac=True, method="SLSQP", bounds=bounds,
-                           constraints=[{"type": "eq", "fun": constraint, "jac": constraint_jac}],
-                           options={"ftol": PROFILE_FTOL, "maxiter": 200})
+            res = self._restart_off_boundary(
+                lambda x0: minimize(objective, x0, jac=True, method="SLSQP", bounds=bounds,
+                                    constraints=[{"type": "eq", "fun": constraint, "jac": constraint_jac}],
+                                    options={"ftol": PROFILE_FTOL, "maxiter": 200}), start, len(start) - 1)
         value = float(res.fun) if abs(constraint(res.x)) <= 1e-6 * max(1.0, abs(x)) else np.inf
         diff = max(value - self.base, 0.0)
         return float(np.sign(x - self.phi_hat[w]) * np.sqrt(diff)), res.x
@@ -886,10 +887,28 @@ class Profile:
                 return 1e300, np.zeros_like(theta)
 
         bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
-        res = minimize(objective, start, jac=True, method="SLSQP", bounds=bounds,
-                       options={"ftol": PROFILE_FTOL, "maxiter": 200})
+        res = self._restart_off_boundary(
+            lambda x0: minimize(objective, x0, jac=True, method="SLSQP", bounds=bounds,
+                                options={"ftol": PROFILE_FTOL, "maxiter": 200}), start, len(start))
         diff = max(float(res.fun) - self.base, 0.0)
         return float(np.sign(value - self.beta_hat[j]) * np.sqrt(diff)), res.x
+
+    def _restart_off_boundary(self, run, start: np.ndarray, m: int):
+        """Run an inner fit; if it stopped with a variance at 0, run it again with that entry
+        restored (the ML value, or 0.5 if that is 0 too) and keep the better fit.
+        (The deviance is even in a scalar bar's theta, so theta = 0 is always a stationary
+        point a gradient method can stop at.)"""
+        res = run(start)
+        bounded = np.isfinite(self.model.layout.lower)
+        stuck = bounded & (np.abs(res.x[:m]) <= 1e-8)
+        if np.any(stuck):
+            again = np.array(start, dtype=float)
+            # restore the ML value, or a moderate relative sd where the ML fit is at 0 too
+            again[:m][stuck] = np.where(np.abs(self.theta_hat[stuck]) > 1e-4, self.theta_hat[stuck], 0.5)
+            other = run(again)
+            if other.fun < res.fun:
+                res = other
+        return res
 
     # -------------------------------------------------------------- limits
     @cached_property
@@ -921,8 +940,8 @@ class Profile:
 
         def zeta(x):
             z, pars = zeta_fn(x, state["start"])
-            if np.isfinite(z):
-                state["start"] = pars
+            if np.isfinite(z) and direction * (z - target) < 0:
+                state["start"] = pars   # warm starts only from the inside of the interval
             return z
 
         inner, z_inner = estimate, 0.0         # zeta short of the target

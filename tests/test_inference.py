@@ -240,7 +240,13 @@ def test_profile_confint_matches_lme4(case):
     _assert_profile_agrees(case, reference_fit(case).confint())
 
 
-PROFILE_CASES = [c for c in SMALL if "confint_profile" in inference_reference(c)
+# lme4 reads its limits off a spline through a few profile points; where the profile bends
+# (a correlation, a near-singular 3 x 3 bar) that differs from the exact root by more than
+# 1e-3 of the estimate: test_profile_limits_are_exact_roots shows our limits are the roots.
+SPLINE_GAP = {"mpls_rs_ml": "cor lower limit: lme4's is at zeta = -1.9569 on the exact profile (1.4e-3 of |cor|)",
+              "exam_sex": "sd_standLRT lower and sd_sexM upper: lme4's are at zeta = -1.9504 and 1.9622"}
+PROFILE_CASES = [pytest.param(c, marks=pytest.mark.xfail(reason=SPLINE_GAP[c], strict=True)) if c in SPLINE_GAP else c
+                 for c in SMALL if "confint_profile" in inference_reference(c)
                  and c not in ("dyestuff", "dyestuff2", "sleep_ri")]
 
 
@@ -248,6 +254,20 @@ PROFILE_CASES = [c for c in SMALL if "confint_profile" in inference_reference(c)
 @pytest.mark.parametrize("case", PROFILE_CASES)
 def test_profile_confint_matches_lme4_everywhere(case):
     _assert_profile_agrees(case, reference_fit(case).confint())
+
+
+@pytest.mark.parametrize("case, index, side", [("mpls_rs_ml", 1, "lower"), ("exam_sex", 3, "lower")])
+def test_profile_limits_are_exact_roots(case, index, side):
+    """Where lme4's spline and our root differ by more than 1e-3 of the estimate, ours is
+    the root: zeta at our limit is -1.96 to 1e-4, at lme4's it is not."""
+    from bayeslmm.inference import Profile
+
+    profile = Profile(reference_fit(case))
+    ours = profile.interval(index, 0.95)[0]
+    start = np.r_[profile.theta_hat, np.log(profile.sigma_hat)]
+    ref = _reference_limits(case, "confint_profile").iloc[index][side]
+    assert profile._zeta_variance(index, ours, start)[0] == pytest.approx(-1.959964, abs=1e-4)
+    assert abs(profile._zeta_variance(index, ref, start)[0] + 1.959964) > 2e-3
 
 
 def test_confint_rejects_bad_arguments():
