@@ -17,6 +17,20 @@ from .reml import make_deviance
 from .report import anova, compare
 from .workflow import SingularFitWarning, WorkflowResult, lmm
 
+from .arguments import check_verbs as _check_verbs
+from .glmm_bayes import GLMMPosterior as _GLMMPosterior
+from .results import FitResult as _FitResult
+from .results import PointResult as _PointResult
+
+# every verb of a result checks its arguments (unknown keywords such as lme4's condVar=,
+# wrong types, out-of-range values) with a SettingsError naming the argument; the models'
+# own methods check their values themselves, so only the binding is checked there
+for _cls in (_FitResult, _PointResult, PosteriorResult, GLMMResult, _GLMMPosterior, WorkflowResult):
+    _check_verbs(_cls)
+for _cls in (LMM, GLMM):
+    _check_verbs(_cls, values=False)
+del _cls
+
 __version__ = "0.2.0"
 
 __all__ = [
