@@ -1062,3 +1062,92 @@ def test_no_verb_ends_in_a_raw_error(results):
                     assert label != "bogus", f"{kind}.{name} accepted an unknown keyword"
     assert raw == []
     assert time.perf_counter() - started < 120
+
+
+# ---------------------------------------------------------------- the public functions
+_WRONG = [None, "abc", [1, 2], float("nan"), -1, 10 ** 12, 2.5, True, {"a": 1}]
+
+
+@pytest.fixture(scope="module")
+def sleep_fits():
+    sleep = blm.datasets.load("sleepstudy")
+    return (blm.LMM("Reaction ~ 1 + (Days | Subject)", sleep).fit(method="ml"),
+            blm.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit(method="ml"))
+
+
+@pytest.mark.parametrize("value", _WRONG, ids=repr)
+def test_public_functions_answer_wrong_types_with_our_errors(sleep_fits, value):
+    """Each argument of the public functions set to None, text, a list, NaN, a negative, a
+    huge number (10**12 simulations once hung), 2.5, True or a dict: the call works or raises
+    a BayesLMMError; never a raw Python exception (each call has a few seconds at most)."""
+    import time
+
+    small, fit = sleep_fits
+    cbpp = blm.datasets.load("cbpp")
+    sleep = blm.datasets.load("sleepstudy")
+    glmm_formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    calls = {
+        "LMM(formula)": lambda v: blm.LMM(v, sleep),
+        "LMM(data)": lambda v: blm.LMM("Reaction ~ Days + (1 | Subject)", v),
+        "LMM(priors)": lambda v: blm.LMM("Reaction ~ Days + (1 | Subject)", sleep, priors=v),
+        "GLMM(family)": lambda v: blm.GLMM(glmm_formula, cbpp, family=v),
+        "GLMM(link)": lambda v: blm.GLMM(glmm_formula, cbpp, link=v),
+        "GLMM(weights)": lambda v: blm.GLMM(glmm_formula, cbpp, weights=v),
+        "GLMM.fit(n_agq)": lambda v: blm.GLMM(glmm_formula, cbpp).fit(n_agq=v),
+        "LMM.fit(method)": lambda v: blm.LMM("Reaction ~ Days + (1 | Subject)", sleep).fit(method=v),
+        "lmm(method)": lambda v: blm.lmm("Reaction ~ Days + (1 | Subject)", sleep, method=v),
+        "lmm(fallback)": lambda v: blm.lmm("Reaction ~ Days + (1 | Subject)", sleep, fallback=v),
+        "load": lambda v: blm.load(v),
+        "anova(fit, v)": lambda v: blm.anova(small, v),
+        "anova(names)": lambda v: blm.anova(small, fit, names=v),
+        "compare(fit, v)": lambda v: blm.compare(fit, v),
+        "make_deviance": lambda v: blm.make_deviance(v),
+        "datasets.load": lambda v: blm.datasets.load(v),
+        "power(fit)": lambda v: blm.power(v, "Days", nsim=2, n_jobs=1),
+        "power(test)": lambda v: blm.power(fit, v, nsim=2, n_jobs=1),
+        "power(nsim)": lambda v: blm.power(fit, "Days", nsim=v, n_jobs=1),
+        "power(fixef)": lambda v: blm.power(fit, "Days", nsim=2, fixef=v, n_jobs=1),
+        "power(varcorr)": lambda v: blm.power(fit, "Days", nsim=2, varcorr=v, n_jobs=1),
+        "power_curve(along)": lambda v: blm.power_curve(fit, "Days", v, [10, 12], nsim=2, n_jobs=1),
+        "power_curve(sizes)": lambda v: blm.power_curve(fit, "Days", "Subject", v, nsim=2, n_jobs=1),
+        "power_curve(nsim)": lambda v: blm.power_curve(fit, "Days", "Subject", [10], nsim=v, n_jobs=1),
+    }
+    raw = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label, call in calls.items():
+            started = time.perf_counter()
+            try:
+                call(value)
+            except BayesLMMError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - the point of the test
+                raw.append(f"{label}: {type(exc).__name__}: {exc}")
+            assert time.perf_counter() - started < 30, label
+    assert raw == []
+
+
+def test_public_function_messages_name_the_argument(sleep_fits):
+    small, fit = sleep_fits
+    cbpp = blm.datasets.load("cbpp")
+    with pytest.raises(BayesLMMError, match=r"^nsim must be at most 1,000,000, got 1000000000000$"):
+        blm.power(fit, "Days", nsim=10 ** 12)
+    with pytest.raises(BayesLMMError, match=r"^fixef must be a dict by name \(like \{'Days': 5.0\}\), not list$"):
+        blm.power(fit, "Days", nsim=2, fixef=[5.0])
+    with pytest.raises(BayesLMMError, match=r"^test must be a fixed effect's name or a list of names, like 'Days', "
+                                            r"not 3$"):
+        blm.power(fit, 3, nsim=2)
+    with pytest.raises(BayesLMMError, match=r"^sizes must be a list of whole numbers of levels from 2 to 1,000,000, "
+                                            r"got 'abc'$"):
+        blm.power_curve(fit, "Days", "Subject", "abc", nsim=2)
+    with pytest.raises(BayesLMMError, match=r"^names must be a list with one name per fit, not str 'ab'$"):
+        blm.anova(small, fit, names="ab")
+    with pytest.raises(BayesLMMError, match=r"^names must differ from each other, got \['a', 'a'\]$"):
+        blm.anova(small, fit, names=["a", "a"])
+    with pytest.raises(blm.SettingsError, match=r"^n_agq must be a whole number from 0 to 25 \(glmer's nAGQ\), "
+                                                r"not 2.5$"):
+        blm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp).fit(n_agq=2.5)
+    with pytest.raises(DataError, match=r"^weights must be a column name or one number per row, not dict$"):
+        blm.GLMM("p ~ period + (1 | herd)", cbpp.assign(p=cbpp["incidence"] / cbpp["size"]), weights={"a": 1})
+    named = blm.anova(small, fit, names=("small", "days"))  # a tuple of names still works
+    assert list(named.index) == ["small", "days"]
