@@ -23,12 +23,11 @@ from .results import FitResult as _FitResult
 from .results import PointResult as _PointResult
 
 # every verb of a result checks its arguments (unknown keywords such as lme4's condVar=,
-# wrong types, out-of-range values) with a SettingsError naming the argument; the models'
-# own methods check their values themselves, so only the binding is checked there
+# wrong types, out-of-range values) with a SettingsError naming the argument. LMM and GLMM
+# are not wrapped: their methods check their own values, and a wrapper frame would move the
+# caller's line that their warnings (stacklevel) point at
 for _cls in (_FitResult, _PointResult, PosteriorResult, GLMMResult, _GLMMPosterior, WorkflowResult):
     _check_verbs(_cls)
-for _cls in (LMM, GLMM):
-    _check_verbs(_cls, values=False)
 del _cls
 
 __version__ = "0.2.0"

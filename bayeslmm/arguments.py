@@ -161,31 +161,11 @@ def _checked(method, verb: str):
     return wrapper
 
 
-def check_verbs(cls, values: bool = True):
-    """Wrap the public methods ``cls`` defines (not properties or static methods) with the
-    checks above; ``values=False`` checks only the binding (unknown or missing arguments),
-    for classes whose methods check their values themselves. Returns ``cls``."""
+def check_verbs(cls):
+    """Wrap the public methods ``cls`` defines (not properties, static or class methods)
+    with the checks above. Returns ``cls``."""
     for name, attr in list(vars(cls).items()):
         if name.startswith("_") or not inspect.isfunction(attr) or getattr(attr, "__checked__", False):
             continue
-        if values:
-            setattr(cls, name, _checked(attr, name))
-        else:
-            setattr(cls, name, _binding_only(attr, name))
+        setattr(cls, name, _checked(attr, name))
     return cls
-
-
-def _binding_only(method, verb: str):
-    checked = _checked(method, verb)
-    signature = inspect.signature(method)
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            signature.bind(self, *args, **kwargs)
-        except TypeError:
-            return checked(self, *args, **kwargs)  # raises the SettingsError
-        return method(self, *args, **kwargs)
-
-    wrapper.__checked__ = True
-    return wrapper

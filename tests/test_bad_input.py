@@ -1069,20 +1069,20 @@ _WRONG = [None, "abc", [1, 2], float("nan"), -1, 10 ** 12, 2.5, True, {"a": 1}]
 
 
 @pytest.fixture(scope="module")
-def sleep_fits():
+def sleep_ml_pair():
     sleep = blm.datasets.load("sleepstudy")
     return (blm.LMM("Reaction ~ 1 + (Days | Subject)", sleep).fit(method="ml"),
             blm.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit(method="ml"))
 
 
 @pytest.mark.parametrize("value", _WRONG, ids=repr)
-def test_public_functions_answer_wrong_types_with_our_errors(sleep_fits, value):
+def test_public_functions_answer_wrong_types_with_our_errors(sleep_ml_pair, value):
     """Each argument of the public functions set to None, text, a list, NaN, a negative, a
     huge number (10**12 simulations once hung), 2.5, True or a dict: the call works or raises
     a BayesLMMError; never a raw Python exception (each call has a few seconds at most)."""
     import time
 
-    small, fit = sleep_fits
+    small, fit = sleep_ml_pair
     cbpp = blm.datasets.load("cbpp")
     sleep = blm.datasets.load("sleepstudy")
     glmm_formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
@@ -1127,8 +1127,8 @@ def test_public_functions_answer_wrong_types_with_our_errors(sleep_fits, value):
     assert raw == []
 
 
-def test_public_function_messages_name_the_argument(sleep_fits):
-    small, fit = sleep_fits
+def test_public_function_messages_name_the_argument(sleep_ml_pair):
+    small, fit = sleep_ml_pair
     cbpp = blm.datasets.load("cbpp")
     with pytest.raises(BayesLMMError, match=r"^nsim must be at most 1,000,000, got 1000000000000$"):
         blm.power(fit, "Days", nsim=10 ** 12)
