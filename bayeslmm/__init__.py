@@ -17,6 +17,19 @@ from .reml import make_deviance
 from .report import anova, compare
 from .workflow import SingularFitWarning, WorkflowResult, lmm
 
+from .arguments import check_verbs as _check_verbs
+from .glmm_bayes import GLMMPosterior as _GLMMPosterior
+from .results import FitResult as _FitResult
+from .results import PointResult as _PointResult
+
+# every verb of a result checks its arguments (unknown keywords such as lme4's condVar=,
+# wrong types, out-of-range values) with a SettingsError naming the argument. LMM and GLMM
+# are not wrapped: their methods check their own values, and a wrapper frame would move the
+# caller's line that their warnings (stacklevel) point at
+for _cls in (_FitResult, _PointResult, PosteriorResult, GLMMResult, _GLMMPosterior, WorkflowResult):
+    _check_verbs(_cls)
+del _cls
+
 __version__ = "0.2.0"
 
 __all__ = [

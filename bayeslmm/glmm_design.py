@@ -218,7 +218,11 @@ def build_glmm_design(formula: str, data: pd.DataFrame, family: Family, weights=
             raise DataError(f"weights column '{weights}' is not in the data")
         wt = data[weights].to_numpy(dtype=float)
     else:
-        wt = np.asarray(weights, dtype=float)
+        try:
+            wt = np.asarray(weights, dtype=float)
+        except (TypeError, ValueError):
+            raise DataError(f"weights must be a column name or one number per row, not {type(weights).__name__}"
+                            ) from None
         if wt.shape != (len(data),):
             raise DataError(f"weights must have one value per row ({len(data)}), got shape {wt.shape}")
     if n_trials is not None:

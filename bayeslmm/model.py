@@ -450,6 +450,8 @@ class GLMM:
         key = str(method).lower()
         if key not in ("ml", "map"):
             raise BayesLMMError(f"unknown method {method!r}: use 'ml' or 'map'")
+        if isinstance(n_agq, (bool, np.bool_)) or not isinstance(n_agq, (int, np.integer)) or not 0 <= n_agq <= 25:
+            raise SettingsError(f"n_agq must be a whole number from 0 to 25 (glmer's nAGQ), not {n_agq!r}")
         if key == "map":
             from .glmm_bayes import fit_glmm_map
 

@@ -130,6 +130,9 @@ def _parameters(fit, fixef: dict | None, varcorr: dict | None, sigma: float | No
     design = fit.design
     names = list(design.fixed_names)
     beta = np.array(fit.beta, dtype=float)
+    for what, given in (("fixef", fixef), ("varcorr", varcorr)):
+        if given is not None and not isinstance(given, dict):
+            raise BayesLMMError(f"{what} must be a dict by name (like {{'Days': 5.0}}), not {type(given).__name__}")
     for name, value in (fixef or {}).items():
         if name not in names:
             raise BayesLMMError(f"fixef: the model has no fixed effect {name!r}; it has {', '.join(names)}")
@@ -172,6 +175,9 @@ def _number(value, what: str) -> float:
 
 def _test_columns(design: Design, test) -> tuple[int, ...]:
     names = list(design.fixed_names)
+    if not isinstance(test, (str, list, tuple)) or not all(isinstance(t, str) for t in ([test] if isinstance(
+            test, str) else test)):
+        raise BayesLMMError(f"test must be a fixed effect's name or a list of names, like 'Days', not {test!r}")
     wanted = [test] if isinstance(test, str) else list(test)
     if not wanted:
         raise BayesLMMError("test names no fixed effect")
@@ -314,9 +320,14 @@ def _collect(outcomes, test_names, method, alpha, level, seconds) -> PowerResult
                        n_singular=int(runs.loc[ok, "singular"].sum()), runs=runs, seconds=seconds)
 
 
+_MAX_NSIM = 10 ** 6
+
+
 def _check_common(nsim, alpha, level) -> None:
     if isinstance(nsim, bool) or not isinstance(nsim, (int, np.integer)) or nsim < 1:
         raise BayesLMMError(f"nsim must be a whole number of at least 1, got {nsim!r}")
+    if nsim > _MAX_NSIM:  # the task list alone would not fit in memory (10**12 hung or raised MemoryError)
+        raise BayesLMMError(f"nsim must be at most {_MAX_NSIM:,}, got {nsim!r}")
     for name, value in (("alpha", alpha), ("level", level)):
         if not (isinstance(value, (int, float)) and 0 < value < 1):
             raise BayesLMMError(f"{name} must be between 0 and 1, got {value!r}")
@@ -497,6 +508,9 @@ def power_curve(fit, test, along: str, sizes, nsim: int = 1000, *, fixef: dict |
     _check_fit(fit)
     _check_common(nsim, alpha, level)
     key = _check_method(fit, method)
+    if isinstance(sizes, (str, dict)) or not np.iterable(sizes) or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and 2 <= s <= _MAX_NSIM for s in sizes):
+        raise BayesLMMError(f"sizes must be a list of whole numbers of levels from 2 to {_MAX_NSIM:,}, got {sizes!r}")
     sizes = [int(s) for s in sizes]
     if not sizes or len(set(sizes)) != len(sizes):
         raise BayesLMMError(f"sizes must be distinct numbers of levels, got {sizes!r}")

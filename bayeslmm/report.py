@@ -479,6 +479,17 @@ def loo(result, **kwargs):
     return psis_loo(result.idata, **kwargs)
 
 
+def _model_names(names, n: int) -> list:
+    """The user's model names (a list or tuple, one per fit) or model_1, model_2, ..."""
+    if names is None:
+        return [f"model_{i + 1}" for i in range(n)]
+    if not isinstance(names, (list, tuple)):
+        raise BayesLMMError(f"names must be a list with one name per fit, not {type(names).__name__} {names!r}")
+    if len(set(map(str, names))) != len(names):
+        raise BayesLMMError(f"names must differ from each other, got {list(names)!r}")
+    return list(names)
+
+
 def compare(*fits, names=None, **kwargs) -> pd.DataFrame:
     """Rank posteriors by expected log predictive density (``arviz_stats.compare``, PSIS-LOO).
 
@@ -499,7 +510,7 @@ def compare(*fits, names=None, **kwargs) -> pd.DataFrame:
     if len(fits) == 1 and isinstance(fits[0], dict):
         named = dict(fits[0])
     else:
-        names = list(names) if names is not None else [f"model_{i + 1}" for i in range(len(fits))]
+        names = _model_names(names, len(fits))
         if len(names) != len(fits):
             raise BayesLMMError(f"{len(names)} names for {len(fits)} fits")
         named = dict(zip(names, fits))
@@ -537,7 +548,7 @@ def anova(*fits, names=None) -> pd.DataFrame:
 
     if len(fits) < 2:
         raise BayesLMMError("anova() needs at least two fits")
-    names = list(names) if names is not None else [f"model_{i + 1}" for i in range(len(fits))]
+    names = _model_names(names, len(fits))
     if len(names) != len(fits):
         raise BayesLMMError(f"{len(names)} names for {len(fits)} fits")
     ml_fits = []

@@ -925,3 +925,221 @@ def test_load_and_to_netcdf_need_a_file_name(path, tmp_path, monkeypatch):
     with pytest.raises(PosteriorFileError, match=r"^to_netcdf\(\) needs a file name"):
         post.to_netcdf(path)
     assert list(tmp_path.iterdir()) == []  # no file named 'None' or '12'
+
+
+# ---------------------------------------------------------------- the verbs of results
+@pytest.fixture(scope="module")
+def results():
+    """A REML fit, a saved posterior (no sampling) and a GLMM fit, to call verbs on."""
+    sleep = blm.datasets.load("sleepstudy")
+    point = blm.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    posterior = blm.load(Path(__file__).resolve().parent / "data" / "v0.1.0_dyestuff.nc")
+    cbpp = blm.datasets.load("cbpp")
+    glmm = blm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial").fit()
+    return {"point": point, "posterior": posterior, "glmm": glmm}
+
+
+def test_lme4s_condvar_says_what_to_write(results):
+    from bayeslmm.errors import SettingsError
+
+    for kind in ("point", "posterior", "glmm"):
+        with pytest.raises(SettingsError) as info:
+            results[kind].ranef(condVar=True)
+        assert str(info.value) == ("ranef() has no argument 'condVar': write ranef(tidy=True) for the conditional "
+                                   "modes with their conditional standard deviations (lme4's condVar=TRUE) "
+                                   "(its arguments: tidy, prob)")
+    tidy = results["point"].ranef(tidy=True)  # what the message says works, with the conditional sds
+    assert list(tidy.columns) == ["group", "level", "term", "estimate", "std_error", "lower", "upper"]
+    assert (tidy["std_error"] > 0).all()
+    wide = results["point"].ranef()["Subject"]
+    np.testing.assert_allclose(tidy["estimate"].to_numpy(), wide.to_numpy().ravel(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind, call, message", [
+    ("point", lambda r: r.fixef(bogus=1), "fixef() has no argument 'bogus' (its arguments: ddf)"),
+    ("point", lambda r: r.predict(), "predict() needs newdata (its arguments: newdata, include_random, kind, "
+                                     "allow_new_levels, random_seed, prob)"),
+    ("point", lambda r: r.predict([1, 2]), "predict(newdata=...): newdata must be a pandas DataFrame, not list"),
+    ("point", lambda r: r.predict(blm.datasets.load("sleepstudy"), re_form=None),
+     "predict() has no argument 're_form': write include_random=False for re.form=NA (fixed effects only) or "
+     "include_random=True for re.form=NULL (its arguments: newdata, include_random, kind, allow_new_levels, "
+     "random_seed, prob)"),
+    ("point", lambda r: r.icc(prob="abc"), "icc(prob=...): prob must be a probability strictly between 0 and 1 "
+                                           "(like 0.95), not 'abc'"),
+    ("point", lambda r: r.r2(prob=1.5), "r2(prob=...): prob must be a probability strictly between 0 and 1 "
+                                        "(like 0.95), not 1.5"),
+    ("point", lambda r: r.ranef(tidy="yes"), "ranef(tidy=...): tidy must be True or False, not 'yes'"),
+    ("point", lambda r: r.ppc(draws=-1), "ppc(draws=...): draws must be from 1 to 1,000,000, not -1"),
+    ("point", lambda r: r.ppc(draws=10**12), "ppc(draws=...): draws must be from 1 to 1,000,000, not 1000000000000"),
+    ("point", lambda r: r.ppc(random_seed=2.5), "ppc(random_seed=...): random_seed must be None, a non-negative "
+                                                "whole number or a numpy Generator, not 2.5"),
+    ("point", lambda r: r.tidy(effects=None), "tidy(effects=...): effects must be a name or a list of names like "
+                                              "('fixed', 'ran_pars'), not None"),
+    ("point", lambda r: r.singular_terms(tol="abc"), "singular_terms(tol=...): tol must be a positive number, "
+                                                     "not 'abc'"),
+    ("point", lambda r: r.contest("abc"), "contest(L=...): L must be a vector or a matrix of finite numbers, one "
+                                          "column per fixed effect, not 'abc'"),
+    ("point", lambda r: r.anova(type=True), "anova(type=...): type must be a whole number, not True"),
+    ("point", lambda r: r.summary(ddf=3), "summary(ddf=...): ddf must be text, not 3"),
+    ("posterior", lambda r: r.fixef(prob=None), "fixef(prob=...): prob must be a probability strictly between 0 "
+                                                "and 1 (like 0.95), not None"),
+    ("posterior", lambda r: r.varcorr(prob=[0.9]), "varcorr(prob=...): prob must be a probability strictly "
+                                                   "between 0 and 1 (like 0.95), not [0.9]"),
+    ("posterior", lambda r: r.coef(prob=float("nan")), "coef(prob=...): prob must be a probability strictly "
+                                                       "between 0 and 1 (like 0.95), not nan"),
+    ("posterior", lambda r: r.summary(0.95, 3), "summary() takes at most 1 arguments (prob): too many positional "
+                                                "arguments"),
+    ("glmm", lambda r: r.simulate(nsim=2.5), "simulate(nsim=...): nsim must be a whole number, not 2.5"),
+    ("glmm", lambda r: r.shrinkage(group="Subject"), "shrinkage(group=...): group must be the name of a grouping "
+                                                     "factor (herd), not 'Subject'"),
+    ("glmm", lambda r: r.binned_residuals(bins=0), "binned_residuals(bins=...): bins must be from 1 to 1,000,000, "
+                                                   "not 0"),
+    ("glmm", lambda r: r.varcorr(prob=0.9), "varcorr() has no argument 'prob' (its arguments: none)"),
+])
+def test_result_verbs_name_the_bad_argument(results, kind, call, message):
+    from bayeslmm.errors import SettingsError
+
+    with pytest.raises(SettingsError) as info:
+        call(results[kind])
+    assert str(info.value) == message
+
+
+_BAD_VALUES = [None, "abc", [1, 2], float("nan"), -1, 10 ** 12, 2.5, True]
+_SKIP = {"confint", "loo", "to_netcdf", "sample"}  # bootstraps/sampling: too slow here; to_netcdf is tested above
+
+
+def _verb_calls(results):
+    import inspect
+
+    needs = {"predict": {"newdata": blm.datasets.load("sleepstudy").head(3)}, "contest": {"L": [0.0, 1.0]}}
+    for kind, result in results.items():
+        for name in sorted(n for n in dir(type(result)) if not n.startswith("_")):
+            attr = inspect.getattr_static(type(result), name)
+            if not inspect.isfunction(attr) or name in _SKIP or name.startswith("plot"):
+                continue
+            required = needs.get(name, {}) if kind == "point" else {}
+            if kind != "point" and name in needs and name != "predict":
+                continue
+            if kind == "posterior" and name == "predict":
+                required = {"newdata": result.design.data.head(3)}
+            if kind == "glmm" and name == "predict":
+                required = {}
+            parameters = [p for p in inspect.signature(attr).parameters.values()
+                          if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            yield kind, result, name, required, parameters
+
+
+def test_no_verb_ends_in_a_raw_error(results):
+    """Every public verb of the three result kinds, called with an unknown keyword and with
+    each argument set to None, text, a list, NaN, -1, 10**12, 2.5 and True: it works or
+    raises a BayesLMMError, never a raw Python exception, and nothing allocates 10**12 draws."""
+    import time
+
+    raw = []
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for kind, result, name, required, parameters in _verb_calls(results):
+            calls = [({"bogus_argument": 1}, "bogus")]
+            calls += [({p.name: value}, f"{p.name}={value!r}") for p in parameters for value in _BAD_VALUES]
+            for extra, label in calls:
+                try:
+                    getattr(result, name)(**{**required, **extra})
+                except BayesLMMError as exc:
+                    if label == "bogus":
+                        assert "has no argument 'bogus_argument'" in str(exc), (kind, name, str(exc))
+                except Exception as exc:  # noqa: BLE001 - the point of the test
+                    raw.append(f"{kind}.{name}({label}): {type(exc).__name__}: {exc}")
+                else:
+                    assert label != "bogus", f"{kind}.{name} accepted an unknown keyword"
+    assert raw == []
+    assert time.perf_counter() - started < 120
+
+
+# ---------------------------------------------------------------- the public functions
+_WRONG = [None, "abc", [1, 2], float("nan"), -1, 10 ** 12, 2.5, True, {"a": 1}]
+
+
+@pytest.fixture(scope="module")
+def sleep_ml_pair():
+    sleep = blm.datasets.load("sleepstudy")
+    return (blm.LMM("Reaction ~ 1 + (Days | Subject)", sleep).fit(method="ml"),
+            blm.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit(method="ml"))
+
+
+@pytest.mark.parametrize("value", _WRONG, ids=repr)
+def test_public_functions_answer_wrong_types_with_our_errors(sleep_ml_pair, value):
+    """Each argument of the public functions set to None, text, a list, NaN, a negative, a
+    huge number (10**12 simulations once hung), 2.5, True or a dict: the call works or raises
+    a BayesLMMError; never a raw Python exception (each call has a few seconds at most)."""
+    import time
+
+    small, fit = sleep_ml_pair
+    cbpp = blm.datasets.load("cbpp")
+    sleep = blm.datasets.load("sleepstudy")
+    glmm_formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    calls = {
+        "LMM(formula)": lambda v: blm.LMM(v, sleep),
+        "LMM(data)": lambda v: blm.LMM("Reaction ~ Days + (1 | Subject)", v),
+        "LMM(priors)": lambda v: blm.LMM("Reaction ~ Days + (1 | Subject)", sleep, priors=v),
+        "GLMM(family)": lambda v: blm.GLMM(glmm_formula, cbpp, family=v),
+        "GLMM(link)": lambda v: blm.GLMM(glmm_formula, cbpp, link=v),
+        "GLMM(weights)": lambda v: blm.GLMM(glmm_formula, cbpp, weights=v),
+        "GLMM.fit(n_agq)": lambda v: blm.GLMM(glmm_formula, cbpp).fit(n_agq=v),
+        "LMM.fit(method)": lambda v: blm.LMM("Reaction ~ Days + (1 | Subject)", sleep).fit(method=v),
+        "lmm(method)": lambda v: blm.lmm("Reaction ~ Days + (1 | Subject)", sleep, method=v),
+        "lmm(fallback)": lambda v: blm.lmm("Reaction ~ Days + (1 | Subject)", sleep, fallback=v),
+        "load": lambda v: blm.load(v),
+        "anova(fit, v)": lambda v: blm.anova(small, v),
+        "anova(names)": lambda v: blm.anova(small, fit, names=v),
+        "compare(fit, v)": lambda v: blm.compare(fit, v),
+        "make_deviance": lambda v: blm.make_deviance(v),
+        "datasets.load": lambda v: blm.datasets.load(v),
+        "power(fit)": lambda v: blm.power(v, "Days", nsim=2, n_jobs=1),
+        "power(test)": lambda v: blm.power(fit, v, nsim=2, n_jobs=1),
+        "power(nsim)": lambda v: blm.power(fit, "Days", nsim=v, n_jobs=1),
+        "power(fixef)": lambda v: blm.power(fit, "Days", nsim=2, fixef=v, n_jobs=1),
+        "power(varcorr)": lambda v: blm.power(fit, "Days", nsim=2, varcorr=v, n_jobs=1),
+        "power_curve(along)": lambda v: blm.power_curve(fit, "Days", v, [10, 12], nsim=2, n_jobs=1),
+        "power_curve(sizes)": lambda v: blm.power_curve(fit, "Days", "Subject", v, nsim=2, n_jobs=1),
+        "power_curve(nsim)": lambda v: blm.power_curve(fit, "Days", "Subject", [10], nsim=v, n_jobs=1),
+    }
+    raw = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label, call in calls.items():
+            started = time.perf_counter()
+            try:
+                call(value)
+            except BayesLMMError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - the point of the test
+                raw.append(f"{label}: {type(exc).__name__}: {exc}")
+            assert time.perf_counter() - started < 30, label
+    assert raw == []
+
+
+def test_public_function_messages_name_the_argument(sleep_ml_pair):
+    small, fit = sleep_ml_pair
+    cbpp = blm.datasets.load("cbpp")
+    with pytest.raises(BayesLMMError, match=r"^nsim must be at most 1,000,000, got 1000000000000$"):
+        blm.power(fit, "Days", nsim=10 ** 12)
+    with pytest.raises(BayesLMMError, match=r"^fixef must be a dict by name \(like \{'Days': 5.0\}\), not list$"):
+        blm.power(fit, "Days", nsim=2, fixef=[5.0])
+    with pytest.raises(BayesLMMError, match=r"^test must be a fixed effect's name or a list of names, like 'Days', "
+                                            r"not 3$"):
+        blm.power(fit, 3, nsim=2)
+    with pytest.raises(BayesLMMError, match=r"^sizes must be a list of whole numbers of levels from 2 to 1,000,000, "
+                                            r"got 'abc'$"):
+        blm.power_curve(fit, "Days", "Subject", "abc", nsim=2)
+    with pytest.raises(BayesLMMError, match=r"^names must be a list with one name per fit, not str 'ab'$"):
+        blm.anova(small, fit, names="ab")
+    with pytest.raises(BayesLMMError, match=r"^names must differ from each other, got \['a', 'a'\]$"):
+        blm.anova(small, fit, names=["a", "a"])
+    with pytest.raises(blm.SettingsError, match=r"^n_agq must be a whole number from 0 to 25 \(glmer's nAGQ\), "
+                                                r"not 2.5$"):
+        blm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp).fit(n_agq=2.5)
+    with pytest.raises(DataError, match=r"^weights must be a column name or one number per row, not dict$"):
+        blm.GLMM("p ~ period + (1 | herd)", cbpp.assign(p=cbpp["incidence"] / cbpp["size"]), weights={"a": 1})
+    named = blm.anova(small, fit, names=("small", "days"))  # a tuple of names still works
+    assert list(named.index) == ["small", "days"]
