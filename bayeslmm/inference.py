@@ -102,9 +102,10 @@ class _Solution:
     """Cross-products under ``Sigma^-1`` at one ``theta`` (no ``sigma`` in them)."""
 
     logdet_sigma: float
-    C: np.ndarray        # [Z X y]' Sigma^-1 [Z X y]
+    C: np.ndarray        # [Z X y]' Sigma^-1 [Z X y], y shifted by a constant in span(X)
     q: int
     p: int
+    beta_shift: np.ndarray | None = None  # what the shift of y moved beta by
 
     @cached_property
     def Q(self) -> np.ndarray:           # X' Sigma^-1 X
@@ -120,14 +121,18 @@ class _Solution:
         return cho_solve(self.Q_factor, np.eye(self.p))
 
     @cached_property
-    def beta(self) -> np.ndarray:
+    def beta_internal(self) -> np.ndarray:  # of the shifted response
         q, p = self.q, self.p
         return cho_solve(self.Q_factor, self.C[q:q + p, q + p])
 
     @cached_property
+    def beta(self) -> np.ndarray:
+        return self.beta_internal if self.beta_shift is None else self.beta_internal + self.beta_shift
+
+    @cached_property
     def rss(self) -> float:              # y' P y, the penalized residual sum of squares
         q, p = self.q, self.p
-        return float(self.C[q + p, q + p] - self.C[q + p, q:q + p] @ self.beta)
+        return float(self.C[q + p, q + p] - self.C[q + p, q:q + p] @ self.beta_internal)
 
     @cached_property
     def logdet_Q(self) -> float:
@@ -149,7 +154,7 @@ class _Solution:
     @cached_property
     def a(self) -> np.ndarray:           # Z' P y
         q, p = self.q, self.p
-        return self.C[:q, q + p] - self.CzX @ self.beta
+        return self.C[:q, q + p] - self.CzX @ self.beta_internal
 
 
 class VarianceModel:
@@ -185,7 +190,18 @@ class VarianceModel:
         self.q = int(self.offsets[-1])
         self.q1, self.J1 = self.q_sizes[0], self.J[0]
         self.n1 = self.q1 * self.J1
-        W = np.column_stack([self.X, self.y])
+        # y minus its mean when the constant is a column of X: every quantity of the deviance
+        # is invariant to it but beta's intercept (given back through beta_shift), and the
+        # cross-products no longer cancel a large mean (northings near 5e6 m with 5 cm noise
+        # gave a Hessian with a spurious eigenvalue of -4.7e6)
+        ones = np.flatnonzero(np.all(self.X == 1.0, axis=0)) if self.p else np.zeros(0, dtype=int)
+        self.beta_shift = None
+        shift = 0.0
+        if len(ones):
+            shift = float(np.mean(self.y))
+            self.beta_shift = np.zeros(self.p)
+            self.beta_shift[ones[0]] = shift
+        W = np.column_stack([self.X, self.y - shift])
         Z = sp.hstack([_block_z(b.codes, b.X, b.n_levels) for b in blocks]).tocsc()
         self.Z = Z
         # G = [Z W]'[Z W] in pieces: Z'Z sparse, Z'W and W'W dense
@@ -251,7 +267,7 @@ class VarianceModel:
             KB = np.asarray((Br - Kt.T @ B1).todense())
             R = solve_triangular(Ls, KB, lower=True, check_finite=False)
             C -= R.T @ R
-        return _Solution(logdet_sigma=logdet, C=C, q=q, p=p)
+        return _Solution(logdet_sigma=logdet, C=C, q=q, p=p, beta_shift=self.beta_shift)
 
     # Up to this many random effects, solve() factors the dense q x q system instead of the
     # blocked one. Off by default: the blocked solve was as fast for two crossed bars and
@@ -271,7 +287,8 @@ class VarianceModel:
         except np.linalg.LinAlgError as exc:
             raise FitError(f"the random-effects system is not positive definite at theta={theta}") from exc
         R = solve_triangular(L, B, lower=True, check_finite=False)
-        return _Solution(logdet_sigma=2.0 * float(np.log(np.diag(L)).sum()), C=G - R.T @ R, q=q, p=self.p)
+        return _Solution(logdet_sigma=2.0 * float(np.log(np.diag(L)).sum()), C=G - R.T @ R, q=q, p=self.p,
+                         beta_shift=self.beta_shift)
 
     def _dense_G(self) -> np.ndarray:
         q, p = self.q, self.p
@@ -443,7 +460,8 @@ class Satterthwaite:
     ``df = 2 (L V L')^2 / (g' A g)`` with ``g_i = L J_i L'``.
 
     Singular fits: as lmerTest, the Hessian is eigen-decomposed and eigenvalues below
-    ``tol = 1e-8`` are dropped (a Moore-Penrose inverse); each negative or near-zero
+    ``tol = 1e-8`` are dropped (a Moore-Penrose inverse), the Hessian first scaled to a unit
+    diagonal so that the rule does not depend on the units of y; each negative or near-zero
     eigenvalue is counted in one :class:`InferenceWarning` (lmerTest's "Model failed to
     converge with 1 negative eigenvalue" / "... close to zero"). A variance at 0 makes
     its theta's gradient of ``Var(beta)`` vanish, so it contributes nothing to the df.
@@ -462,7 +480,11 @@ class Satterthwaite:
         self.hessian = self.model.hessian(self.theta, self.sigma, sol)
         self.jacobian = self.model.vcov_beta_jacobian(self.theta, self.sigma, sol)
         self.vcov_beta = np.asarray(result.vcov_beta, dtype=float)
-        values, vectors = np.linalg.eigh(self.hessian)
+        # eigenvalues of the Hessian scaled to a unit diagonal, so that "close to zero" does
+        # not depend on the units of y (sigma's curvature is n / sigma^2: 1e-18 for y in 1e9)
+        diag = np.abs(np.diag(self.hessian))
+        scale = np.where(diag > 0, 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0)), 1.0)
+        values, vectors = np.linalg.eigh(self.hessian * np.outer(scale, scale))
         negative = int(np.sum(values < -self.tol))
         zero = int(np.sum(np.abs(values) <= self.tol))
         self.n_dropped_eigenvalues = negative + zero
@@ -478,6 +500,7 @@ class Satterthwaite:
                           + "; they are dropped from its inverse (as lmerTest does), so the "
                           "Satterthwaite df are approximate", InferenceWarning, stacklevel=3)
         keep = values > self.tol
+        vectors = vectors * scale[:, None]  # back from the unit diagonal: H^+ = S (S H S)^+ S
         self.vcov_varpar = 2.0 * (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
 
     def df(self, L: np.ndarray) -> float:

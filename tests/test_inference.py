@@ -393,5 +393,20 @@ def test_singular_hessian_eigenvalues_are_dropped_with_a_counted_warning(monkeyp
     with pytest.warns(inference.InferenceWarning, match="1 negative eigenvalue.*1 eigenvalue.*close to zero"):
         method = inference.Satterthwaite(fit)
     assert method.n_dropped_eigenvalues == 2
-    kept = vectors[:, 2:]
-    np.testing.assert_allclose(method.vcov_varpar, 2 * (kept / bent[2:]) @ kept.T, rtol=1e-10)
+    # the rule is applied to the Hessian scaled to a unit diagonal (units of y do not matter);
+    # a congruence keeps the signs of the eigenvalues (Sylvester), so the same two are dropped
+    bent_hessian = (vectors * bent) @ vectors.T
+    scale = 1.0 / np.sqrt(np.abs(np.diag(bent_hessian)))
+    values_s, vectors_s = np.linalg.eigh(bent_hessian * np.outer(scale, scale))
+    kept = vectors_s[:, 2:] * scale[:, None]
+    np.testing.assert_allclose(method.vcov_varpar, 2 * (kept / values_s[2:]) @ kept.T, rtol=1e-10)
+
+
+def test_the_dropping_rule_does_not_depend_on_the_units_of_y():
+    """sigma's curvature is n / sigma^2: with y in units of 1e9 it is 1e-18, which an absolute
+    1e-8 would drop as "close to zero" (and the df with it)."""
+    sleep = blm.datasets.load("sleepstudy")
+    base = blm.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    for factor in (1e9, 1e-9):
+        scaled = blm.LMM("Reaction ~ Days + (Days | Subject)", sleep.assign(Reaction=sleep["Reaction"] * factor)).fit()
+        np.testing.assert_allclose(scaled.fixef()["df"], base.fixef()["df"], rtol=1e-4)
