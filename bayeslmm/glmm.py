@@ -74,6 +74,7 @@ class _CrossPattern:
     col: np.ndarray      # column of each non-zero
     indices: np.ndarray  # CSR column indices
     indptr: np.ndarray
+    row: np.ndarray      # row of each non-zero
     pa: np.ndarray
     pb: np.ndarray
     target: np.ndarray   # flat index into the (m, m) Schur complement
@@ -93,7 +94,7 @@ class _CrossPattern:
             pb.append(np.tile(members, len(members)))
         pa, pb = np.concatenate(pa), np.concatenate(pb)
         return cls(pos=np.ravel(pos), nnz=len(uniq), col=c, indices=c.astype(np.int32),
-                   indptr=indptr.astype(np.int32), pa=pa, pb=pb, target=r[pa] * m + r[pb])
+                   indptr=indptr.astype(np.int32), row=r, pa=pa, pb=pb, target=r[pa] * m + r[pb])
 
 
 class BlockedFactor:
@@ -107,6 +108,7 @@ class BlockedFactor:
         self.L11_inv = np.linalg.inv(self.L11)
         self.n_rest = A_rr.shape[0]
         self.n_pen_rest = n_pen_rest
+        self._pattern = None
         if self.n_rest:
             # L_r1 = A_r1 blockdiag(L11^-T), kept sparse: each level of the first factor meets
             # few levels of the others when factors are nested (grouseticks), and the dense
@@ -135,11 +137,24 @@ class BlockedFactor:
         m = A_rr.shape[0]
         obj.n_rest, obj.n_pen_rest = m, n_pen_rest
         ldata = data / l11[pattern.col]
-        obj.L_r1 = sp.csr_matrix((ldata, pattern.indices, pattern.indptr), shape=(m, obj.J1))
+        # L_r1 is kept as its values on the pattern: the solves multiply by it with
+        # bincount, and a sparse matrix is built only when inverse_blocks needs one
+        obj._pattern, obj._ldata, obj._L_r1 = pattern, ldata, None
         S = A_rr.ravel() - np.bincount(pattern.target, weights=ldata[pattern.pa] * ldata[pattern.pb],
                                        minlength=m * m)
         obj.L_rr = np.linalg.cholesky(S.reshape(m, m))
         return obj
+
+    @property
+    def L_r1(self):
+        if self._pattern is not None and self._L_r1 is None:
+            pat = self._pattern
+            self._L_r1 = sp.csr_matrix((self._ldata, pat.indices, pat.indptr), shape=(self.n_rest, self.J1))
+        return self._L_r1
+
+    @L_r1.setter
+    def L_r1(self, value):
+        self._L_r1 = value
 
     @property
     def ldL2(self) -> float:
@@ -151,9 +166,18 @@ class BlockedFactor:
     def solve(self, r1: np.ndarray, r_rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         y1 = np.einsum("jkl,jl->jk", self.L11_inv, r1.reshape(self.J1, self.q1)).ravel()
         if self.n_rest:
-            y2 = solve_triangular(self.L_rr, r_rest - self.L_r1 @ y1, lower=True, check_finite=False)
+            if self._pattern is not None:
+                pat = self._pattern
+                l_y1 = np.bincount(pat.row, weights=self._ldata * y1[pat.col], minlength=self.n_rest)
+            else:
+                l_y1 = self.L_r1 @ y1
+            y2 = solve_triangular(self.L_rr, r_rest - l_y1, lower=True, check_finite=False)
             x2 = solve_triangular(self.L_rr, y2, lower=True, trans="T", check_finite=False)
-            t = (y1 - self.L_r1.T @ x2).reshape(self.J1, self.q1)
+            if self._pattern is not None:
+                lt_x2 = np.bincount(pat.col, weights=self._ldata * x2[pat.row], minlength=self.J1)
+            else:
+                lt_x2 = self.L_r1.T @ x2
+            t = (y1 - lt_x2).reshape(self.J1, self.q1)
         else:
             x2 = np.zeros(0)
             t = y1.reshape(self.J1, self.q1)

@@ -112,44 +112,6 @@ def fit_glmm_map(gd: GLMMDesign, priors: dict | None):
 
 
 # ---------------------------------------------------------------- the PyMC model
-#: A one-term intercept bar is sampled centered when the data pin its levels down more than
-#: the prior does: the median over levels of (sum of the PIRLS weights of the level's rows)
-#: x sd^2, at the nAGQ = 0 fit, above this. It is the GLMM version of
-#: :data:`bayeslmm.crossed.CENTER_INFORMATION` (the Fisher information of a level's effect
-#: relative to its prior precision). There the non-centered form mixes badly, the centered
-#: form where the data are weak (Papaspiliopoulos, Roberts & Skold 2007).
-CENTER_INFORMATION = 2.0
-
-
-def centering(gd: GLMMDesign) -> list[bool]:
-    """Per bar, whether NUTS samples its effects centered (see :data:`CENTER_INFORMATION`);
-    bars with slopes stay non-centered."""
-    from .family import Poisson
-    from .glmm import GLMMDeviance, fit_glmm_numbers
-
-    blocks = gd.design.blocks
-    candidates = [b.n_terms == 1 and np.allclose(b.X[:, 0], 1.0) for b in blocks]
-    if not any(candidates):
-        return [False] * len(blocks)
-    # the negative binomial's weights need its shape: the Poisson ones bound them above
-    fam_gd = gd.with_family(Poisson(gd.family.link.name)) if gd.family.has_dispersion else gd
-    dev = GLMMDeviance(fam_gd)
-    try:
-        numbers = fit_glmm_numbers(dev, n_agq=0)
-    except Exception:  # noqa: BLE001 - a failed start only costs the choice
-        return [False] * len(blocks)
-    _, _, w = dev._weights(numbers.state.eta)
-    lams = dev.factors(numbers.theta)
-    out = []
-    for block, lam, cand in zip(blocks, lams, candidates):
-        if not cand:
-            out.append(False)
-            continue
-        info = np.bincount(block.codes, weights=w, minlength=block.n_levels)
-        out.append(bool(np.median(info) * float(lam[0, 0]) ** 2 >= CENTER_INFORMATION))
-    return out
-
-
 def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool] | None = None):
     """The PyMC model: ``eta = offset + X beta + sum_k Z_k b_k``, non-centered
     ``b_k = z_k L_k'`` (``z ~ N(0, 1)``; ``L_k`` from an ``LKJCholeskyCov`` for a
@@ -218,18 +180,19 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool]
 
 def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: int = 1000, chains: int = 4,
                 random_seed: int | None = None, target_accept: float = 0.9, progressbar: bool = True,
-                centered: bool | list[bool] | None = None, **kwargs):
+                centered: bool | list[bool] = False, **kwargs):
     """NUTS (nutpie, numba backend) on :func:`build_glmm_model`; returns a
-    :class:`GLMMPosterior`. ``centered``: per bar (or one bool for all one-term intercept
-    bars) whether its effects are sampled centered; default :func:`centering`."""
+    :class:`GLMMPosterior`. ``centered``: per bar (or one bool for all one-term bars
+    without an LKJ prior) whether its effects are sampled centered, ``b ~ N(0, sd)``.
+    Default non-centered: on grouseticks, centering the bars where the data dominate
+    (BROOD, LOCATION) left chains stuck (R-hat 1.6) and centering LOCATION alone gave 17
+    divergences, where the non-centered model has none."""
     import nutpie
 
     prior_set = resolve_glmm_priors(gd, priors)
     blocks = gd.design.blocks
     one_term = [b.n_terms == 1 and k not in prior_set.cor for k, b in enumerate(blocks)]
-    if centered is None:
-        centered = centering(gd)
-    elif isinstance(centered, (bool, np.bool_)):
+    if isinstance(centered, (bool, np.bool_)):
         centered = [bool(centered)] * len(blocks)
     if len(centered) != len(blocks):
         raise BayesLMMError(f"centered has {len(centered)} entries for {len(blocks)} random-effect bars")

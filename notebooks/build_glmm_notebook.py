@@ -28,7 +28,7 @@ and samples the posterior with NUTS. Two examples from lme4's documentation:
   that absorbs overdispersion."""),
     ("code", """import os, warnings
 import numpy as np, pandas as pd
-import matplotlib
+import matplotlib.pyplot as plt  # activates inline display of figures
 import bayeslmm as blm
 from bayeslmm.glmm_checks import plot_checks
 
