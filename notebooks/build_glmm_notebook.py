@@ -28,9 +28,9 @@ and samples the posterior with NUTS. Two examples from lme4's documentation:
   that absorbs overdispersion."""),
     ("code", """import os, warnings
 import numpy as np, pandas as pd
-import matplotlib.pyplot as plt  # activates inline display of figures
 import bayeslmm as blm
 from bayeslmm.glmm_checks import plot_checks
+%matplotlib inline
 
 # BAYESLMM_FAST=1 (the test suite) samples a few draws only; unset it for real analyses
 FAST = os.environ.get("BAYESLMM_FAST") == "1"

@@ -385,3 +385,27 @@ def test_sbc_small_designs(family):
     assert passed, text
     assert " 0 divergent transitions" in text
     assert ranks.shape == (40, 3) and ranks.to_numpy().min() >= 0 and ranks.to_numpy().max() <= 100
+
+
+def test_centered_option_samples_the_effects_themselves(models):
+    from bayeslmm.glmm_bayes import build_glmm_model, resolve_glmm_priors, sample_glmm
+
+    gd = models["cbpp"].gd
+    prior_set = resolve_glmm_priors(gd, None)
+    free = {rv.name for rv in build_glmm_model(gd, prior_set, [True]).free_RVs}
+    assert "r_herd__0" in free and "_z_0" not in free
+    free = {rv.name for rv in build_glmm_model(gd, prior_set, [False]).free_RVs}
+    assert "_z_0" in free and "r_herd__0" not in free
+    # the two parametrizations are one density: log p(b, sd) = log p(z, sd) - log|db/dz|
+
+    cen, non = build_glmm_model(gd, prior_set, [True]), build_glmm_model(gd, prior_set, [False])
+    ip = non.initial_point()
+    z = np.linspace(-1, 1, 15)[:, None]
+    ip["_z_0"] = z
+    sd = np.exp(ip["sd_herd__(Intercept)_log__"])
+    ipc = {k: v for k, v in ip.items() if k != "_z_0"} | {"r_herd__0": z * sd}
+    lp_non = non.compile_logp()(ip)
+    lp_cen = cen.compile_logp()(ipc)
+    assert lp_cen == pytest.approx(lp_non - 15 * np.log(sd), rel=1e-10)
+    with pytest.raises(blm.BayesLMMError, match="centered has 2 entries"):
+        sample_glmm(gd, None, centered=[True, False])

@@ -12,6 +12,7 @@ Run: ``PYTHONPATH=. python validation/glmm_default_sampling.py [cases...]``; wri
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,8 @@ import numpy as np
 import bayeslmm as blm
 
 OUT = Path(__file__).resolve().parent / "out"
-REF = json.loads((Path(__file__).resolve().parents[2] / "shared" / "reference" / "glmm" /
-                  "glmm_reference.json").read_text())
+REFERENCE = Path(os.environ.get("BAYESLMM_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+REF = json.loads((REFERENCE / "glmm" / "glmm_reference.json").read_text())
 FAMILY = {"cbpp": "binomial", "grouseticks": "poisson", "verbagg": "binomial"}
 
 
