@@ -226,7 +226,7 @@ class GLMMDeviance:
         self.q_rest = offset
         self.q = self.J1 * self.q1 + self.q_rest
         # flat bincount indices of every cross-product entry (theta-free, built once)
-        n_r, n1 = self.q_rest, self.J1 * self.q1
+        n_r = self.q_rest
         self._plan_r1 = []  # (index into the (n_r, n1) matrix, bar k, term t, term s)
         self._plan_rr = []  # (index into the (n_r, n_r) matrix, bar k, term t, bar m, term s)
         self._rest_index = []  # (n, q_k) rest-index of each row's entries, per bar
@@ -632,7 +632,7 @@ def fit_negative_binomial(gd: GLMMDesign, n_agq: int = 1):
         cache[log_shape] = (num, nb, dev)
         return num.criterion
 
-    res = minimize_scalar(neg_loglik, bracket=(np.log(shape0) - 1.0, np.log(shape0) + 1.0),
+    minimize_scalar(neg_loglik, bracket=(np.log(shape0) - 1.0, np.log(shape0) + 1.0),
                           options={"xtol": 1e-5})
     best = min(cache, key=lambda k: cache[k][0].criterion)
     return cache[best]

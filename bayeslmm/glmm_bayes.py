@@ -148,7 +148,7 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool]
             beta = coef
         pm.Deterministic("beta", beta, dims="term")
         for k, block in enumerate(design.blocks):
-            q, J = block.n_terms, block.n_levels
+            q = block.n_terms
             lev, trm = f"{block.group}__{k}__level", f"{block.group}__{k}__term"
             sd_priors = [prior_set.sd[(k, t)] for t in block.terms]
             if k in prior_set.cor:
@@ -377,7 +377,7 @@ class GLMMPosterior:
         return shrinkage(self._at_posterior_mean(), group=group)
 
     def summary(self, prob: float = 0.95) -> str:
-        lines = [f"Generalized linear mixed model, posterior by NUTS ['bayeslmm']",
+        lines = ["Generalized linear mixed model, posterior by NUTS ['bayeslmm']",
                  f" Family: {self.gd.family.describe()}", f"Formula: {self.design.formula.text}",
                  f"Divergent transitions: {self.divergences}", "", "Fixed effects:",
                  self.fixef(prob).to_string(float_format=lambda v: f"{v:.4f}"), "",

@@ -231,8 +231,6 @@ def test_nagq0_is_close_to_laplace(models, fits):
 
 # ------------------------------------------------------------------ MAP and posterior
 def _singular_binary():
-    import pandas as pd
-
     rng = np.random.default_rng(0)
     g = np.repeat(np.arange(6), 20)
     x = rng.normal(size=120)
@@ -287,8 +285,6 @@ def test_posterior_cbpp_no_divergences_and_near_ml(fits, models):
 
 # ------------------------------------------------------------------ checks and the negative binomial
 def _counts(kind: str, seed: int = 5):
-    import pandas as pd
-
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(30), 10)
     x = rng.normal(size=300)
