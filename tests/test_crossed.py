@@ -258,7 +258,7 @@ def test_small_sbc_of_the_partially_collapsed_sampler_is_uniform():
     import crossed_validation as cv
     import sbc
 
-    ranks = cv.run_sbc(reps=30, seed=5, chains=2, draws=200, tune=200)
+    ranks = cv.run_sbc(reps=30, seed=5, chains=2, draws=200, tune=500)
     params = ["beta[(Intercept)]", "beta[x]", "sd_a", "sd_b", "sigma", "r_a[0]", "r_b[0]"]
     table = sbc.uniformity_table(ranks[params], bins=4, alpha=0.01)
     assert table["pass"].all(), table
