@@ -9,6 +9,7 @@ posterior mean within 0.2 posterior sd of brms's, every sd within 15%, zero dive
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -396,7 +397,9 @@ def test_large_crossed_design_uses_the_partially_collapsed_sampler_and_says_why(
         post = model.sample(draws=200, tune=300, chains=2, random_seed=1, progressbar=False)
     attrs = post.idata.posterior.attrs
     assert attrs["parametrization"] == "crossed"
-    assert attrs["sampler_choice"].startswith("partially collapsed sampler: the effects of 'a' integrated out")
+    # a (200 levels) and b (60) have near-equal estimated costs here: either may be integrated
+    assert re.match(r"partially collapsed sampler: the effects of '[ab]' integrated out given those of "
+                    r"'[ab]', which NUTS samples \(estimated time at equal ESS: ", attrs["sampler_choice"])
     assert attrs["sampler_choice"] in caplog.text
     assert post.idata.posterior["r_a"].shape == (2, 200, 200, 1) and post.idata.posterior["r_b"].shape == (2, 200, 60, 1)
 
