@@ -8,19 +8,19 @@
 from . import datasets
 from .errors import (BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PerfectFitWarning,
                      PriorError, SamplingWarning, SettingsError)
-from .glmm_results import GLMMResult
+from .results.glmm_results import GLMMResult
 from .model import GLMM, LMM
-from .posterior import PosteriorResult, load
-from .power import power, power_curve
+from .results.posterior import PosteriorResult, load
+from .scale.power import power, power_curve
 from .priors import LKJ, Exponential, Flat, Gamma, HalfNormal, HalfStudentT, LogNormal, Normal, StudentT
-from .reml import make_deviance
-from .report import anova, compare
+from .fitting.reml import make_deviance
+from .reporting.report import anova, compare
 from .workflow import SingularFitWarning, WorkflowResult, lmm
 
 from .arguments import check_verbs as _check_verbs
-from .glmm_bayes import GLMMPosterior as _GLMMPosterior
-from .results import FitResult as _FitResult
-from .results import PointResult as _PointResult
+from .sampling.glmm_bayes import GLMMPosterior as _GLMMPosterior
+from .results.point import FitResult as _FitResult
+from .results.point import PointResult as _PointResult
 
 # every verb of a result checks its arguments (unknown keywords such as lme4's condVar=,
 # wrong types, out-of-range values) with a SettingsError naming the argument. LMM and GLMM

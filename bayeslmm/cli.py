@@ -72,7 +72,7 @@ def _datasets() -> int:
 
 
 def _spec(args):
-    from .modelfile import ModelSpec, read_model_file
+    from .frontend.modelfile import ModelSpec, read_model_file
 
     if args.model:
         if args.data or args.formula:
@@ -87,7 +87,7 @@ def _fit(args) -> int:
     import numpy as np
 
     from .model import LMM
-    from .modelfile import check_sample_settings
+    from .frontend.modelfile import check_sample_settings
 
     spec = _spec(args)
     method = args.method or spec.method
@@ -167,8 +167,8 @@ def _fit_glmm(args, spec, data, family, method, settings, out) -> int:
 
 
 def _write_glmm_report(out: Path, spec, model, point, texts) -> None:
-    from .glmm_checks import plot_checks
-    from .report_html import write_report
+    from .reporting.glmm_checks import plot_checks
+    from .reporting.report_html import write_report
 
     sections: list[tuple[str, object]] = list(texts)
     figures = []
@@ -191,7 +191,7 @@ def _write_outputs(out: Path, spec, model, point, post, texts, np) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report_html import write_report
+    from .reporting.report_html import write_report
 
     (out / "summary.txt").write_text("\n\n".join(f"== {title} ==\n{text}" for title, text in texts) + "\n",
                                      encoding="utf-8")

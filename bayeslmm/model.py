@@ -12,9 +12,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .design import Design, build_design
+from .frontend.design import Design, build_design
 from .errors import BayesLMMError, FitError, PerfectFitWarning, PriorError, SettingsError
-from .formula import parse_formula
+from .frontend.formula import parse_formula
 
 SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
 PARAMETRIZATIONS = ("auto", "marginal", "crossed", "full")
@@ -173,9 +173,9 @@ class LMM:
     """
 
     def __new__(cls, formula: str | None = None, data=None, priors: dict | None = None):
-        # a Dask dataframe: the out-of-core model (per-group statistics; bayeslmm.outofcore)
+        # a Dask dataframe: the out-of-core model (per-group statistics; bayeslmm.scale.outofcore)
         if cls is LMM and data is not None:
-            from .outofcore import OutOfCoreLMM, is_dask_frame
+            from .scale.outofcore import OutOfCoreLMM, is_dask_frame
 
             if is_dask_frame(data):
                 return OutOfCoreLMM(formula, data, priors)
@@ -184,9 +184,9 @@ class LMM:
     @classmethod
     def from_parquet(cls, formula: str, path, priors: dict | None = None, client=None, **read_kwargs):
         """The model of Parquet data larger than memory (``dask.dataframe.read_parquet(path,
-        **read_kwargs)``), fitted from per-group statistics; see :mod:`bayeslmm.outofcore`.
+        **read_kwargs)``), fitted from per-group statistics; see :mod:`bayeslmm.scale.outofcore`.
         ``client`` (a ``dask.distributed.Client``) runs the passes on its cluster."""
-        from .outofcore import OutOfCoreLMM, read_parquet
+        from .scale.outofcore import OutOfCoreLMM, read_parquet
 
         return OutOfCoreLMM(formula, read_parquet(path, **read_kwargs), priors, client=client)
 
@@ -226,8 +226,8 @@ class LMM:
         key = method.lower()
         if key not in ("reml", "ml", "map"):
             raise SettingsError(f"unknown method {method!r}: use 'reml', 'ml' or 'map'")
-        from .map import fit_map
-        from .reml import fit_profiled
+        from .fitting.map import fit_map
+        from .fitting.reml import fit_profiled
 
         try:
             if key == "map":
@@ -278,8 +278,8 @@ class LMM:
             with at most 100 group effects in all); ``"crossed"`` integrates out one
             factor's effects (and those nested in it) given the other factors' effects,
             which NUTS samples, then draws the integrated ones exactly (any design, see
-            :mod:`bayeslmm.crossed`); ``"auto"`` (with ``sampler="nutpie"``) picks among
-            them by estimated cost (:func:`bayeslmm.crossed.plan_sampler`) and records
+            :mod:`bayeslmm.sampling.crossed`); ``"auto"`` (with ``sampler="nutpie"``) picks among
+            them by estimated cost (:func:`bayeslmm.sampling.crossed.plan_sampler`) and records
             what it picked and why in ``idata.posterior.attrs["sampler_choice"]`` (also
             logged at INFO level on the ``bayeslmm`` logger).
         **kwargs
@@ -291,10 +291,10 @@ class LMM:
         -------
         PosteriorResult
         """
-        from .bayes import build_model, run_sampler
-        from .crossed import plan_sampler, sample_crossed
-        from .marginal import marginal_supported, sample_marginal
-        from .posterior import PosteriorResult, to_inference_data
+        from .sampling.bayes import build_model, run_sampler
+        from .sampling.crossed import plan_sampler, sample_crossed
+        from .sampling.marginal import marginal_supported, sample_marginal
+        from .results.posterior import PosteriorResult, to_inference_data
 
         settings = check_sample_arguments(draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                                          sampler=sampler, target_accept=target_accept,
@@ -345,7 +345,7 @@ class LMM:
         with ``prior`` and ``prior_predictive`` groups)."""
         import pymc as pm
 
-        from .bayes import build_model
+        from .sampling.bayes import build_model
 
         draws = _whole(draws, "draws", 1, MAX_DRAWS)
         if random_seed is not None:
@@ -400,7 +400,7 @@ class GLMM:
         ``"logit"`` (default), ``"probit"``, ``"cloglog"`` for the binomial; ``"log"``
         for counts.
     priors : dict, optional
-        Priors for ``fit(method="map")`` and :meth:`sample` (see :mod:`bayeslmm.glmm_bayes`).
+        Priors for ``fit(method="map")`` and :meth:`sample` (see :mod:`bayeslmm.sampling.glmm_bayes`).
     weights : str or array-like, optional
         Prior weights (a column name or one value per row).
 
@@ -416,7 +416,7 @@ class GLMM:
     def __init__(self, formula: str, data: pd.DataFrame, family="binomial", link: str | None = None,
                  priors: dict | None = None, weights=None):
         from .family import get_family
-        from .glmm_design import build_glmm_design
+        from .frontend.glmm_design import build_glmm_design
 
         self.family = get_family(family, link)
         self.gd = build_glmm_design(formula, data, self.family, weights=weights)
@@ -445,7 +445,7 @@ class GLMM:
         -------
         GLMMResult
         """
-        from .glmm import fit_glmm_model
+        from .fitting.glmm import fit_glmm_model
 
         key = str(method).lower()
         if key not in ("ml", "map"):
@@ -453,7 +453,7 @@ class GLMM:
         if isinstance(n_agq, (bool, np.bool_)) or not isinstance(n_agq, (int, np.integer)) or not 0 <= n_agq <= 25:
             raise SettingsError(f"n_agq must be a whole number from 0 to 25 (glmer's nAGQ), not {n_agq!r}")
         if key == "map":
-            from .glmm_bayes import fit_glmm_map
+            from .sampling.glmm_bayes import fit_glmm_map
 
             return fit_glmm_map(self.gd, self.priors)
         return fit_glmm_model(self.gd, n_agq=n_agq)
@@ -461,8 +461,8 @@ class GLMM:
     def sample(self, draws: int = 1000, tune: int = 1000, chains: int = 4, random_seed: int | None = None,
                target_accept: float = 0.9, progressbar: bool = True, **kwargs):
         """Sample the posterior with NUTS (nutpie) on the non-centered model; see
-        :func:`bayeslmm.glmm_bayes.sample_glmm`."""
-        from .glmm_bayes import sample_glmm
+        :func:`bayeslmm.sampling.glmm_bayes.sample_glmm`."""
+        from .sampling.glmm_bayes import sample_glmm
 
         return sample_glmm(self.gd, self.priors, draws=draws, tune=tune, chains=chains,
                            random_seed=random_seed, target_accept=target_accept,

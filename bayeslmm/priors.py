@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .design import Design
+from .frontend.design import Design
 from .errors import PriorError
 
 

@@ -55,7 +55,7 @@ def diagnostics(posterior, stats, cov_only=False):
 def run_design(design, prior_set, seed, top=None):
     """As ``LMM.sample(parametrization="auto")`` runs it (the plan's integrated factor),
     without the PosteriorResult (its ArviZ layer is being ported on another branch)."""
-    from bayeslmm.crossed import CrossedProblem, crossed_posterior, plan_sampler, run_crossed
+    from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, plan_sampler, run_crossed
 
     if top is None:
         plan = plan_sampler(design)
@@ -97,7 +97,7 @@ def report(name, problem, run, posterior, t_eff, extra=""):
 
 def kb07(case, seed, top=None):
     import bayeslmm as blm
-    from bayeslmm.bayes import bar_labels  # noqa: F401
+    from bayeslmm.sampling.bayes import bar_labels  # noqa: F401
 
     ref = KB07[case]
     data = pd.read_csv(SHARED / "data" / "kb07.csv", dtype={"subj": str, "item": str})
@@ -122,7 +122,7 @@ def sim1m(seed, draws=1000, tune=1000, chains=4):
     """1,000,000 rows, 10,000 x 2,000 crossed levels, intercept + slope on x in the fixed
     part, random intercepts on both factors: true values inside their 95% intervals?"""
     import bayeslmm.priors as P
-    from bayeslmm.crossed import CrossedProblem, Factor, crossed_posterior, run_crossed
+    from bayeslmm.sampling.crossed import CrossedProblem, Factor, crossed_posterior, run_crossed
 
     rng = np.random.default_rng(17)
     n, na, nb = 1_000_000, 10_000, 2_000

@@ -4,7 +4,7 @@ Run: ``python benchmarks/bench_design_checks.py [--repeat 3]``; writes
 ``benchmarks/out/bench_design_checks.txt``.
 
 1. Rank check of a 1,000-level fixed factor (3,000 rows x 1,001 columns), full rank and with
-   one aliased column: :func:`bayeslmm.design.independent_columns` against the column-at-a-time
+   one aliased column: :func:`bayeslmm.frontend.design.independent_columns` against the column-at-a-time
    Gram-Schmidt it replaced (reproduced below), same process, same matrices; the kept columns
    must agree.
 2. ``blm.LMM`` on a formula with 10,000 fixed terms: parse, checks and the refusal (formulae
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 import bayeslmm as blm
-from bayeslmm.design import independent_columns
+from bayeslmm.frontend.design import independent_columns
 
 OUT = Path(__file__).resolve().parent / "out" / "bench_design_checks.txt"
 

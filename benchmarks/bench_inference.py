@@ -66,7 +66,7 @@ def satterthwaite(repeat: int) -> list[str]:
 
 
 def agreement() -> list[str]:
-    from bayeslmm.inference import Profile
+    from bayeslmm.fitting.inference import Profile
 
     rows = []
     for case in CASES:
@@ -117,7 +117,7 @@ def agreement() -> list[str]:
 
 
 def boot(nsim: int, n_jobs: int) -> list[str]:
-    from bayeslmm.inference import bootstrap
+    from bayeslmm.fitting.inference import bootstrap
 
     model, method = model_of("sleep_rs")
     fit = model.fit(method)

@@ -63,7 +63,7 @@ def summarize(post) -> dict:
     """brms's variable names -> [mean, sd], min bulk ESS, divergences."""
     import numpy as np
 
-    from bayeslmm.bayes import bar_labels
+    from bayeslmm.sampling.bayes import bar_labels
 
     p = post.idata.posterior
     name = lambda term: "Intercept" if term == "(Intercept)" else term  # noqa: E731
@@ -116,7 +116,7 @@ def worker_sim(rows: int, groups: int) -> dict:
 
     start = time.perf_counter()
     from bayeslmm import priors as P
-    from bayeslmm.marginal import MarginalProblem, posterior_dataset, run_marginal
+    from bayeslmm.sampling.marginal import MarginalProblem, posterior_dataset, run_marginal
 
     t_import = time.perf_counter()
     problem = MarginalProblem.from_arrays(y, X, X, group, ["(Intercept)", "x"], ["(Intercept)", "x"], group_name="g")

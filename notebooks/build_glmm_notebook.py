@@ -29,7 +29,7 @@ and samples the posterior with NUTS. Two examples from lme4's documentation:
     ("code", """import os, warnings
 import numpy as np, pandas as pd
 import bayeslmm as blm
-from bayeslmm.glmm_checks import plot_checks
+from bayeslmm.reporting.glmm_checks import plot_checks
 %matplotlib inline
 
 # BAYESLMM_FAST=1 (the test suite) samples a few draws only; unset it for real analyses
@@ -93,7 +93,7 @@ effects (`conditional=True`) shows it plainly, and the likelihood-ratio test agr
     ("code", """no_olre = blm.GLMM("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", grouse,
                    family="poisson").fit()
 no_olre.quantile_residuals(nsim=250, random_seed=1, conditional=True).table()"""),
-    ("code", """from bayeslmm.glmm_results import anova
+    ("code", """from bayeslmm.results.glmm_results import anova
 anova(no_olre, counts)[["npar", "AIC", "logLik", "Chisq", "Df", "p_value"]]"""),
     ("md", """## A singular fit and the MAP
 

@@ -165,7 +165,7 @@ def write_posterior_file(path, formula: str = "Reaction ~ Days + (1 | Subject)",
     import xarray as xr
 
     import bayeslmm as blm
-    from bayeslmm.posterior import frame_schema, frame_to_csv
+    from bayeslmm.results.posterior import frame_schema, frame_to_csv
 
     sleep = blm.datasets.load("sleepstudy")
     subjects = sorted(sleep["Subject"].astype(str).unique(), key=int)

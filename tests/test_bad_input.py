@@ -717,7 +717,7 @@ def test_new_data_find_levels_by_their_text_as_r_does(values, as_text):
     text (R's as.character); the property holds for any numbers, e.g. 1 and 1.0 and '1'."""
     from hypothesis import assume
 
-    from bayeslmm.design import _level_label
+    from bayeslmm.frontend.design import _level_label
 
     labels = [_level_label(float(v)) for v in values]
     assume(len(set(labels)) == len(labels))  # float32-equal values print alike
@@ -785,7 +785,7 @@ def test_scientific_notation_in_the_response_and_a_bar(toy):
 
 
 def test_scientific_notation_leaves_names_and_text_alone():
-    from bayeslmm.formula import decimal_literals
+    from bayeslmm.frontend.formula import decimal_literals
 
     assert decimal_literals("y ~ x1e3 + `a 1e3` + C(f, Treatment('1e3')) + I(x*1e-3)") == \
         "y ~ x1e3 + `a 1e3` + C(f, Treatment('1e3')) + I(x*0.001)"
@@ -873,7 +873,7 @@ def test_a_failed_load_leaves_the_file_closed(tmp_path):
     import h5py
     import xarray as xr
 
-    from bayeslmm.posterior import PosteriorFileError
+    from bayeslmm.results.posterior import PosteriorFileError
 
     source = Path(__file__).resolve().parent / "data" / "v0.1.0_dyestuff.nc"
     path = tmp_path / "posterior.nc"
@@ -916,7 +916,7 @@ def test_a_failed_load_leaves_the_file_closed(tmp_path):
 
 @pytest.mark.parametrize("path", [None, 12, [1], "", 2.5])
 def test_load_and_to_netcdf_need_a_file_name(path, tmp_path, monkeypatch):
-    from bayeslmm.posterior import PosteriorFileError
+    from bayeslmm.results.posterior import PosteriorFileError
 
     with pytest.raises(PosteriorFileError, match=r"^load\(\) needs a file name \(a str or pathlib.Path\), not "):
         blm.load(path)

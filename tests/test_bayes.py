@@ -1,4 +1,4 @@
-"""The Bayesian back end (bayeslmm.bayes, bayeslmm.posterior): the PyMC model, the posterior
+"""The Bayesian back end (bayeslmm.sampling.bayes, bayeslmm.results.posterior): the PyMC model, the posterior
 layout and verbs, reproducibility, the priors API, diagnostics and prior predictive draws.
 Agreement with brms is in test_brms.py.
 
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blm
-from bayeslmm.bayes import build_model
+from bayeslmm.sampling.bayes import build_model
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 
@@ -49,7 +49,7 @@ def test_model_variables_and_centered_intercept():
     point = {"_Intercept_c": 0.3, "_b_standLRT": 0.5, "_b_sexM": -0.2}
     import pytensor
 
-    from bayeslmm.bayes import response_scale
+    from bayeslmm.sampling.bayes import response_scale
 
     fn = pytensor.function([pm_model[k] for k in point], pm_model["beta"])
     beta = fn(*point.values())
@@ -202,7 +202,7 @@ def test_pymc_sampler_and_bad_options():
 
 
 def test_jax_samplers_need_their_packages(monkeypatch):
-    import bayeslmm.bayes as bayes
+    import bayeslmm.sampling.bayes as bayes
 
     model = blm.LMM("Yield ~ 1 + (1 | Batch)", blm.datasets.load("dyestuff"))
     monkeypatch.setattr(bayes, "jax_available", lambda: False)
@@ -237,7 +237,7 @@ def test_blackjax_versions_that_pymc_cannot_drive_are_refused(monkeypatch):
     import sys
     import types
 
-    import bayeslmm.bayes as bayes
+    import bayeslmm.sampling.bayes as bayes
 
     bayes.check_jax_sampler_version("blackjax", "1.3.0")
     bayes.check_jax_sampler_version("numpyro", "0.22.0")
@@ -273,7 +273,7 @@ def _synthetic_posterior(beta_shift: float):
     1000), with chain 0 of the intercept shifted by ``beta_shift`` sds: a known R-hat."""
     import xarray as xr
 
-    from bayeslmm.posterior import PosteriorResult, to_inference_data
+    from bayeslmm.results.posterior import PosteriorResult, to_inference_data
 
     model = blm.LMM("Reaction ~ 1 + (1 | Subject)", blm.datasets.load("sleepstudy"))
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 
 The issue's criterion, not loosened: every posterior mean within 0.2 posterior sd of brms's,
 every posterior sd within 15%, zero divergences, for sleep_rs, exam_rs and exam_sex. Both
-parametrizations are held to it: the full non-centered PyMC model (bayeslmm.bayes) here, the
+parametrizations are held to it: the full non-centered PyMC model (bayeslmm.sampling.bayes) here, the
 default ``LMM.sample()`` path (the collapsed sampler) in test_marginal.py. 4 chains x 1000
 draws: the Monte Carlo error of each mean is then ~sd / sqrt(ESS) with ESS >= ~400, a
 quarter of the 0.2 sd allowance after adding brms's own error.

@@ -10,7 +10,7 @@ import pytest
 
 import bayeslmm as blm
 from bayeslmm.cli import main
-from bayeslmm.modelfile import read_model_file
+from bayeslmm.frontend.modelfile import read_model_file
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -1,4 +1,4 @@
-"""The partially collapsed sampler for crossed designs (bayeslmm.crossed).
+"""The partially collapsed sampler for crossed designs (bayeslmm.sampling.crossed).
 
 Its pieces are checked against independent computations: the conditional marginal
 likelihood against a dense multivariate normal, the gradient against finite differences,
@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blm
-from bayeslmm import crossed_kernels as C
-from bayeslmm import marginal_kernels as K
-from bayeslmm.crossed import CrossedProblem, estimate_costs, nested_in, factors_of, plan_sampler
-from bayeslmm.marginal import MarginalProblem
+from bayeslmm.sampling import crossed_kernels as C
+from bayeslmm.sampling import marginal_kernels as K
+from bayeslmm.sampling.crossed import CrossedProblem, estimate_costs, nested_in, factors_of, plan_sampler
+from bayeslmm.sampling.marginal import MarginalProblem
 
 
 def crossed_data(n_a=12, n_b=7, n=150, seed=0, slope=True):
@@ -153,7 +153,7 @@ def test_priors_and_jacobians_equal_the_collapsed_samplers(centered):
 
 
 def test_integrated_factor_is_the_cheapest_and_no_group_is_padded():
-    from bayeslmm.crossed import best_top, crossed_cost
+    from bayeslmm.sampling.crossed import best_top, crossed_cost
 
     design, _ = case("y ~ x + (x | a) + (1 | b)", "sim")
     factors = factors_of(design)

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bayeslmm as blm
-from bayeslmm.design import build_design
-from bayeslmm.formula import parse_formula
+from bayeslmm.frontend.design import build_design
+from bayeslmm.frontend.formula import parse_formula
 
 
 def design(text: str, data: pd.DataFrame):
@@ -246,7 +246,7 @@ def test_ten_thousand_terms_are_parsed_and_refused_quickly():
     import time
 
     from bayeslmm.errors import FormulaError
-    from bayeslmm.formula import parse_formula
+    from bayeslmm.frontend.formula import parse_formula
 
     n = 10_000
     rng = np.random.default_rng(0)
@@ -294,7 +294,7 @@ def _sequential_rank(X: np.ndarray, tol: float = 1e-7) -> list[int]:
 @settings(max_examples=60, deadline=None, print_blob=True)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_blocked_rank_check_agrees_with_the_sequential_rule(seed):
-    from bayeslmm.design import independent_columns
+    from bayeslmm.frontend.design import independent_columns
 
     rng = np.random.default_rng(seed)
     n, p = int(rng.integers(3, 70)), int(rng.integers(1, 110))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bayeslmm.errors import BayesLMMError
-from bayeslmm.executor import run_tasks, task_seeds
+from bayeslmm.scale.executor import run_tasks, task_seeds
 
 
 def _draw(task, seed):
@@ -63,7 +63,7 @@ def test_a_real_dask_cluster_gives_the_serial_results(dask_client):
     from functools import partial
 
     import bayeslmm as blm
-    from bayeslmm.power import _simulate_and_test, _spec
+    from bayeslmm.scale.power import _simulate_and_test, _spec
 
     fit = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy")).fit()
     covs = {(b.group, b.terms): c for b, c in zip(fit.design.blocks, fit.covariances)}

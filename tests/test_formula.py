@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bayeslmm.errors import BayesLMMError, FormulaError
-from bayeslmm.formula import parse_formula
+from bayeslmm.frontend.formula import parse_formula
 
 
 def bars(text: str) -> list[tuple[str, str, tuple[str, ...], bool]]:

@@ -13,8 +13,8 @@ from scipy import stats
 
 import bayeslmm as blm
 from bayeslmm.family import get_family
-from bayeslmm.glmm import GLMMDeviance, gauss_hermite
-from bayeslmm.glmm_results import anova
+from bayeslmm.fitting.glmm import GLMMDeviance, gauss_hermite
+from bayeslmm.results.glmm_results import anova
 from conftest import REFERENCE_DIR
 
 REF = json.loads((REFERENCE_DIR / "glmm" / "glmm_reference.json").read_text())
@@ -253,7 +253,7 @@ def test_map_near_ml_when_data_are_informative(fits, models):
     assert np.all(np.abs(mp.beta - ml.beta) < 0.1 * np.sqrt(np.diag(ml.vcov_beta)))
     assert mp.theta[0] == pytest.approx(ml.theta[0], abs=0.05)
     # the posterior mode is the ML point moved toward the prior: the penalized criterion is lower there
-    from bayeslmm.glmm_bayes import log_prior, resolve_glmm_priors
+    from bayeslmm.sampling.glmm_bayes import log_prior, resolve_glmm_priors
 
     ps = resolve_glmm_priors(models["cbpp"].gd, None, for_map=True)
     dev = GLMMDeviance(models["cbpp"].gd)
@@ -348,7 +348,7 @@ def test_negative_binomial_estimates_the_shape_and_beats_poisson():
 
 def test_model_file_and_cli_fit_a_glmm(tmp_path, capsys):
     from bayeslmm.cli import main
-    from bayeslmm.modelfile import read_model_file
+    from bayeslmm.frontend.modelfile import read_model_file
 
     spec = read_model_file(Path(__file__).resolve().parents[1] / "models" / "cbpp.toml")
     assert spec.family == "binomial" and spec.formula.startswith("cbind(")
@@ -384,7 +384,7 @@ def test_sbc_small_designs(family):
 
 
 def test_centered_option_samples_the_effects_themselves(models):
-    from bayeslmm.glmm_bayes import build_glmm_model, resolve_glmm_priors, sample_glmm
+    from bayeslmm.sampling.glmm_bayes import build_glmm_model, resolve_glmm_priors, sample_glmm
 
     gd = models["cbpp"].gd
     prior_set = resolve_glmm_priors(gd, None)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blm
-from bayeslmm.inference import VarianceModel
+from bayeslmm.fitting.inference import VarianceModel
 
 from conftest import LME4_CASES, REFERENCE_DIR, reference_fit
 
@@ -98,7 +98,7 @@ def test_summary_prints_lmertest_layout():
 
 
 def test_pvalue_formatting_follows_format_pval():
-    from bayeslmm.summary import format_pvalues, significance_stars
+    from bayeslmm.reporting.summary import format_pvalues, significance_stars
 
     assert format_pvalues([1e-20, 3.26e-6, 0.5]) == ["< 2e-16", "3.26e-06", "0.5"]
     assert format_pvalues([1e-20]) == ["<2e-16"]
@@ -223,7 +223,7 @@ def test_wald_confint_matches_lme4(case):
 
 
 def _assert_profile_agrees(case, table):
-    from bayeslmm.inference import Profile
+    from bayeslmm.fitting.inference import Profile
 
     ref = _reference_limits(case, "confint_profile")
     assert list(table.index) == list(ref.index)
@@ -260,7 +260,7 @@ def test_profile_confint_matches_lme4_everywhere(case):
 def test_profile_limits_are_exact_roots(case, index, side):
     """Where lme4's spline and our root differ by more than 1e-3 of the estimate, ours is
     the root: zeta at our limit is -1.96 to 1e-4, at lme4's it is not."""
-    from bayeslmm.inference import Profile
+    from bayeslmm.fitting.inference import Profile
 
     profile = Profile(reference_fit(case))
     ours = profile.interval(index, 0.95)[0]
@@ -280,7 +280,7 @@ def test_confint_rejects_bad_arguments():
 
 # ------------------------------------------------------------------ parametric bootstrap
 def test_bootstrap_refit_of_the_data_is_the_fit():
-    from bayeslmm.inference import _BootModel
+    from bayeslmm.fitting.inference import _BootModel
 
     fit = reference_fit("sleep_rs")
     values = _BootModel.from_result(fit).refit(fit.design.y)
@@ -302,7 +302,7 @@ def test_bootstrap_interval_agrees_with_the_profile_interval():
     """200 draws on sleep_ri (3 variance/fixed parameters + sigma): each percentile limit
     within its Monte Carlo error (4 binomial sds of the quantile, mapped through the
     draws' density) of lme4's profile limit."""
-    from bayeslmm.inference import bootstrap
+    from bayeslmm.fitting.inference import bootstrap
 
     fit = reference_fit("sleep_ri")
     draws = bootstrap(fit, nsim=200, random_seed=11, n_jobs=2, progressbar=False)
@@ -318,7 +318,7 @@ def test_bootstrap_interval_agrees_with_the_profile_interval():
 
 
 def test_probability_of_direction():
-    from bayeslmm.posterior import probability_of_direction
+    from bayeslmm.results.posterior import probability_of_direction
 
     draws = np.column_stack([np.r_[np.ones(90), -np.ones(10)], np.r_[np.ones(30), -np.ones(70)]])
     np.testing.assert_allclose(probability_of_direction(draws), [0.9, 0.7])
@@ -381,8 +381,7 @@ def test_blocked_and_dense_solves_agree(case):
 def test_singular_hessian_eigenvalues_are_dropped_with_a_counted_warning(monkeypatch):
     """lmerTest's rule: eigenvalues of the Hessian at or below 1e-8 are left out of its
     inverse, with one warning that counts them."""
-    from bayeslmm import inference
-
+    from bayeslmm.fitting import inference
     fit = reference_fit("sleep_rs")
     true = inference.VarianceModel(fit.design, reml=True).hessian(fit.theta, fit.sigma)
     values, vectors = np.linalg.eigh(true)

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blm
-from bayeslmm import marginal_kernels as K
+from bayeslmm.sampling import marginal_kernels as K
 from bayeslmm import priors as P
-from bayeslmm.bayes import correlation_pairs
-from bayeslmm.marginal import MarginalProblem, marginal_supported, sample_marginal
+from bayeslmm.sampling.bayes import correlation_pairs
+from bayeslmm.sampling.marginal import MarginalProblem, marginal_supported, sample_marginal
 from conftest import BRMS_DATASET as DATASET
 from conftest import LME4_CASES, assert_agrees_with_brms, bayeslmm_formula, brms_model, dataset_name, lme4_reference
 
@@ -110,7 +110,7 @@ def large_crossed_data(n_a: int = 200, n_b: int = 60, n: int = 600) -> pd.DataFr
 
 
 def test_marginal_supported_nested_small_crossed_but_not_large_crossed():
-    from bayeslmm.marginal import MAX_JOINT_EFFECTS
+    from bayeslmm.sampling.marginal import MAX_JOINT_EFFECTS
 
     assert marginal_supported(design_of("Reaction ~ Days + (Days | Subject)", "sleepstudy")[0])[0]
     assert marginal_supported(design_of("strength ~ 1 + (1 | batch/cask)", "pastes")[0])[0]
@@ -214,7 +214,7 @@ def test_log_posterior_is_likelihood_plus_priors_on_the_user_scale():
                                    P.Exponential(lam=0.7), P.Gamma(alpha=2.0, beta=1.5),
                                    P.LogNormal(mu=0.3, sigma=0.8), P.Flat()])
 def test_prior_densities_match_scipy(prior):
-    from bayeslmm.marginal import _prior_code
+    from bayeslmm.sampling.marginal import _prior_code
 
     code, a, b, c = _prior_code(prior)
     for v in (0.3, 1.7, 4.0):

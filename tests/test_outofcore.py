@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blm
-from bayeslmm.reml import ProfiledDeviance, make_deviance
-from bayeslmm.outofcore import _intercept
+from bayeslmm.fitting.reml import ProfiledDeviance, make_deviance
+from bayeslmm.scale.outofcore import _intercept
 
 dd = pytest.importorskip("dask.dataframe")
 
@@ -37,7 +37,7 @@ def models(dask_client):
 
 
 def test_a_dask_frame_gives_the_out_of_core_model_without_rows(models):
-    from bayeslmm.outofcore import OutOfCoreLMM
+    from bayeslmm.scale.outofcore import OutOfCoreLMM
 
     mem, ooc = models["exam"]
     assert isinstance(ooc, OutOfCoreLMM)
@@ -117,7 +117,7 @@ def test_priors_are_the_in_memory_defaults(models):
         pd.testing.assert_frame_equal(ooc.prior_summary(), mem.prior_summary())
     mem, ooc = models["exam"]
     user = {"b": blm.Normal(mu=0.0, sigma=1.0), "sd_school": blm.HalfNormal(sigma=0.5)}
-    from bayeslmm.outofcore import resolve_priors
+    from bayeslmm.scale.outofcore import resolve_priors
 
     pd.testing.assert_frame_equal(resolve_priors(ooc.design, user).table(ooc.design),
                                   blm.LMM(EXAM, shuffled("exam"), priors=user).prior_summary())
@@ -126,7 +126,7 @@ def test_priors_are_the_in_memory_defaults(models):
 def test_posterior_is_the_in_memory_posterior(models):
     """The packed collapsed model is the in-memory one to rounding, so the same seed gives
     the same draws; the out-of-core result has the usual verbs."""
-    from bayeslmm.marginal import MarginalProblem, run_marginal
+    from bayeslmm.sampling.marginal import MarginalProblem, run_marginal
 
     mem, ooc = models["exam"]
     problem = MarginalProblem.from_design(mem.design)

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import bayeslmm as blm
-from bayeslmm.design import build_design
+from bayeslmm.frontend.design import build_design
 from bayeslmm.errors import BayesLMMError
-from bayeslmm.formula import parse_formula
+from bayeslmm.frontend.formula import parse_formula
 
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -1,4 +1,4 @@
-"""Posterior files (bayeslmm.posterior.load): files written by bayeslmm 0.1.0 (PyMC 5.28,
+"""Posterior files (bayeslmm.results.posterior.load): files written by bayeslmm 0.1.0 (PyMC 5.28,
 ArviZ 0.23 InferenceData netCDF) load with the numbers 0.1.0 itself reported; a missing,
 truncated, foreign or edited file raises a BayesLMMError saying what is wrong."""
 
@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 import bayeslmm as blm
-from bayeslmm.posterior import PosteriorFileError
+from bayeslmm.results.posterior import PosteriorFileError
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bayeslmm as blm
-from bayeslmm.reml import ThetaLayout, make_deviance
+from bayeslmm.fitting.reml import ThetaLayout, make_deviance
 
 _LOG_2PI = np.log(2.0 * np.pi)
 
@@ -114,7 +114,7 @@ def _design(formula, data):
        noise=st.sampled_from([0.05, 1.0]), reml=st.booleans(), dense_ar1=st.sampled_from([None, False]))
 def test_fast_deviance_equals_the_dense_likelihood(seed, template, mean, x_unit, noise, reml, dense_ar1):
     """``dense_ar1=False`` forces the sparse rank update that large designs (InstEval) take."""
-    import bayeslmm.reml as reml_module
+    import bayeslmm.fitting.reml as reml_module
 
     formula, has_constant = template
     if not has_constant and mean == 5e6:

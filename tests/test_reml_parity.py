@@ -126,7 +126,7 @@ def test_summary_reads_like_lmer():
 def test_an_optimizer_that_does_not_converge_warns(monkeypatch):
     """A fit whose optimizer gives up says so (and the summary repeats it)."""
     import bayeslmm as blm
-    import bayeslmm.reml as reml
+    import bayeslmm.fitting.reml as reml
     from scipy.optimize import OptimizeResult
     def gives_up(fun, x0, method, **kwargs):
         value = fun(x0)
@@ -145,7 +145,7 @@ def test_an_optimizer_that_does_not_converge_warns(monkeypatch):
 def test_number_formats_are_lmers():
     """lme4's own numbers, formatted by bayeslmm, read as ``summary(lmer(Reaction ~ Days +
     (Days | Subject), sleepstudy))`` prints them (lme4 1.1-31)."""
-    from bayeslmm.summary import coefficient_columns, r_format
+    from bayeslmm.reporting.summary import coefficient_columns, r_format
 
     ref = lme4_reference("sleep_rs")
     sd_int, sd_days = ref["varcorr"][0]["sd"]

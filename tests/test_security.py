@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 import bayeslmm as blm
 from bayeslmm import cli
-from bayeslmm.design import FORMULA_NAMESPACE
+from bayeslmm.frontend.design import FORMULA_NAMESPACE
 from bayeslmm.errors import FormulaError
-from bayeslmm.formula import expression_columns, parse_formula
-from bayeslmm.posterior import PosteriorFileError
+from bayeslmm.frontend.formula import expression_columns, parse_formula
+from bayeslmm.results.posterior import PosteriorFileError
 from conftest import write_posterior_file
 
 # {m} is the marker path; every payload creates it if evaluated (os.system, np.save, open, ...)
@@ -235,7 +235,7 @@ def test_documented_transforms_still_work(data):
 def test_the_environment_alone_stops_a_payload_that_got_past_the_checks(data, tmp_path):
     # defence in depth: hand formulae a payload directly (as if the checker had a hole);
     # its dotted lookup meets the table, not numpy
-    from bayeslmm.design import _formulae
+    from bayeslmm.frontend.design import _formulae
 
     marker = tmp_path / "pwned"
     with pytest.raises(FormulaError, match="'lib' is not a function a formula can use"):
@@ -315,7 +315,7 @@ def test_any_text_is_a_formula_error_or_checked_calls_only(text):
     raises FormulaError or nothing; whatever it accepts calls only names of the table."""
     import re
 
-    from bayeslmm.formula import transform_name
+    from bayeslmm.frontend.formula import transform_name
 
     formula = f"y ~ {text} + (1 | g)"
     try:

@@ -83,9 +83,9 @@ def test_map_reported_values(map_fits):
 
 def test_map_objective_is_lower_at_its_mode_than_at_reml():
     """The MAP objective (minus twice the log posterior) is minimized at the reported theta."""
-    from bayeslmm.map import MapObjective
+    from bayeslmm.fitting.map import MapObjective
     from bayeslmm.priors import resolve_priors
-    from bayeslmm.reml import ProfiledDeviance
+    from bayeslmm.fitting.reml import ProfiledDeviance
 
     model = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy"))
     fit = model.fit("map")
@@ -234,7 +234,7 @@ def test_map_equals_a_direct_optimization_of_the_posterior_density():
 def test_map_log_densities_and_their_derivatives(prior, x):
     """The MAP's closed-form log densities equal the priors' own, and their first and second
     derivatives (the inner Newton step uses both) equal finite differences."""
-    from bayeslmm.map import log_density
+    from bayeslmm.fitting.map import log_density
 
     h = 1e-4
     value, d1, d2 = log_density(prior, np.array([x]))

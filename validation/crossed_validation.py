@@ -1,4 +1,4 @@
-"""The partially collapsed sampler (bayeslmm.crossed) samples the same posterior.
+"""The partially collapsed sampler (bayeslmm.sampling.crossed) samples the same posterior.
 
 Two checks on small crossed designs:
 
@@ -104,9 +104,9 @@ def compare(name_a: str, a: dict, name_b: str, b: dict) -> bool:
 
 
 def agreement(seed: int = 1) -> bool:
-    from bayeslmm.bayes import build_model, run_sampler
-    from bayeslmm.crossed import CrossedProblem, crossed_posterior, run_crossed
-    from bayeslmm.marginal import MarginalProblem, posterior_dataset, run_marginal
+    from bayeslmm.sampling.bayes import build_model, run_sampler
+    from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, run_crossed
+    from bayeslmm.sampling.marginal import MarginalProblem, posterior_dataset, run_marginal
 
     model = blm.LMM("y ~ x + (1 + x | subj) + (1 | item)", agreement_data(), priors=PRIORS)
     design, prior_set = model.design, model.resolved_priors()
@@ -158,7 +158,7 @@ def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, 
     """Ranks (0..n_ranks) of the true values, one row per replication."""
     from sbc import draw_prior
 
-    from bayeslmm.crossed import CrossedProblem, crossed_posterior, factors_of, run_crossed
+    from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, factors_of, run_crossed
 
     rng = np.random.default_rng(seed)
     template = sbc_template()

@@ -1,5 +1,5 @@
 """Simulation-based calibration (Talts et al. 2018) of the GLMM posterior (nutpie on the
-non-centered PyMC model of :mod:`bayeslmm.glmm_bayes`).
+non-centered PyMC model of :mod:`bayeslmm.sampling.glmm_bayes`).
 
 Designs (fixed across replications; ``x`` centered):
 - ``binomial``: 20 groups x 8 binary observations, ``y ~ x + (1 | g)`` (logit);
@@ -60,7 +60,7 @@ def simulate(family: str, data: pd.DataFrame, rng: np.random.Generator):
 def run(family: str, reps: int, draws: int = 500, chains: int = 2, thin: int = 10, seed: int = 1, bins: int = 10):
     import nutpie
 
-    from bayeslmm.glmm_bayes import build_glmm_model, resolve_glmm_priors
+    from bayeslmm.sampling.glmm_bayes import build_glmm_model, resolve_glmm_priors
 
     data = template(family)
     model = blm.GLMM("y ~ x + (1 | g)", data, family=family, priors=PRIORS[family])

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 import bayeslmm as blm
-from bayeslmm.simulate import simulate_response, with_response
+from bayeslmm.scale.simulate import simulate_response, with_response
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 TRUTH = {

@@ -29,7 +29,7 @@ from scipy import stats
 
 import bayeslmm as blm
 from bayeslmm.priors import Gamma, LKJ, Normal, Exponential
-from bayeslmm.simulate import simulate_response, with_response
+from bayeslmm.scale.simulate import simulate_response, with_response
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -136,7 +136,7 @@ class FullModelSampler:
     def __init__(self, formula: str, design, prior_set):
         import nutpie
 
-        from bayeslmm.bayes import build_model
+        from bayeslmm.sampling.bayes import build_model
 
         self.formula, self.design, self.prior_set = formula, design, prior_set
         self.compiled = nutpie.compile_pymc_model(build_model(design, prior_set))
@@ -144,7 +144,7 @@ class FullModelSampler:
     def sample(self, y, seed, chains, draws, tune):
         import nutpie
 
-        from bayeslmm.posterior import PosteriorResult, to_inference_data
+        from bayeslmm.results.posterior import PosteriorResult, to_inference_data
 
         raw = nutpie.sample(self.compiled.with_data(y_observed=y), draws=draws, tune=tune, chains=chains,
                             seed=seed, progress_bar=False, target_accept=0.9, save_warmup=False)

@@ -1,7 +1,7 @@
 """Stage 5: figures.
 
 Each function takes a fitted result (point or posterior) and returns a
-``matplotlib.figure.Figure``; numbers come from :mod:`bayeslmm.report`, which reads the
+``matplotlib.figure.Figure``; numbers come from :mod:`bayeslmm.reporting.report`, which reads the
 draw primitives, so a point fit shows lines where a posterior shows bands over draws.
 Nothing is shown or saved here: call ``fig.savefig(...)`` or let a notebook display it.
 """
@@ -13,7 +13,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from . import report
-from .errors import BayesLMMError
+from ..errors import BayesLMMError
 
 _NO = "#d62728"       # no pooling
 _PARTIAL = "#1f77b4"  # partial pooling
@@ -155,7 +155,7 @@ def plot_shrinkage(result, group: str | None = None):
     one 1-D panel per term (levels sorted by their no-pooling estimate; on a posterior
     with the 95% posterior interval of each partial-pooling estimate). No-pooling
     estimates far outside the rest (small groups) are drawn as triangles at the edge of
-    the view. See :func:`bayeslmm.report.pooling` for how each estimate is computed.
+    the view. See :func:`bayeslmm.reporting.report.pooling` for how each estimate is computed.
     """
     table = report.pooling(result, group)
     k = report._block_index(result, group)
@@ -341,7 +341,7 @@ def ppc(result, draws: int = 100, random_seed=None):
 
     Returns
     -------
-    bayeslmm.report.PPCheck
+    bayeslmm.reporting.report.PPCheck
         ``figure`` (matplotlib Figure, 6 axes), ``pvalues`` (DataFrame) and ``y_rep``.
     """
     design = result.design

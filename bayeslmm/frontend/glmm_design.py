@@ -1,6 +1,6 @@
 """Stage 2 for GLMMs: the response of a family (``cbind(s, f)``, 0/1, a two-level factor,
 proportions with weights, counts), prior weights and ``offset(...)`` around the shared
-:class:`~bayeslmm.design.Design`.
+:class:`~bayeslmm.frontend.design.Design`.
 
 The response is evaluated here (a small evaluator: column names, numbers, arithmetic and
 the formula's fixed table of functions), stored in the data under its own text as a
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .design import Design, build_design
-from .errors import DataError, FormulaError
-from .family import Family
+from ..errors import DataError, FormulaError
+from ..family import Family
 from .formula import parse_formula
 
 # the functions a response expression may call (as the design stage's table)

@@ -26,8 +26,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import gammaln
 
-from . import priors as P
-from .design import Design
+from .. import priors as P
+from ..frontend.design import Design
 from .reml import ProfiledDeviance, _blas_single_thread, optimize_deviance, point_result
 
 _LOG_2PI = np.log(2.0 * np.pi)

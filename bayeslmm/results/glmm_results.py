@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import BayesLMMError
-from .family import Family
-from .glmm_design import GLMMDesign
-from .reml import OptSummary
-from .results import merge_by_group, varcorr_layout, varcorr_values
+from ..errors import BayesLMMError
+from ..family import Family
+from ..frontend.glmm_design import GLMMDesign
+from ..fitting.reml import OptSummary
+from .point import merge_by_group, varcorr_layout, varcorr_values
 
 _METHOD_TEXT = {
     "laplace": "Laplace Approximation",
@@ -232,29 +232,29 @@ class GLMMResult:
             out[s] = self.family.simulate(self.family.linkinv(eta), self.gd.weights, rng)
         return out
 
-    # ---------------------------------------------------------- checks (bayeslmm.glmm_checks)
+    # ---------------------------------------------------------- checks (bayeslmm.reporting.glmm_checks)
     def quantile_residuals(self, nsim: int = 250, random_seed=None, conditional: bool = False):
         """DHARMa-style simulated quantile residuals with uniformity, dispersion and
-        zero-inflation tests; see :func:`bayeslmm.glmm_checks.quantile_residuals`."""
-        from .glmm_checks import quantile_residuals
+        zero-inflation tests; see :func:`bayeslmm.reporting.glmm_checks.quantile_residuals`."""
+        from ..reporting.glmm_checks import quantile_residuals
 
         return quantile_residuals(self, nsim=nsim, random_seed=random_seed, conditional=conditional)
 
     def rootogram(self, max_count: int | None = None) -> pd.DataFrame:
-        """Observed vs expected count frequencies; see :func:`bayeslmm.glmm_checks.rootogram`."""
-        from .glmm_checks import rootogram
+        """Observed vs expected count frequencies; see :func:`bayeslmm.reporting.glmm_checks.rootogram`."""
+        from ..reporting.glmm_checks import rootogram
 
         return rootogram(self, max_count=max_count)
 
     def binned_residuals(self, bins: int | None = None) -> pd.DataFrame:
-        """Binned residuals for binary/binomial fits; see :func:`bayeslmm.glmm_checks.binned_residuals`."""
-        from .glmm_checks import binned_residuals
+        """Binned residuals for binary/binomial fits; see :func:`bayeslmm.reporting.glmm_checks.binned_residuals`."""
+        from ..reporting.glmm_checks import binned_residuals
 
         return binned_residuals(self, bins=bins)
 
     def shrinkage(self, group: str | None = None) -> pd.DataFrame:
-        """No, partial and complete pooling on the link scale; see :func:`bayeslmm.glmm_checks.shrinkage`."""
-        from .glmm_checks import shrinkage
+        """No, partial and complete pooling on the link scale; see :func:`bayeslmm.reporting.glmm_checks.shrinkage`."""
+        from ..reporting.glmm_checks import shrinkage
 
         return shrinkage(self, group=group)
 
@@ -265,8 +265,8 @@ class GLMMResult:
         Laplace as ``performance`` does for log-link counts; None when not needed."""
         if not self.family.latent_needs_null:
             return None
-        from .glmm import GLMMDeviance, fit_glmm_numbers
-        from .glmm_design import GLMMDesign
+        from ..fitting.glmm import GLMMDeviance, fit_glmm_numbers
+        from ..frontend.glmm_design import GLMMDesign
         from dataclasses import replace
 
         design = self.design
@@ -310,7 +310,7 @@ class GLMMResult:
     # ---------------------------------------------------------- text
     def summary(self) -> str:
         """A text summary laid out like ``summary(glmer(...))``."""
-        from .glmm_summary import glmm_summary
+        from ..reporting.glmm_summary import glmm_summary
 
         return glmm_summary(self)
 
@@ -342,7 +342,7 @@ def anova(*fits: GLMMResult) -> pd.DataFrame:
 
 def glmm_point_result(dev, numbers, method: str, family: Family, extra_params: int = 0,
                       priors_used: str | None = None, criterion: float | None = None) -> GLMMResult:
-    """Assemble a :class:`GLMMResult` from :func:`~bayeslmm.glmm.fit_glmm_numbers`."""
+    """Assemble a :class:`GLMMResult` from :func:`~bayeslmm.fitting.glmm.fit_glmm_numbers`."""
     state = numbers.state
     lams = dev.factors(numbers.theta)
     covs = tuple(lam @ lam.T for lam in lams)

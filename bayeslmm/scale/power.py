@@ -6,7 +6,7 @@ one wants to detect, refit the model to every simulated data set, test the effec
 count how often the test rejects at ``alpha``. The count is a binomial outcome, so the
 estimate comes with an exact (Clopper-Pearson) confidence interval, as simr gives it.
 
-Every simulation is one independent task of :func:`bayeslmm.executor.run_tasks` (local
+Every simulation is one independent task of :func:`bayeslmm.scale.executor.run_tasks` (local
 processes, a Dask cluster, or in process), seeded from one ``random_seed`` by its
 position, so the result is the same for any number of workers. A fit that fails is
 counted (``n_failed``) and left out of the power; a singular fit is counted
@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .design import Design, build_design
-from .errors import BayesLMMError, FitError
+from ..frontend.design import Design, build_design
+from ..errors import BayesLMMError, FitError
 from .executor import run_tasks
 from .simulate import simulate_response
 
@@ -66,7 +66,7 @@ def _first_column(table: pd.DataFrame, names: tuple[str, ...], what: str) -> str
 
 def _test_one(spec: SimulationSpec, y: np.ndarray) -> dict:
     """Refit to ``y`` and test; the row of the runs table."""
-    from .reml import fit_profiled
+    from ..fitting.reml import fit_profiled
 
     design = replace(spec.design, y=y)
     cols = list(spec.test_columns)
@@ -226,7 +226,7 @@ def _check_method(fit, method: str) -> str:
 
 
 def _check_fit(fit) -> None:
-    from .results import PointResult
+    from ..results.point import PointResult
 
     if not isinstance(fit, PointResult):
         raise BayesLMMError(f"power needs a REML or ML fit (LMM.fit()), not {type(fit).__name__}")

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import priors as P
-from .datasets import DATASETS, load
-from .errors import BayesLMMError, DataError, SettingsError
+from .. import priors as P
+from ..datasets import DATASETS, load
+from ..errors import BayesLMMError, DataError, SettingsError
 
 METHODS = ("reml", "ml", "map", "sample", "all")
 _PRIOR_CLASSES = P.PRIOR_CLASSES
@@ -140,7 +140,7 @@ def check_sample_settings(sample: dict, where: str) -> dict:
         if not ok(value):
             raise ModelFileError(f"{where}: [sample] {key} = {value!r} must be {wanted}")
     # then the API's own checks and bounds (draws, chains, seed range), so both paths agree
-    from .model import check_sample_arguments
+    from ..model import check_sample_arguments
 
     try:
         check_sample_arguments(**{("random_seed" if key == "seed" else key): value for key, value in sample.items()})

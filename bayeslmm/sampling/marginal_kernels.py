@@ -1,4 +1,4 @@
-"""Compiled kernels of the collapsed sampler (see :mod:`bayeslmm.marginal`).
+"""Compiled kernels of the collapsed sampler (see :mod:`bayeslmm.sampling.marginal`).
 
 The log density, its gradient and the exact draws of the group effects are generic
 numba functions over one packed float64 array (``blob``) that describes the model and
@@ -756,7 +756,7 @@ def _logp_c_general(dim, x_, grad_, logp_, blob_):
 
 
 def _expand_c(dim, n_expanded, x_, out_, blob_):
-    """The stored draw is the unconstrained point itself; :mod:`bayeslmm.marginal`
+    """The stored draw is the unconstrained point itself; :mod:`bayeslmm.sampling.marginal`
     transforms all draws at once afterwards."""
     x = numba.carray(x_, (dim,))
     out = numba.carray(out_, (n_expanded,))

@@ -133,7 +133,7 @@ def format_table(frame: pd.DataFrame, index_name: str = "") -> str:
 
 def random_effects_table(result) -> str:
     """The 'Random effects:' block: Groups, Name, Variance, Std.Dev., Corr."""
-    from .results import varcorr_layout
+    from ..results.point import varcorr_layout
 
     layout = varcorr_layout(result.design)
     covs = [c[0] for c in result.cov_draws()]
@@ -179,7 +179,7 @@ def groups_line(result) -> str:
 
 
 def point_summary(result, ddf: str | None = "default") -> str:
-    """lmer-style summary of a :class:`~bayeslmm.results.PointResult`; with ``ddf``
+    """lmer-style summary of a :class:`~bayeslmm.results.point.PointResult`; with ``ddf``
     (Satterthwaite by default for REML/ML fits) the fixed effects are lmerTest's table
     with df, p-values and significance stars."""
     design = result.design
@@ -289,7 +289,7 @@ def posterior_summary(result, prob: float = 0.95) -> str:
     vc = result.varcorr(prob)
     rows = []
     labels = {}
-    from .bayes import bar_labels, correlation_pairs
+    from ..sampling.bayes import bar_labels, correlation_pairs
 
     for label, block in zip(bar_labels(design), design.blocks):
         for term in block.terms:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from formulae.environment import Environment
 
-from .errors import DataError, FormulaError
+from ..errors import DataError, FormulaError
 from .formula import ELEMENTWISE, ParsedFormula, RandomTerm, _point, decimal_literals, expression_columns
 
 
@@ -28,7 +28,7 @@ class _FunctionTable:
     """What ``np`` and ``numpy`` are inside a formula: attribute lookup returns the elementwise
     transforms of the table and nothing else (no submodules, no dunder attributes), so that
     formulae's dotted-name lookup (``np.lib.…``) reaches nothing else even if a formula got
-    past the checks of :mod:`bayeslmm.formula`."""
+    past the checks of :mod:`bayeslmm.frontend.formula`."""
 
     __slots__ = ("_functions",)
 
@@ -58,7 +58,7 @@ def _function_table() -> _FunctionTable:
     return FORMULA_NAMESPACE["np"]
 
 #: the only names formulae can resolve besides the data's columns and its own transforms
-#: (which bayeslmm.formula restricts to the table): R users write log(y), numpy users np.log(y)
+#: (which bayeslmm.frontend.formula restricts to the table): R users write log(y), numpy users np.log(y)
 _TABLE = _FunctionTable(_ELEMENTWISE_FUNCTIONS)
 FORMULA_NAMESPACE = {"np": _TABLE, "numpy": _TABLE, **_ELEMENTWISE_FUNCTIONS}
 
@@ -233,13 +233,13 @@ def build_design(formula: ParsedFormula, data: pd.DataFrame, glmm: bool = False)
     Parameters
     ----------
     formula : ParsedFormula
-        From :func:`~bayeslmm.formula.parse_formula`.
+        From :func:`~bayeslmm.frontend.formula.parse_formula`.
     data : pandas.DataFrame
         Grouping columns of any type are factors (numbers sort numerically, a
         Categorical keeps its category order); a Categorical in the fixed or random part
         keeps its order too, so its first category is the reference level, as in R.
     glmm : bool
-        For a generalized model (:mod:`bayeslmm.glmm_design`): accept ``offset(expr)``
+        For a generalized model (:mod:`bayeslmm.frontend.glmm_design`): accept ``offset(expr)``
         terms in the fixed part (summed into ``Design.offset`` instead of becoming
         columns of ``X``) and a grouping factor with one level per observation (an
         observation-level effect models overdispersion), as glmer does.
@@ -318,7 +318,7 @@ def _find_name(text: str, name: str, start: int) -> int:
 
 def _used_columns(formula: ParsedFormula, data: pd.DataFrame, allow_offset: bool = False) -> list[str]:
     """The data columns the formula reads, in order of appearance. Every expression is checked
-    again here (:func:`~bayeslmm.formula.expression_columns`), so a ParsedFormula built by hand
+    again here (:func:`~bayeslmm.frontend.formula.expression_columns`), so a ParsedFormula built by hand
     cannot carry anything past the table of transforms; a name that is no column is an error.
     ``allow_offset`` admits ``offset(expr)`` terms in the fixed part (GLMMs), whose ``expr``
     is checked as any other."""

@@ -11,7 +11,7 @@ The model, for a design with fixed columns X and bars k = 1..K::
     b_kj        = L_k z_kj,   L_k L_k' = Sigma_k = diag(sd_k) R_k diag(sd_k)
     y_i         ~ N(Intercept_c + Xc_i b + sum_k x_ki' b_k[g_k(i)], sigma)
 
-The posterior is returned in the layout of :mod:`bayeslmm.posterior` (``beta``, ``sigma``,
+The posterior is returned in the layout of :mod:`bayeslmm.results.posterior` (``beta``, ``sigma``,
 ``sd_L``, ``cor_L``, ``r_L``; ``log_likelihood``), whatever the sampler.
 """
 
@@ -21,9 +21,9 @@ import warnings
 
 import numpy as np
 
-from .design import Design
-from .errors import BayesLMMError
-from .priors import PriorSet
+from ..frontend.design import Design
+from ..errors import BayesLMMError
+from ..priors import PriorSet
 
 #: samplers accepted by ``LMM.sample``
 SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")

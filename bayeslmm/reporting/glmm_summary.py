@@ -59,8 +59,8 @@ def _random_table(result) -> str:
 
 
 def glmm_summary(result) -> str:
-    """glmer-style summary of a :class:`~bayeslmm.glmm_results.GLMMResult`."""
-    from .glmm_results import _METHOD_TEXT
+    """glmer-style summary of a :class:`~bayeslmm.results.glmm_results.GLMMResult`."""
+    from ..results.glmm_results import _METHOD_TEXT
 
     design = result.design
     how = _METHOD_TEXT[result.method]

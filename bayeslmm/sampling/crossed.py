@@ -1,7 +1,7 @@
 """Stage 3e: the partially collapsed sampler for crossed designs of any size.
 
 Crossed factors (subjects x items, students x lecturers) do not split the likelihood by
-group, so the collapsed sampler of :mod:`bayeslmm.marginal` can only integrate all their
+group, so the collapsed sampler of :mod:`bayeslmm.sampling.marginal` can only integrate all their
 effects out jointly: one dense m x m factorization per gradient and its inverse for the
 gradient, ~m^3 flops (kb07 with 4x4 blocks: m = 352, ~3e7 flops; the joint collapse was
 measured at 36 s for m = 100 and grows as m^3; InstEval's m = 4,114 is out of reach). A
@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import priors as P
-from .design import Design
-from .errors import FitError
+from .. import priors as P
+from ..frontend.design import Design
+from ..errors import FitError
 from .marginal import Bar, MarginalDraws, MarginalProblem, _prior_code, run_nutpie
 
 
@@ -106,7 +106,7 @@ def group_sizes(factors: list[Factor], top: int, integrated: list[int]) -> np.nd
 class CrossedProblem:
     """The partially collapsed model: bars ``integrated`` (nested in the top factor) are
     integrated out group by group given the ``sampled`` bars' effects, which NUTS samples
-    non-centered. Exposes the parameter layout of :class:`~bayeslmm.marginal.MarginalProblem`
+    non-centered. Exposes the parameter layout of :class:`~bayeslmm.sampling.marginal.MarginalProblem`
     for its first ``ndim_base`` coordinates, followed by u of each sampled bar (level-major)."""
 
     fixed_names: tuple[str, ...]
@@ -217,7 +217,6 @@ class CrossedProblem:
     def pack(self, prior_set: P.PriorSet) -> np.ndarray:
         from . import crossed_kernels as C
         from . import marginal_kernels as K
-
         a = self.arrays
         n, p, J = len(a["y"]), self.p, self.n_groups
         sd_sl, cpc_sl, sigma_index = self.slices()
@@ -298,7 +297,6 @@ class CrossedProblem:
         """Per bar (S, levels, q), user's scale: the integrated bars drawn exactly from their
         conditional given each draw ``x`` (S, ndim), the sampled bars from their u."""
         from . import crossed_kernels as C
-
         S = len(x)
         n_int, n_smp = int(self.group_m.sum()), int(blob[C.C_NEFF])
         flat_i = np.empty((S, n_int))
@@ -486,7 +484,6 @@ def run_crossed(problem: CrossedProblem, prior_set: P.PriorSet, draws: int = 100
     """NUTS (nutpie) on the partially collapsed posterior of ``problem``."""
     from . import crossed_kernels as C
     from . import marginal_kernels as K
-
     blob = problem.pack(prior_set)
     _, expand_cfunc = K.nutpie_functions(False)
     # the sampled effects correlate with the log sds: a low-rank mass matrix update helps
@@ -499,7 +496,7 @@ def run_crossed(problem: CrossedProblem, prior_set: P.PriorSet, draws: int = 100
 
 def crossed_posterior(problem: CrossedProblem, run: MarginalDraws, effects: list[np.ndarray] | None):
     """The contract's posterior variables (xarray.Dataset), as
-    :func:`bayeslmm.marginal.posterior_dataset`."""
+    :func:`bayeslmm.sampling.marginal.posterior_dataset`."""
     from .marginal import posterior_dataset
 
     base = MarginalDraws(run.x[..., :problem.ndim], run.sample_stats, run.blob, run.seed, run.seconds)

@@ -26,8 +26,8 @@ import scipy.sparse as sp
 from scipy.linalg import cholesky, solve_triangular
 from scipy.optimize import Bounds, minimize
 
-from .design import Design, RandomBlock
-from .errors import ConvergenceWarning, FitError
+from ..frontend.design import Design, RandomBlock
+from ..errors import ConvergenceWarning, FitError
 
 _LOG_2PI = np.log(2.0 * np.pi)
 #: force the dense (True) or sparse (False) product for A_r1 V A_r1' (None: by cost); tests
@@ -684,7 +684,7 @@ class ProfiledDeviance:
 @dataclass(frozen=True)
 class CrossProducts:
     """The cross-products the profiled deviance of one grouping factor consumes, without
-    the rows (built out of core by :mod:`bayeslmm.outofcore`).
+    the rows (built out of core by :mod:`bayeslmm.scale.outofcore`).
 
     The fixed columns are centered at ``x_center`` (0 for the intercept's column, and all 0
     without an intercept) and the response at ``y_center``; the bar's columns ``Z`` are not
@@ -965,7 +965,7 @@ def optimize_with_gradient(deviance: ProfiledDeviance, start: np.ndarray,
 
 def fit_profiled(design: Design, reml: bool = True):
     """Fit by REML (``reml=True``) or ML: optimize the profiled deviance and build the
-    :class:`~bayeslmm.results.PointResult` (lme4's ``optimizeLmer -> mkMerMod``)."""
+    :class:`~bayeslmm.results.point.PointResult` (lme4's ``optimizeLmer -> mkMerMod``)."""
     deviance = make_deviance(design, reml=reml)
     theta, opt = optimize_profiled(deviance)
     return point_result(deviance, theta, opt, method="reml" if reml else "ml")
@@ -992,12 +992,12 @@ def optimize_profiled(deviance: ProfiledDeviance) -> tuple[np.ndarray, OptSummar
 def point_result(deviance: ProfiledDeviance, theta: np.ndarray, opt: OptSummary, method: str,
                  beta: np.ndarray | None = None, sigma: float | None = None,
                  criterion: float | None = None, priors_used: str | None = None):
-    """Turn the solution at ``theta`` into a :class:`~bayeslmm.results.PointResult`.
+    """Turn the solution at ``theta`` into a :class:`~bayeslmm.results.point.PointResult`.
 
     REML/ML profile ``beta`` and ``sigma`` out; the MAP back end passes its own
     ``beta``, ``sigma`` (user's scale) and ``criterion``.
     """
-    from .results import PointResult
+    from ..results.point import PointResult
 
     design = deviance.design
     scale = deviance.y_scale

@@ -1,14 +1,14 @@
-"""Compiled kernels of the partially collapsed sampler (see :mod:`bayeslmm.crossed`).
+"""Compiled kernels of the partially collapsed sampler (see :mod:`bayeslmm.sampling.crossed`).
 
 The density is p(y | beta, b_S, Sigma, sigma) p(u_S) with the *integrated* group effects
 b_I integrated out exactly (their groups are independent given the *sampled* effects
 b_S = Lambda_S u_S) and u_S ~ N(0, I) sampled non-centered. One evaluation is a pass over
 the rows (residuals r = y - X beta - Z_S b_S), the per-group collapsed algebra of
-:mod:`bayeslmm.marginal_kernels` on c_j = Z_j' r_j, and a second pass over the rows for
+:mod:`bayeslmm.sampling.marginal_kernels` on c_j = Z_j' r_j, and a second pass over the rows for
 the gradient in beta and b_S: O(n (p + q) + sum_j m_j^3), no padding of groups.
 
 Blob layout (floats; integers stored as floats). Header slots shared with
-:mod:`bayeslmm.marginal_kernels` (so its ``_factors`` and ``_work`` read it): H_LEN, H_P,
+:mod:`bayeslmm.sampling.marginal_kernels` (so its ``_factors`` and ``_work`` read it): H_LEN, H_P,
 H_K, H_NDIM, H_MMAX, H_SIGMA, H_N, H_FPRI, H_SPRI, H_BARS, H_SDPRI, H_SCALE; then::
 
     C_J groups, C_KI integrated bars, C_KS sampled bars, C_QI (sum q of integrated

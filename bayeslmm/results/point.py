@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .design import Design
+from ..frontend.design import Design
 
 if TYPE_CHECKING:
-    from .reml import OptSummary
+    from ..fitting.reml import OptSummary
 
 
 class FitResult(ABC):
@@ -79,92 +79,78 @@ class FitResult(ABC):
     # written once against the draw primitives above.
     def icc(self, prob: float = 0.95, draws: bool = False):
         """Adjusted and by-group intraclass correlations (Nakagawa et al. 2017); see
-        :func:`bayeslmm.report.icc`."""
-        from . import report
-
+        :func:`bayeslmm.reporting.report.icc`."""
+        from ..reporting import report
         return report.icc(self, prob=prob, draws=draws)
 
     def r2(self, prob: float = 0.95, draws: bool = False):
-        """Marginal and conditional R2 (Nakagawa et al. 2017); see :func:`bayeslmm.report.r2`."""
-        from . import report
-
+        """Marginal and conditional R2 (Nakagawa et al. 2017); see :func:`bayeslmm.reporting.report.r2`."""
+        from ..reporting import report
         return report.r2(self, prob=prob, draws=draws)
 
     def predict(self, newdata, include_random: bool = True, kind: str = "mean",
                 allow_new_levels: bool = True, random_seed=None, prob: float = 0.95):
-        """Predictions for new data; see :func:`bayeslmm.report.predict`."""
-        from . import report
-
+        """Predictions for new data; see :func:`bayeslmm.reporting.report.predict`."""
+        from ..reporting import report
         return report.predict(self, newdata, include_random=include_random, kind=kind,
                               allow_new_levels=allow_new_levels, random_seed=random_seed, prob=prob)
 
     def pooling(self, group: str | None = None):
         """No-, complete- and partial-pooling estimates per level; see
-        :func:`bayeslmm.report.pooling`."""
-        from . import report
-
+        :func:`bayeslmm.reporting.report.pooling`."""
+        from ..reporting import report
         return report.pooling(self, group=group)
 
     def loo(self, **kwargs):
-        """PSIS-LOO (posteriors only); see :func:`bayeslmm.report.loo`."""
-        from . import report
-
+        """PSIS-LOO (posteriors only); see :func:`bayeslmm.reporting.report.loo`."""
+        from ..reporting import report
         return report.loo(self, **kwargs)
 
     def tidy(self, effects=("fixed", "ran_pars"), prob: float = 0.95):
-        """Parameters as a long DataFrame (broom.mixed's ``tidy``); see :func:`bayeslmm.report.tidy`."""
-        from . import report
-
+        """Parameters as a long DataFrame (broom.mixed's ``tidy``); see :func:`bayeslmm.reporting.report.tidy`."""
+        from ..reporting import report
         return report.tidy(self, effects=effects, prob=prob)
 
     def glance(self):
         """One row of model-level numbers (broom.mixed's ``glance``)."""
-        from . import report
-
+        from ..reporting import report
         return report.glance(self)
 
     def augment(self):
         """The data with fitted values and residuals (broom.mixed's ``augment``)."""
-        from . import report
-
+        from ..reporting import report
         return report.augment(self)
 
     def ppc(self, draws: int = 100, random_seed=None):
-        """Posterior predictive check; returns a :class:`bayeslmm.report.PPCheck`
-        (``figure``, ``pvalues``, ``y_rep``). See :func:`bayeslmm.plots.ppc`."""
-        from . import plots
-
+        """Posterior predictive check; returns a :class:`bayeslmm.reporting.report.PPCheck`
+        (``figure``, ``pvalues``, ``y_rep``). See :func:`bayeslmm.reporting.plots.ppc`."""
+        from ..reporting import plots
         return plots.ppc(self, draws=draws, random_seed=random_seed)
 
     def check_residuals(self, draws: int = 100, random_seed=None):
         """Residual and random-effect normality diagnostics (a matplotlib Figure);
-        see :func:`bayeslmm.plots.check_residuals`."""
-        from . import plots
-
+        see :func:`bayeslmm.reporting.plots.check_residuals`."""
+        from ..reporting import plots
         return plots.check_residuals(self, draws=draws, random_seed=random_seed)
 
     def plot_icc(self, x: str, prob: float = 0.95):
-        """ICC as a function of a random-slope variable; see :func:`bayeslmm.plots.plot_icc`."""
-        from . import plots
-
+        """ICC as a function of a random-slope variable; see :func:`bayeslmm.reporting.plots.plot_icc`."""
+        from ..reporting import plots
         return plots.plot_icc(self, x=x, prob=prob)
 
     def plot_ranef(self, prob: float = 0.95):
-        """Caterpillar plot of the group effects; see :func:`bayeslmm.plots.plot_ranef`."""
-        from . import plots
-
+        """Caterpillar plot of the group effects; see :func:`bayeslmm.reporting.plots.plot_ranef`."""
+        from ..reporting import plots
         return plots.plot_ranef(self, prob=prob)
 
     def plot_shrinkage(self, group: str | None = None):
-        """No, complete and partial pooling with arrows; see :func:`bayeslmm.plots.plot_shrinkage`."""
-        from . import plots
-
+        """No, complete and partial pooling with arrows; see :func:`bayeslmm.reporting.plots.plot_shrinkage`."""
+        from ..reporting import plots
         return plots.plot_shrinkage(self, group=group)
 
     def plot_groups(self, group: str | None = None, x: str | None = None, max_panels: int = 12):
-        """Data per group with the three fitted lines; see :func:`bayeslmm.plots.plot_groups`."""
-        from . import plots
-
+        """Data per group with the three fitted lines; see :func:`bayeslmm.reporting.plots.plot_groups`."""
+        from ..reporting import plots
         return plots.plot_groups(self, group=group, x=x, max_panels=max_panels)
 
 
@@ -290,7 +276,7 @@ class PointResult(FitResult):
         predictor in days or in seconds gives the same value)."""
         if self.term_scales is None:
             return self.theta
-        from .reml import ThetaLayout
+        from ..fitting.reml import ThetaLayout
 
         layout = ThetaLayout.from_design(self.design)
         scale = np.concatenate([sc[rows] for sc, rows in zip(self.term_scales, layout.rows)])
@@ -366,12 +352,12 @@ class PointResult(FitResult):
             Denominator df of the t-tests (default: Satterthwaite for REML and ML fits, as
             lmerTest; none for MAP fits). None gives only ``estimate, std_error, t_value``.
             Kenward-Roger (REML fits) also adjusts the standard errors, as pbkrtest.
-            See :func:`bayeslmm.inference.fixef_table`.
+            See :func:`bayeslmm.fitting.inference.fixef_table`.
         """
         if ddf == "default":
             ddf = "satterthwaite" if self.method in ("reml", "ml") else None
         if ddf is not None:
-            from .inference import fixef_table
+            from ..fitting.inference import fixef_table
 
             return fixef_table(self, ddf)
         se = np.sqrt(np.diag(self.vcov_beta))
@@ -386,30 +372,29 @@ class PointResult(FitResult):
     def _ddf_method(self, key: str):
         """The Satterthwaite / Kenward-Roger machinery of this fit, computed once."""
         if key not in self._inference_cache:
-            from . import inference
-
+            from ..fitting import inference
             cls = inference.Satterthwaite if key == "satterthwaite" else inference.KenwardRoger
             self._inference_cache[key] = cls(self)
         return self._inference_cache[key]
 
     def anova(self, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
-        """lmerTest's F-test table, one row per fixed term; see :func:`bayeslmm.inference.anova`."""
-        from .inference import anova
+        """lmerTest's F-test table, one row per fixed term; see :func:`bayeslmm.fitting.inference.anova`."""
+        from ..fitting.inference import anova
 
         return anova(self, type=type, ddf=ddf)
 
     def contest(self, L, ddf: str = "satterthwaite", joint: bool | None = None) -> pd.DataFrame:
         """Test ``L beta = 0`` (t-test for one row, F-test for several); see
-        :func:`bayeslmm.inference.contest`."""
-        from .inference import contest
+        :func:`bayeslmm.fitting.inference.contest`."""
+        from ..fitting.inference import contest
 
         return contest(self, L, ddf=ddf, joint=joint)
 
     def confint(self, method: str = "profile", level: float = 0.95, nsim: int = 1000, random_seed=None,
                 client=None, n_jobs: int | None = None, progressbar: bool = True) -> pd.DataFrame:
         """Confidence intervals as ``lme4::confint(fit, oldNames = FALSE)``; see
-        :func:`bayeslmm.inference.confint`."""
-        from .inference import confint
+        :func:`bayeslmm.fitting.inference.confint`."""
+        from ..fitting.inference import confint
 
         return confint(self, method=method, level=level, nsim=nsim, random_seed=random_seed,
                        client=client, n_jobs=n_jobs, progressbar=progressbar)
@@ -519,7 +504,7 @@ class PointResult(FitResult):
         """A text summary laid out like ``summary(lmer(...))`` under lmerTest: the fixed
         effects with Satterthwaite df and p-values for REML/ML fits (``ddf`` as in
         :meth:`fixef`; None prints lme4's own table)."""
-        from .summary import point_summary
+        from ..reporting.summary import point_summary
 
         return point_summary(self, ddf=ddf)
 

@@ -6,8 +6,8 @@ columns inside it), any fixed part (numeric and categorical predictors, interact
 the transforms the formula evaluator knows), a response that is a column. For that model
 the rows of different groups are independent, and both back ends need only, per group j,
 ``Z_j'Z_j, Z_j'X_j, Z_j'y_j`` and, over all rows, ``X'X, X'y, y'y, n`` (REML/ML:
-:meth:`bayeslmm.reml.ProfiledDeviance.from_cross_products`; the collapsed sampler:
-:class:`bayeslmm.marginal.MarginalProblem`, which is built from the same numbers).
+:meth:`bayeslmm.fitting.reml.ProfiledDeviance.from_cross_products`; the collapsed sampler:
+:class:`bayeslmm.sampling.marginal.MarginalProblem`, which is built from the same numbers).
 Crossed or nested factors and several bars are refused with a clear error: their
 cross-products couple the levels of different factors (a dense block of size levels x
 levels for crossed factors), which is not a per-group reduction.
@@ -17,7 +17,7 @@ Two passes over the data, each one ``dask.compute``:
 1. levels: the distinct values of the grouping column and of every text/categorical
    column the formula uses, the rows with missing values, and a small sample of rows
    (each partition's first rows and one row per level of each categorical column); the
-   formula is then evaluated on that sample with :func:`bayeslmm.design.build_design`,
+   formula is then evaluated on that sample with :func:`bayeslmm.frontend.design.build_design`,
    which gives the column names, the aliasing decision and the evaluators;
 2. statistics: every partition evaluates the fixed and random columns with those
    evaluators (``Design.new_fixed_matrix``, ``RandomBlock.new_columns``: the same
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 import pandas as pd
 
-from .design import Design, build_design
-from .errors import BayesLMMError, DataError, FormulaError
-from .formula import parse_formula
+from ..frontend.design import Design, build_design
+from ..errors import BayesLMMError, DataError, FormulaError
+from ..frontend.formula import parse_formula
 
 __all__ = ["GroupStatistics", "OutOfCoreDesign", "OutOfCoreLMM", "is_dask_frame", "read_parquet", "scan"]
 
@@ -119,9 +119,9 @@ class GroupStatistics:
     def cross_products(self, intercept: int | None):
         """The cross-products the profiled deviance consumes, with the fixed columns (but
         the intercept's) and the response centered at their means when the model has an
-        intercept (column ``intercept``), as :class:`~bayeslmm.reml.ProfiledDeviance`
+        intercept (column ``intercept``), as :class:`~bayeslmm.fitting.reml.ProfiledDeviance`
         centers them in memory."""
-        from .reml import CrossProducts
+        from ..fitting.reml import CrossProducts
 
         ix, iz, iy = self._parts()
         my, _, mx, _, _, _ = self.column_moments()
@@ -169,8 +169,8 @@ class GroupStatistics:
 
     def marginal_stats(self, intercept: int | None):
         """What :meth:`MarginalProblem._build` computes from the rows: (means removed from X,
-        y center, y scale, :class:`~bayeslmm.marginal.SufficientStats`)."""
-        from .marginal import SufficientStats
+        y center, y scale, :class:`~bayeslmm.sampling.marginal.SufficientStats`)."""
+        from ..sampling.marginal import SufficientStats
 
         ix, iz, iy = self._parts()
         my, sy, mx, _, _, _ = self.column_moments()
@@ -192,7 +192,7 @@ class GroupStatistics:
         ZX = P[:, iz, ix] - sZ[:, :, None] * d[None, None, :]
         ZZ = P[:, iz, iz]
         if "m" in {f.name for f in fields(SufficientStats)}:
-            # the compact layout (bayeslmm.crossed's): group sizes m_j, blocks flattened group by group
+            # the compact layout (bayeslmm.sampling.crossed's): group sizes m_j, blocks flattened group by group
             return means, y_center, y_scale, SufficientStats(
                 n=n.astype(float), yy=yy, Xy=Xy, XX=XX, m=np.full(len(n), self.q), Zy=Zy.ravel(), ZX=ZX.ravel(),
                 ZZ=ZZ.ravel())
@@ -284,7 +284,7 @@ def _scan_partition(part: pd.DataFrame, used: list[str], group: str, text_column
 
 def _sorted_levels(values: np.ndarray, dtype) -> np.ndarray:
     """lme4's order of a grouping factor's levels: a Categorical's order, numbers
-    numerically, text alphabetically (as :func:`bayeslmm.design.build_design`)."""
+    numerically, text alphabetically (as :func:`bayeslmm.frontend.design.build_design`)."""
     values = pd.Series(pd.unique(pd.Series(values)))
     if isinstance(dtype, pd.CategoricalDtype):
         return np.array([c for c in dtype.categories if c in set(values)], dtype=object)
@@ -320,7 +320,7 @@ class _Plan:
 # ---------------------------------------------------------------- the design without rows
 @dataclass(frozen=True)
 class OutOfCoreDesign(Design):
-    """A :class:`~bayeslmm.design.Design` whose rows stayed in the Dask dataframe: ``y``,
+    """A :class:`~bayeslmm.frontend.design.Design` whose rows stayed in the Dask dataframe: ``y``,
     ``X`` and the blocks' ``X``/``codes`` are empty; the names, levels, evaluators and the
     number of rows are those of the full data; ``statistics`` holds what the back ends need."""
 
@@ -423,7 +423,7 @@ def _compute(items, compute):
 
 
 def _level_labels(levels: np.ndarray) -> tuple[str, ...]:
-    """Level names as :func:`bayeslmm.design.build_design` prints them (R's as.character)."""
+    """Level names as :func:`bayeslmm.frontend.design.build_design` prints them (R's as.character)."""
     frame = pd.DataFrame({"g": pd.Series(levels, dtype=object if levels.dtype == object else levels.dtype)})
     out = []
     for value in frame["g"]:
@@ -509,7 +509,7 @@ def _summary_without_residuals(self) -> str:
 
 def fit_statistics(design: OutOfCoreDesign, reml: bool = True):
     """REML or ML from the statistics: lme4's profiled deviance, as ``LMM.fit``."""
-    from .reml import ProfiledDeviance, optimize_profiled, point_result
+    from ..fitting.reml import ProfiledDeviance, optimize_profiled, point_result
 
     deviance = ProfiledDeviance.from_cross_products(design, design.statistics.cross_products(_intercept(design)),
                                                     reml=reml)
@@ -538,7 +538,7 @@ def moment_design(design: OutOfCoreDesign) -> Design:
 
 def resolve_priors(design: OutOfCoreDesign, priors: dict | None):
     """The user's priors over the defaults, which come from the full data's moments."""
-    from .priors import resolve_priors as resolve
+    from ..priors import resolve_priors as resolve
 
     return resolve(moment_design(design), priors)
 
@@ -557,9 +557,9 @@ def sample_statistics(design: OutOfCoreDesign, prior_set, draws: int = 1000, tun
     ``MAX_EFFECT_CELLS``; otherwise ``ranef()`` is not available and the attrs say so)."""
     import xarray as xr
 
-    from .bayes import bar_labels
-    from .marginal import Bar, MarginalProblem, posterior_dataset, run_marginal
-    from .posterior import PosteriorResult
+    from ..sampling.bayes import bar_labels
+    from ..sampling.marginal import Bar, MarginalProblem, posterior_dataset, run_marginal
+    from ..results.posterior import PosteriorResult
 
     stats = design.statistics
     names = tuple(design.fixed_names)
@@ -591,7 +591,7 @@ def sample_statistics(design: OutOfCoreDesign, prior_set, draws: int = 1000, tun
 # ---------------------------------------------------------------- the model
 class OutOfCoreLMM:
     """``LMM(formula, dask_dataframe)``: the model of a Dask dataframe, fitted from per-group
-    statistics (one bar on one grouping factor; see :mod:`bayeslmm.outofcore`).
+    statistics (one bar on one grouping factor; see :mod:`bayeslmm.scale.outofcore`).
 
     ``blm.LMM`` returns one when its data are a Dask dataframe; ``LMM.from_parquet`` reads
     Parquet files into one. ``fit(method="reml" | "ml")`` and ``sample()`` (the collapsed

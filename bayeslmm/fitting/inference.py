@@ -2,8 +2,8 @@
 t- and F-tests (lmerTest 3.1, pbkrtest 0.5), and confidence intervals (lme4's Wald,
 profile and parametric bootstrap).
 
-Everything here is computed from the :class:`~bayeslmm.design.Design` and the fitted
-parameters of a :class:`~bayeslmm.results.PointResult`; the REML back end is used only
+Everything here is computed from the :class:`~bayeslmm.frontend.design.Design` and the fitted
+parameters of a :class:`~bayeslmm.results.point.PointResult`; the REML back end is used only
 through its public API (``make_deviance`` and the result's attributes).
 
 The variance parameters are lmerTest's ``varpar = (theta, sigma)``. With
@@ -36,8 +36,8 @@ import scipy.sparse as sp
 from scipy import stats
 from scipy.linalg import cho_factor, cho_solve, cholesky, solve_triangular
 
-from .design import Design
-from .errors import BayesLMMError, FitError
+from ..frontend.design import Design
+from ..errors import BayesLMMError, FitError
 
 __all__ = ["InferenceWarning", "VarianceModel", "Satterthwaite", "contest", "anova", "confint"]
 
@@ -1094,7 +1094,7 @@ def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 10
 # ---------------------------------------------------------------- parametric bootstrap
 @dataclass(frozen=True)
 class _Bar:
-    """The picklable part of a :class:`~bayeslmm.design.RandomBlock` a refit needs."""
+    """The picklable part of a :class:`~bayeslmm.frontend.design.RandomBlock` a refit needs."""
 
     codes: np.ndarray
     X: np.ndarray
@@ -1186,7 +1186,7 @@ def bootstrap(result, nsim: int = 1000, random_seed=None, client=None, n_jobs: i
 
     Each draw simulates new group effects and noise from the fitted model, refits it (REML
     or ML as the fit) and keeps the sd/cor/sigma parameters and the fixed effects. The
-    draws run through :func:`bayeslmm.executor.run_tasks` in chunks of ``chunk`` draws
+    draws run through :func:`bayeslmm.scale.executor.run_tasks` in chunks of ``chunk`` draws
     (local processes by default, a Dask ``client``, or ``n_jobs=1`` in this process); each
     chunk's seed derives from ``random_seed`` and each draw's from its chunk's, so one seed
     gives the same draws whatever the number of workers. Failed refits are counted in an
@@ -1197,7 +1197,7 @@ def bootstrap(result, nsim: int = 1000, random_seed=None, client=None, n_jobs: i
     DataFrame
         ``nsim`` rows, one column per parameter (``confint``'s row names).
     """
-    from .executor import run_tasks
+    from ..scale.executor import run_tasks
 
     if isinstance(nsim, bool) or not isinstance(nsim, (int, np.integer)) or nsim < 1:
         raise BayesLMMError(f"nsim must be a whole number of at least 1, got {nsim!r}")

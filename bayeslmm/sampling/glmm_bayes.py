@@ -24,9 +24,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from . import priors as P
-from .errors import BayesLMMError
-from .glmm_design import GLMMDesign
+from .. import priors as P
+from ..errors import BayesLMMError
+from ..frontend.glmm_design import GLMMDesign
 
 _BARRIER = 1e12
 
@@ -70,8 +70,8 @@ def log_prior(prior_set: P.PriorSet, design, beta: np.ndarray, lams: list[np.nda
 def fit_glmm_map(gd: GLMMDesign, priors: dict | None):
     """The posterior mode under the priors, random effects integrated out by Laplace:
     minimize glmer's Laplace criterion minus twice the log prior over ``(theta, beta)``."""
-    from .glmm import GLMMDeviance, _hessian, _minimize, fit_glmm_numbers, single_threaded_blas
-    from .glmm_results import glmm_point_result
+    from ..fitting.glmm import GLMMDeviance, _hessian, _minimize, fit_glmm_numbers, single_threaded_blas
+    from ..results.glmm_results import glmm_point_result
 
     if gd.family.has_dispersion:
         raise BayesLMMError(f"fit(method='map') supports the binomial and Poisson families, not {gd.family.name}; "
@@ -100,7 +100,7 @@ def fit_glmm_map(gd: GLMMDesign, priors: dict | None):
             vcov = np.full((dev.p, dev.p), np.nan)
         state = dev.pirls(par[:k], par[k:])
         criterion = dev.laplace(par[:k], par[k:])
-    from .reml import OptSummary
+    from ..fitting.reml import OptSummary
 
     opt = OptSummary(optimizer=name, initial=theta0, final=par[:k], objective=float(res.fun),
                      evaluations=dev.evaluations, seconds=0.0, converged=bool(res.success), message=str(res.message))
@@ -262,7 +262,7 @@ class GLMMPosterior:
 
     def varcorr(self, prob: float = 0.95) -> pd.DataFrame:
         """Posterior of the sds and correlations (rows as R's ``as.data.frame(VarCorr)``)."""
-        from .results import varcorr_layout, varcorr_values
+        from ..results.point import varcorr_layout, varcorr_values
 
         layout = varcorr_layout(self.design)
         layout = layout[layout["block"] >= 0].reset_index(drop=True)
@@ -348,7 +348,7 @@ class GLMMPosterior:
         return self._table(values, pd.RangeIndex(values.shape[1]), prob)
 
     def _at_posterior_mean(self):
-        """The checks of :mod:`bayeslmm.glmm_checks` read ``family``, ``gd``, ``mu``,
+        """The checks of :mod:`bayeslmm.reporting.glmm_checks` read ``family``, ``gd``, ``mu``,
         ``design``, ``beta`` and ``ranef_values``: here at the posterior means."""
         from types import SimpleNamespace
 
@@ -360,19 +360,19 @@ class GLMMPosterior:
     def rootogram(self, max_count: int | None = None) -> pd.DataFrame:
         """Observed vs expected count frequencies at the posterior mean of each
         observation's conditional mean (counts)."""
-        from .glmm_checks import rootogram
+        from ..reporting.glmm_checks import rootogram
 
         return rootogram(self._at_posterior_mean(), max_count=max_count)
 
     def binned_residuals(self, bins: int | None = None) -> pd.DataFrame:
         """Binned residuals (calibration) at the posterior mean probabilities (binomial)."""
-        from .glmm_checks import binned_residuals
+        from ..reporting.glmm_checks import binned_residuals
 
         return binned_residuals(self._at_posterior_mean(), bins=bins)
 
     def shrinkage(self, group: str | None = None) -> pd.DataFrame:
         """No / partial / complete pooling on the link scale at the posterior means."""
-        from .glmm_checks import shrinkage
+        from ..reporting.glmm_checks import shrinkage
 
         return shrinkage(self._at_posterior_mean(), group=group)
 

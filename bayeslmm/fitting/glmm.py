@@ -35,9 +35,9 @@ import scipy.sparse as sp
 from scipy.linalg import solve_triangular
 from scipy.optimize import Bounds, minimize, minimize_scalar
 
-from .errors import ConvergenceWarning, FitError
-from .family import Family
-from .glmm_design import GLMMDesign
+from ..errors import ConvergenceWarning, FitError
+from ..family import Family
+from ..frontend.glmm_design import GLMMDesign
 from .reml import OptSummary, ThetaLayout
 
 
@@ -613,7 +613,7 @@ def fit_negative_binomial(gd: GLMMDesign, n_agq: int = 1):
     """glmer.nb: maximize the Laplace log-likelihood over the shape ``theta`` of the
     negative binomial (on the log scale), refitting the GLMM at each value, starting
     from a Poisson fit's moment estimate."""
-    from .family import NegativeBinomial, Poisson
+    from ..family import NegativeBinomial, Poisson
 
     fam = gd.family
     pois = GLMMDeviance(gd.with_family(Poisson(fam.link.name)))
@@ -640,8 +640,8 @@ def fit_negative_binomial(gd: GLMMDesign, n_agq: int = 1):
 
 def fit_glmm_model(gd: GLMMDesign, n_agq: int = 1):
     """Fit as glmer (``n_agq`` = its nAGQ) or glmer.nb, and build the result."""
-    from .family import NegativeBinomial
-    from .glmm_results import glmm_point_result
+    from ..family import NegativeBinomial
+    from ..results.glmm_results import glmm_point_result
 
     n_agq = int(n_agq)
     if n_agq < 0 or n_agq > 25:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FormulaError
+from ..errors import FormulaError
 
 # Column names as Python (and formulae) read them: letters of any script, digits, _ and .
 _IDENTIFIER = re.compile(r"^(?:[^\W\d]|\.)[\w.]*$")

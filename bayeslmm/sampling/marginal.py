@@ -16,7 +16,7 @@ O(J m^3) for J groups of m effects, whatever the number of rows:
 NUTS (nutpie) samples beta (centered predictors), log sds, the correlations (Stan's
 canonical partial-correlation transform, LKJ prior) and log sigma under exactly the
 priors of the full model. The density and its analytic gradient are generic compiled
-kernels (:mod:`bayeslmm.marginal_kernels`, numba with an on-disk cache) that read the
+kernels (:mod:`bayeslmm.sampling.marginal_kernels`, numba with an on-disk cache) that read the
 model from one packed array, so a new model needs no compilation (numba compiles them
 once per installation, ~10 s), and nutpie calls them through a C pointer, so chains run
 in parallel. Afterwards the group effects are drawn exactly from their conditional
@@ -29,9 +29,9 @@ cost is sum_j m_j^3 per gradient.
 Crossed factors (Penicillin, InstEval) do not split by group. With few group effects in
 all (Penicillin: 30) the whole data set is one joint group, integrated out exactly in the
 same way (one m x m factorization per gradient); with many (InstEval: 4,114) the
-partially collapsed sampler of :mod:`bayeslmm.crossed` integrates one factor out given
+partially collapsed sampler of :mod:`bayeslmm.sampling.crossed` integrates one factor out given
 the others' effects, and ``LMM.sample(parametrization="auto")`` picks between them and
-the full model by estimated cost (:func:`bayeslmm.crossed.plan_sampler`).
+the full model by estimated cost (:func:`bayeslmm.sampling.crossed.plan_sampler`).
 
 Entry points: :func:`sample_marginal` (a Design, as ``LMM.sample`` uses it) and, for data
 too large for a DataFrame, ``MarginalProblem.from_arrays`` + :func:`run_marginal` +
@@ -45,11 +45,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import priors as P
+from .. import priors as P
 from .bayes import bar_labels, correlation_pairs
-from .design import Design
-from .errors import FitError
-from .posterior import _MAX_LOGLIK_CELLS
+from ..frontend.design import Design
+from ..errors import FitError
+from ..results.posterior import _MAX_LOGLIK_CELLS
 
 
 # ---------------------------------------------------------------- structure
@@ -321,9 +321,8 @@ class MarginalProblem:
 
     # -- packing for the compiled kernels
     def pack(self, prior_set: P.PriorSet) -> np.ndarray:
-        """The float64 array the kernels read (layout in :mod:`bayeslmm.marginal_kernels`)."""
+        """The float64 array the kernels read (layout in :mod:`bayeslmm.sampling.marginal_kernels`)."""
         from . import marginal_kernels as K
-
         st = self.stats
         p, J, m = self.p, self.n_groups, self.width
         sd_sl, cpc_sl, sigma_index = self.slices()
@@ -391,7 +390,6 @@ class MarginalProblem:
         """Exact draws of all group effects given draws ``x`` (S, ndim), user's scale, in
         the compact group-slot layout (S, sum m_j); :meth:`split_effects` gives the bars."""
         from . import marginal_kernels as K
-
         kernel = K.draw_effects_single if blob[K.H_SINGLE] == 1.0 else K.draw_effects
         S, size = len(x), int(self.stats.m.sum())
         flat = np.empty((S, size))
@@ -434,7 +432,6 @@ class MarginalProblem:
 def _prior_code(prior: P.Prior) -> list[float]:
     """(code, a, b, c) of a prior for the kernels."""
     from . import marginal_kernels as K
-
     table = {P.Flat: (K.FLAT, ()), P.Normal: (K.NORMAL, ("mu", "sigma")),
              P.StudentT: (K.STUDENT_T, ("nu", "mu", "sigma")), P.HalfStudentT: (K.HALF_STUDENT_T, ("nu", "sigma")),
              P.HalfNormal: (K.HALF_NORMAL, ("sigma",)), P.Exponential: (K.EXPONENTIAL, ("lam",)),
@@ -465,7 +462,6 @@ def run_marginal(problem: MarginalProblem, prior_set: P.PriorSet, draws: int = 1
     """NUTS (nutpie) on the collapsed posterior of ``problem``; the low-level entry that
     :func:`sample_marginal` and the large-data benchmark share."""
     from . import marginal_kernels as K
-
     blob = problem.pack(prior_set)
     logp_cfunc, expand_cfunc = K.nutpie_functions(bool(blob[K.H_SINGLE]))
     return run_nutpie(blob, problem.ndim, logp_cfunc, expand_cfunc, problem.initial_point, draws=draws, tune=tune,
@@ -478,7 +474,7 @@ def run_nutpie(blob: np.ndarray, ndim: int, logp_cfunc, expand_cfunc, initial_po
                progressbar: bool = True, **kwargs) -> MarginalDraws:
     """nutpie on a density given as numba C callbacks over one packed array ``blob``
     (shared by the collapsed sampler and the partially collapsed one of
-    :mod:`bayeslmm.crossed`); ``initial_point(rng)`` gives a start."""
+    :mod:`bayeslmm.sampling.crossed`); ``initial_point(rng)`` gives a start."""
     import nutpie
     from nutpie.compile_pymc import CompiledPyMCModel
 
@@ -574,7 +570,7 @@ def build_result(design: Design, prior_set: P.PriorSet, posterior, run: Marginal
     """The PosteriorResult of a collapsed or partially collapsed run: the posterior
     variables (xarray.Dataset), the sampler statistics, ``attrs`` on the posterior, and the
     pointwise log-likelihood ``loglik(posterior)`` (an xarray.Dataset) if it is not too large."""
-    from .posterior import PosteriorResult, add_group, to_inference_data
+    from ..results.posterior import PosteriorResult, add_group, to_inference_data
 
     raw = {"posterior": posterior, "sample_stats": run.sample_stats}
     idata = to_inference_data(design, raw, prior_set, sampler="nutpie", parametrization=parametrization,

@@ -1,7 +1,7 @@
 """Stage 5: reporting numbers.
 
 Every verb here reads a fitted result through the four draw primitives of
-:class:`~bayeslmm.results.FitResult` (``fixef_draws``, ``sigma_draws``, ``cov_draws``,
+:class:`~bayeslmm.results.point.FitResult` (``fixef_draws``, ``sigma_draws``, ``cov_draws``,
 ``ranef_draws``). A REML/ML/MAP fit is a posterior with one draw, so each quantity is
 computed once, per draw, and then summarised: a point result gets one column
 ``estimate``; a posterior gets ``mean``, ``sd``, ``lower`` and ``upper`` (an
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .design import RandomBlock, _group_labels
-from .errors import BayesLMMError, DataError
+from ..frontend.design import RandomBlock, _group_labels
+from ..errors import BayesLMMError, DataError
 
 #: number of draws used for simulation-based point-fit predictive intervals
 POINT_PREDICTIVE_DRAWS = 2000
@@ -544,7 +544,7 @@ def anova(*fits, names=None) -> pd.DataFrame:
     """
     from scipy.stats import chi2
 
-    from .reml import fit_profiled
+    from ..fitting.reml import fit_profiled
 
     if len(fits) < 2:
         raise BayesLMMError("anova() needs at least two fits")
@@ -608,7 +608,7 @@ def tidy(result, effects=("fixed", "ran_pars"), prob: float = 0.95) -> pd.DataFr
     """
     from scipy.stats import norm
 
-    from .results import varcorr_layout, varcorr_values
+    from ..results.point import varcorr_layout, varcorr_values
 
     effects = [effects] if isinstance(effects, str) else list(effects)
     unknown = set(effects) - {"fixed", "ran_pars", "ran_vals", "ran_coefs"}

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import BayesLMMError
+from ..errors import BayesLMMError
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _two_sided(observed: float, simulated: np.ndarray) -> float:
 
 
 def quantile_residuals(fit, nsim: int = 250, random_seed=None, conditional: bool = False) -> QuantileResiduals:
-    """DHARMa-style residuals of a :class:`~bayeslmm.glmm_results.GLMMResult`: responses
+    """DHARMa-style residuals of a :class:`~bayeslmm.results.glmm_results.GLMMResult`: responses
     simulated with new group effects (lme4's ``simulate`` default, DHARMa's default for
     lme4 fits), or, with ``conditional=True``, at the conditional modes of the group
     effects (DHARMa's advice for the dispersion test, which has little power against the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .design import Design
+from ..frontend.design import Design
 
 
 def simulate_response(design: Design, beta: np.ndarray, covariances: list[np.ndarray], sigma: float,

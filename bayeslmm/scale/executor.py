@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BayesLMMError
+from ..errors import BayesLMMError
 
 __all__ = ["TaskOutcome", "run_tasks", "task_seeds"]
 

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .bayes import bar_labels, correlation_pairs
-from .design import Design
-from .errors import BayesLMMError, SamplingWarning
-from .priors import PriorSet
-from .results import FitResult, merge_by_group, varcorr_layout, varcorr_values
+from ..sampling.bayes import bar_labels, correlation_pairs
+from ..frontend.design import Design
+from ..errors import BayesLMMError, SamplingWarning
+from ..priors import PriorSet
+from .point import FitResult, merge_by_group, varcorr_layout, varcorr_values
 
 #: above this many (draws x observations) the pointwise log-likelihood is not stored
 _MAX_LOGLIK_CELLS = 50_000_000
@@ -234,7 +234,7 @@ class PosteriorResult(FitResult):
 
     def summary(self, prob: float = 0.95) -> str:
         """lmer-like summary with posterior means, sds, intervals, R-hat and ESS."""
-        from .summary import posterior_summary
+        from ..reporting.summary import posterior_summary
 
         return posterior_summary(self, prob)
 
@@ -248,8 +248,7 @@ class PosteriorResult(FitResult):
 
         The file is netCDF4 (HDF5, through h5netcdf) with one group per ``idata`` group,
         the layout ArviZ 0.x's ``InferenceData.to_netcdf`` wrote too."""
-        from . import __version__
-
+        from .. import __version__
         tree = self.idata.copy()
         data = self.design.data
         tree["posterior"].attrs = {**_netcdf_attrs(self.idata.posterior.attrs),
@@ -354,8 +353,7 @@ def priors_to_json(prior_set: PriorSet, design: Design) -> dict:
 
 
 def priors_from_json(spec: dict) -> dict:
-    from . import priors as P
-
+    from .. import priors as P
     return P.priors_from_mapping(spec)  # the prior classes only, never any name of the module
 
 
@@ -464,7 +462,7 @@ def load(path) -> PosteriorResult:
         (a :class:`BayesLMMError`) for a missing, truncated or foreign file, one without
         bayeslmm's attributes, or one whose draws, formula and data disagree (edited).
     """
-    from .model import LMM
+    from ..model import LMM
 
     path = _as_path(path, "load")
     tree = _read_tree(path)
@@ -537,8 +535,7 @@ def to_inference_data(design: Design, idata, prior_set: PriorSet, sampler: str, 
     data and attrs."""
     import xarray as xr
 
-    from . import __version__
-
+    from .. import __version__
     raw_posterior = _group(idata, "posterior")
     keep = ["beta", "sigma"] + [name for label in bar_labels(design)
                                 for name in (f"sd_{label}", f"cor_{label}", f"r_{label}")]

@@ -1,0 +1,1 @@
+"""Stage 1-2: formula text -> parsed terms -> numeric design (and model files)."""

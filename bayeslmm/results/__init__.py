@@ -1,0 +1,1 @@
+"""Stage 4: one result type per back end, with the same verbs."""

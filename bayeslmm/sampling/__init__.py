@@ -1,0 +1,1 @@
+"""Stage 3b: posteriors (the PyMC full model, the collapsed and partially collapsed samplers)."""

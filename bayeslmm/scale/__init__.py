@@ -1,0 +1,1 @@
+"""Many fits and big data: the executor, power analysis, out-of-core statistics, simulation."""
