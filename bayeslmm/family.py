@@ -22,6 +22,7 @@ Conventions follow R's ``family`` objects, as glmer uses them:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,20 +38,24 @@ _INVEPS = 1.0 / _EPS
 
 # ---------------------------------------------------------------- links
 @dataclass(frozen=True)
-class Link:
+class Link(ABC):
     """A link function ``eta = g(mu)`` with its inverse and ``d mu / d eta``."""
 
     name: str
 
+    @abstractmethod
     def link(self, mu):
         raise NotImplementedError
 
+    @abstractmethod
     def inverse(self, eta):
         raise NotImplementedError
 
+    @abstractmethod
     def mu_eta(self, eta):
         raise NotImplementedError
 
+    @abstractmethod
     def pt_inverse(self, eta):
         """The inverse link on a PyTensor variable (for the PyMC model)."""
         raise NotImplementedError
@@ -158,7 +163,7 @@ _LINKS = {"logit": Logit, "probit": Probit, "cloglog": Cloglog, "log": Log, "ide
 
 
 # ---------------------------------------------------------------- families
-class Family:
+class Family(ABC):
     """A response distribution with a link (R's ``family`` object).
 
     Attributes
@@ -200,27 +205,34 @@ class Family:
         return self.link.mu_eta(eta)
 
     # distribution
+    @abstractmethod
     def variance(self, mu):
         raise NotImplementedError
 
+    @abstractmethod
     def dev_resid(self, y, mu, wt):
         raise NotImplementedError
 
+    @abstractmethod
     def loglik(self, y, mu, wt):
         raise NotImplementedError
 
+    @abstractmethod
     def simulate(self, mu, wt, rng: np.random.Generator):
         """One draw of ``y`` (on the family's scale: proportions for the binomial)."""
         raise NotImplementedError
 
+    @abstractmethod
     def cdf(self, y, mu, wt):
         """``P(Y <= y)`` and ``P(Y < y)`` for randomized quantile residuals."""
         raise NotImplementedError
 
+    @abstractmethod
     def latent_variance(self, null_intercept: float | None = None) -> float:
         """Distribution-specific variance on the latent scale (Nakagawa et al. 2017)."""
         raise NotImplementedError
 
+    @abstractmethod
     def initialize(self, y, wt):
         """Starting mean (R's ``family$initialize``)."""
         raise NotImplementedError
