@@ -18,7 +18,7 @@ from ..errors import BayesLMMError
 from ..family import Family
 from ..frontend.glmm_design import GLMMDesign
 from ..fitting.reml import OptSummary
-from .point import merge_by_group, varcorr_layout, varcorr_values
+from .point import InformationCriteria, merge_by_group, varcorr_layout, varcorr_values
 
 _METHOD_TEXT = {
     "laplace": "Laplace Approximation",
@@ -29,7 +29,7 @@ _METHOD_TEXT = {
 
 
 @dataclass(frozen=True, eq=False)
-class GLMMResult:
+class GLMMResult(InformationCriteria):
     """A glmer-like point fit (Laplace, AGQ, nAGQ = 0 or MAP).
 
     Attributes mirror lme4's accessors: ``theta``, ``loglik``, ``deviance`` (glmer's:
@@ -86,18 +86,6 @@ class GLMMResult:
     def deviance(self) -> float:
         """glmer's ``deviance()``: the sum of the deviance residuals at the conditional modes."""
         return float(self.dev_resid.sum())
-
-    @property
-    def aic(self) -> float:
-        return self.criterion + 2.0 * self.n_params
-
-    @property
-    def bic(self) -> float:
-        return self.criterion + np.log(self.nobs) * self.n_params
-
-    @property
-    def df_resid(self) -> int:
-        return self.nobs - self.n_params
 
     @property
     def is_singular(self) -> bool:

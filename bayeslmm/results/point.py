@@ -204,8 +204,26 @@ def varcorr_values(layout: pd.DataFrame, covs: list[np.ndarray], sigma: np.ndarr
 
 
 # ---------------------------------------------------------------- point results
+class InformationCriteria:
+    """AIC, BIC and residual df of a point fit from its ``criterion`` (-2 log-likelihood, or
+    the REML criterion as lmer prints it), ``n_params`` and ``nobs``; shared by the LMM and
+    GLMM point results."""
+
+    @property
+    def aic(self) -> float:
+        return self.criterion + 2.0 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        return self.criterion + np.log(self.nobs) * self.n_params
+
+    @property
+    def df_resid(self) -> int:
+        return self.nobs - self.n_params
+
+
 @dataclass(frozen=True, eq=False)
-class PointResult(FitResult):
+class PointResult(FitResult, InformationCriteria):
     """A REML, ML or MAP fit: point estimates, as ``lme4::lmer`` reports them.
 
     Build it with :meth:`LMM.fit`. Attributes mirror lme4's accessors: ``theta``,
@@ -257,18 +275,6 @@ class PointResult(FitResult):
     @property
     def deviance(self) -> float:
         return self.criterion
-
-    @property
-    def aic(self) -> float:
-        return self.criterion + 2.0 * self.n_params
-
-    @property
-    def bic(self) -> float:
-        return self.criterion + np.log(self.nobs) * self.n_params
-
-    @property
-    def df_resid(self) -> int:
-        return self.nobs - self.n_params
 
     @property
     def theta_scaled(self) -> np.ndarray:
