@@ -47,7 +47,7 @@ import numpy as np
 from .. import priors as P
 from ..frontend.design import Design
 from ..errors import FitError
-from .marginal import Bar, MarginalDraws, MarginalProblem, _prior_code, run_nutpie
+from .marginal import Bar, MarginalDraws, MarginalProblem, _prior_code, prior_rows, run_nutpie
 
 
 # ---------------------------------------------------------------- the problem
@@ -220,17 +220,7 @@ class CrossedProblem:
         a = self.arrays
         n, p, J = len(a["y"]), self.p, self.n_groups
         sd_sl, cpc_sl, sigma_index = self.slices()
-        fixed = []
-        for i, name in enumerate(self.fixed_names):
-            if i == self.intercept:
-                fixed.append(_prior_code(prior_set.intercept) + [self.y_center])
-            else:
-                fixed.append(_prior_code(prior_set.fixed[name]) + [0.0])
-        bar_rows, sd_priors = [], []
-        for k, bar in enumerate(self.bars):
-            eta = prior_set.cor[k].eta if k in prior_set.cor else 1.0
-            bar_rows.append([bar.q, bar.n_cpc, sd_sl[k].start, cpc_sl[k].start, eta, len(sd_priors)])
-            sd_priors.extend(_prior_code(prior_set.sd[(k, term)]) + [0.0] for term in bar.terms)
+        fixed, bar_rows, sd_priors = prior_rows(self, prior_set, sd_sl, cpc_sl)
         m = self.group_m
         soff = np.concatenate([[0], np.cumsum(m * m)[:-1]]).astype(np.int64)
         voff = np.concatenate([[0], np.cumsum(m)[:-1]]).astype(np.int64)

@@ -326,17 +326,7 @@ class MarginalProblem:
         st = self.stats
         p, J, m = self.p, self.n_groups, self.width
         sd_sl, cpc_sl, sigma_index = self.slices()
-        fixed = []
-        for a, name in enumerate(self.fixed_names):
-            if a == self.intercept:
-                fixed.append(_prior_code(prior_set.intercept) + [self.y_center])
-            else:
-                fixed.append(_prior_code(prior_set.fixed[name]) + [0.0])
-        bars, sd_priors = [], []
-        for k, bar in enumerate(self.bars):
-            eta = prior_set.cor[k].eta if k in prior_set.cor else 1.0
-            bars.append([bar.q, bar.n_cpc, sd_sl[k].start, cpc_sl[k].start, eta, len(sd_priors)])
-            sd_priors.extend(_prior_code(prior_set.sd[(k, term)]) + [0.0] for term in bar.terms)
+        fixed, bars, sd_priors = prior_rows(self, prior_set, sd_sl, cpc_sl)
         # one entry (bar, first slot) per level, listed group by group
         ent_group = np.concatenate([bar.group_of_level for bar in self.bars])
         ent_bar = np.concatenate([np.full(len(bar.levels), k) for k, bar in enumerate(self.bars)])
@@ -427,6 +417,24 @@ class MarginalProblem:
             x[sl] += np.log(0.5)
         x[sigma_index] += np.log(0.5)
         return x
+
+
+def prior_rows(problem, prior_set: P.PriorSet, sd_sl, cpc_sl) -> tuple[list, list, list]:
+    """The kernels' prior rows of a collapsed or partially collapsed problem: one per fixed
+    effect (its prior code and center), one per bar (terms, correlations, where its sds and
+    CPCs sit, the LKJ eta, its first sd prior) and one per sd."""
+    fixed = []
+    for a, name in enumerate(problem.fixed_names):
+        if a == problem.intercept:
+            fixed.append(_prior_code(prior_set.intercept) + [problem.y_center])
+        else:
+            fixed.append(_prior_code(prior_set.fixed[name]) + [0.0])
+    bars, sd_priors = [], []
+    for k, bar in enumerate(problem.bars):
+        eta = prior_set.cor[k].eta if k in prior_set.cor else 1.0
+        bars.append([bar.q, bar.n_cpc, sd_sl[k].start, cpc_sl[k].start, eta, len(sd_priors)])
+        sd_priors.extend(_prior_code(prior_set.sd[(k, term)]) + [0.0] for term in bar.terms)
+    return fixed, bars, sd_priors
 
 
 def _prior_code(prior: P.Prior) -> list[float]:
