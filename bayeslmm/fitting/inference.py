@@ -205,13 +205,61 @@ class VarianceModel:
         Z = sp.hstack([_block_z(b.codes, b.X, b.n_levels) for b in blocks]).tocsc()
         self.Z = Z
         # G = [Z W]'[Z W] in pieces: Z'Z sparse, Z'W and W'W dense
-        self.ZtZ = (Z.T @ Z).tocsr()
-        self.ZtW = np.asarray(Z.T @ W)
-        self.WtW = W.T @ W
+        self._set_products((Z.T @ Z).tocsr(), np.asarray(Z.T @ W), W.T @ W)
+
+    def _set_products(self, ZtZ: sp.csr_matrix, ZtW: np.ndarray, WtW: np.ndarray) -> None:
+        self.ZtZ, self.ZtW, self.WtW = ZtZ, ZtW, WtW
         self.Gz1 = sp.hstack([self.ZtZ[:self.n1], sp.csr_matrix(self.ZtW[:self.n1])]).tocsr()
-        if len(blocks) > 1:
+        if len(self.design.blocks) > 1:
             self.ZrZr = self.ZtZ[self.n1:, self.n1:].toarray()
             self.Z1Zr = self.ZtZ[:self.n1, self.n1:].tocsr()
+
+    @classmethod
+    def of_design(cls, design: Design, reml: bool = True) -> VarianceModel:
+        """The model of a design: from its rows, or, for a design whose rows stayed out of
+        core (it has a ``cross_products()`` method), from its per-group statistics."""
+        products = getattr(design, "cross_products", None)
+        return cls(design, reml) if products is None else cls.from_cross_products(design, products(), reml)
+
+    @classmethod
+    def from_cross_products(cls, design: Design, products, reml: bool = True) -> VarianceModel:
+        """The same model from :class:`~bayeslmm.fitting.reml.CrossProducts` (one grouping
+        factor) instead of rows: everything here reads only ``[Z X y]'[Z X y]``.
+
+        The products have the fixed columns centered (all but the intercept's); this model
+        keeps ``X`` as the user gave it and centers only ``y``, so ``X = Xc + 1 c'`` is undone
+        with the intercept's column of the products (``Xc' 1``, ``Z' 1``).
+        """
+        self = cls.__new__(cls)
+        self.design, self.reml = design, reml
+        block = design.blocks[0]
+        J, q = block.n_levels, block.n_terms
+        p = products.XtX.shape[0]
+        self.n, self.p = int(products.n), p
+        self.X = self.y = None
+        self.layout = _Theta.from_design(design)
+        self.q_sizes, self.J = [q], [J]
+        self.offsets = np.array([0, q * J])
+        self.q = self.n1 = q * J
+        self.q1, self.J1 = q, J
+        c = np.asarray(products.x_center, dtype=float)
+        names = list(design.fixed_names)
+        XtX, Xty, ZtX = products.XtX, products.Xty, products.ZtX
+        self.beta_shift = None
+        if "(Intercept)" in names:
+            i = names.index("(Intercept)")
+            XtX = XtX + np.outer(XtX[:, i], c) + np.outer(c, XtX[i]) + products.n * np.outer(c, c)
+            Xty = Xty + c * Xty[i]
+            ZtX = ZtX + ZtX[:, :, i][:, :, None] * c[None, None, :]
+            self.beta_shift = np.zeros(p)
+            self.beta_shift[i] = float(products.y_center)
+        ZtZ = sp.bsr_matrix((np.asarray(products.ZtZ, dtype=float), np.arange(J), np.arange(J + 1)),
+                            shape=(J * q, J * q)).tocsr()
+        ZtW = np.concatenate([ZtX, products.Zty[:, :, None]], axis=2).reshape(J * q, p + 1)
+        WtW = np.block([[XtX, Xty[:, None]], [Xty[None, :], np.array([[products.yty]])]])
+        self.Z = None
+        self._set_products(ZtZ, ZtW, WtW)
+        return self
 
     # -------------------------------------------------------------- Lambda
     def factors(self, theta: np.ndarray) -> list[np.ndarray]:
@@ -473,7 +521,7 @@ class Satterthwaite:
         if result.method not in ("reml", "ml"):
             raise BayesLMMError(f"Satterthwaite tests need a REML or ML fit, not method={result.method!r}")
         self.result = result
-        self.model = VarianceModel(result.design, reml=result.reml)
+        self.model = VarianceModel.of_design(result.design, reml=result.reml)
         self.theta = np.asarray(result.theta, dtype=float)
         self.sigma = float(result.sigma)
         sol = self.model.solve(self.theta)
@@ -1242,7 +1290,7 @@ class KenwardRoger:
         if result.method != "reml":
             raise BayesLMMError("the Kenward-Roger method needs a REML fit (pbkrtest's rule); "
                                 f"this fit is method={result.method!r}: refit with fit(method='reml')")
-        model = VarianceModel(result.design, reml=True)
+        model = VarianceModel.of_design(result.design, reml=True)
         self.model = model
         theta, sigma = np.asarray(result.theta, float), float(result.sigma)
         sol = model.solve(theta)

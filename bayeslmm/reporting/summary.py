@@ -215,11 +215,14 @@ def point_summary(result, ddf: str | None = "default") -> str:
         out.append("Priors:")
         out.extend("  " + line for line in result.priors_used.splitlines())
     out.append("")
-    residuals = (design.y - result.fitted_draws()[0]) / result.sigma
-    quantiles = np.quantile(residuals, [0, 0.25, 0.5, 0.75, 1.0])
-    out.append("Scaled residuals: ")
-    out.append(format_table(pd.DataFrame([[f"{q:.4f}" for q in quantiles]],
-                                         columns=["Min", "1Q", "Median", "3Q", "Max"], index=[""])))
+    if len(design.y):
+        residuals = (design.y - result.fitted_draws()[0]) / result.sigma
+        quantiles = np.quantile(residuals, [0, 0.25, 0.5, 0.75, 1.0])
+        out.append("Scaled residuals: ")
+        out.append(format_table(pd.DataFrame([[f"{q:.4f}" for q in quantiles]],
+                                             columns=["Min", "1Q", "Median", "3Q", "Max"], index=[""])))
+    else:  # fitted out of core: the rows stayed in the Dask dataframe
+        out.append(f"Fitted out of core from per-group statistics of {result.nobs} rows (no residuals)")
     out.append("")
     out.append("Random effects:")
     out.append(random_effects_table(result))

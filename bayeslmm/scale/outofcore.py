@@ -29,7 +29,6 @@ Two passes over the data, each one ``dask.compute``:
 from __future__ import annotations
 
 import contextlib
-import inspect
 import re
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -331,6 +330,11 @@ class OutOfCoreDesign(Design):
     def nobs(self) -> int:
         return self.n_rows
 
+    def cross_products(self):
+        """The statistics as :class:`~bayeslmm.fitting.reml.CrossProducts` (what the
+        inference back end reads in place of rows)."""
+        return self.statistics.cross_products(_intercept(self))
+
 
 def _check_supported(parsed) -> str:
     """Refuse what per-group statistics cannot fit; return the response column."""
@@ -463,48 +467,20 @@ ROW_VERBS = ("fitted_draws", "icc", "r2", "predict", "pooling", "glance", "augme
 def _needs_rows(name: str):
     def refuse(self, *args, **kwargs):
         raise BayesLMMError(f"{name}() needs the rows, which stay in the Dask dataframe out of core; "
-                            "fixef, vcov, varcorr, ranef, coef, tidy and summary work from the statistics")
+                            "fixef, anova, contest, vcov, varcorr, ranef, coef, tidy and summary work from "
+                            "the statistics")
     refuse.__name__ = name
     refuse.__doc__ = f"Not available out of core: {name}() reads the rows."
     return refuse
 
 
 def _out_of_core_result(result_type):
-    """A subclass of a result type whose row-reading verbs say so, and whose summary leaves
-    out the scaled residuals (they need the rows)."""
+    """A subclass of a result type whose row-reading verbs say so. Everything that reads only
+    cross-products works as in memory: fixef with Satterthwaite or Kenward-Roger df, anova,
+    contest, vcov, varcorr, ranef, coef, tidy and the summary (without scaled residuals)."""
     namespace = {name: _needs_rows(name) for name in ROW_VERBS}
-    namespace["summary"] = _summary_without_residuals
-
-    def fixef(self, ddf=None):
-        """Estimates, standard errors and t values (denominator df need the rows)."""
-        if ddf is not None:
-            raise BayesLMMError(f"fixef(ddf={ddf!r}) needs the rows, which stay in the Dask dataframe out of "
-                                "core; fixef() gives estimates, standard errors and t values")
-        parent = super(cls, self).fixef
-        return parent(ddf=None) if "ddf" in inspect.signature(parent).parameters else parent()
-
-    namespace["fixef"] = fixef
     namespace["__module__"] = __name__
-    cls = type(f"OutOfCore{result_type.__name__}", (result_type,), namespace)
-    return cls
-
-
-def _summary_without_residuals(self) -> str:
-    """lmer's layout without the 'Scaled residuals' block."""
-    what = "REML criterion at convergence" if self.method == "reml" else "deviance"
-    block = self.design.blocks[0]
-    vc = self.varcorr()
-    lines = [(f"Linear mixed model fit by {'REML' if self.method == 'reml' else 'maximum likelihood'}, out of core "
-             f"(per-group statistics of {self.nobs} rows)"),
-             f"Formula: {self.formula}",
-             f"{what}: {self.criterion:.1f}" if self.method == "reml" else
-             f"     AIC      BIC   logLik deviance\n{self.aic:8.1f} {self.bic:8.1f} {self.loglik:8.1f} {self.criterion:8.1f}",
-             "", "Random effects:", vc.to_string(index=False),
-             f"Number of obs: {self.nobs}, groups:  {block.group}, {block.n_levels}", "", "Fixed effects:",
-             self.fixef().to_string()]
-    if self.is_singular:
-        lines += ["", "boundary (singular) fit: see help('isSingular')"]
-    return "\n".join(lines)
+    return type(f"OutOfCore{result_type.__name__}", (result_type,), namespace)
 
 
 def fit_statistics(design: OutOfCoreDesign, reml: bool = True):
