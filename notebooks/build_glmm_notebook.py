@@ -1,6 +1,6 @@
 """The GLMM notebook (07_glmm_binary_count.ipynb): cells, and a builder for this one notebook.
 
-``build_notebooks.py`` adds ``GLMM_NOTEBOOK`` to its table, so the tests run it like the
+``build_notebooks.py`` adds ``NAME`` and ``CELLS`` to its table, so the tests run it like the
 others (``BAYESLMM_FAST=1``: a few draws). Run ``python notebooks/build_glmm_notebook.py
 --execute`` after editing: it executes this notebook at full settings and saves it with its
 outputs (the other notebooks are left alone).
@@ -8,9 +8,6 @@ outputs (the other notebooks are left alone).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
 NAME = "07_glmm_binary_count.ipynb"
 
 CELLS = [
@@ -127,25 +124,11 @@ data), look at the variance on the latent scale, and use the MAP or the posterio
 maximum-likelihood fit is singular."""),
 ]
 
-GLMM_NOTEBOOK = {NAME: CELLS}
-
-
 def build(execute: bool = False) -> None:
     """Write this notebook; with ``execute`` run it at full settings first."""
-    import nbformat as nbf
+    from notebook_writer import write_notebook
 
-    nb = nbf.v4.new_notebook()
-    nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    for number, cell in enumerate(nb.cells):
-        cell.id = f"cell-{number:02d}"  # stable ids: rebuilding changes only what changed
-    if execute:
-        from nbclient import NotebookClient
-
-        NotebookClient(nb, timeout=1800, kernel_name="python3",
-                       resources={"metadata": {"path": str(HERE)}}).execute()
-    nbf.write(nb, HERE / NAME)
-    print(f"wrote {NAME}" + (" (executed)" if execute else ""))
+    write_notebook(NAME, CELLS, execute=execute)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import nbformat as nbf
-
 HERE = Path(__file__).resolve().parent
 
 SETUP = """import os, warnings
@@ -264,36 +262,22 @@ paste_post.varcorr()"""),
     ],
 }
 
-# 06_power_kb07.ipynb: its cells live in build_power_notebook.py (power analysis, issue 18)
-_spec = importlib.util.spec_from_file_location("build_power_notebook", HERE / "build_power_notebook.py")
-_power = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_power)
-NOTEBOOKS.update(_power.POWER_NOTEBOOK)
-
-# 07_glmm_binary_count.ipynb: its cells live in build_glmm_notebook.py (GLMMs, issue 16)
-_spec = importlib.util.spec_from_file_location("build_glmm_notebook", HERE / "build_glmm_notebook.py")
-_glmm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_glmm)
-NOTEBOOKS.update(_glmm.GLMM_NOTEBOOK)
+# notebooks whose cells live in a builder of their own: 06 power analysis (issue 18), 07 GLMMs
+# (issue 16), 08 maximal models (issue 14)
+for _builder in ("build_power_notebook", "build_glmm_notebook", "build_maximal_notebook"):
+    _spec = importlib.util.spec_from_file_location(_builder, HERE / f"{_builder}.py")
+    _module = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_module)
+    NOTEBOOKS[_module.NAME] = _module.CELLS
 
 
 def build(execute: bool = False) -> None:
     """Write every notebook; with ``execute`` run it at full settings first, so that a reader
     browsing the repository sees the tables and figures (needs the test extra's nbclient)."""
-    for name, cells in NOTEBOOKS.items():
-        notebook = nbf.v4.new_notebook()
-        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        notebook.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
-                          for kind, src in cells]
-        for number, cell in enumerate(notebook.cells):
-            cell.id = f"cell-{number:02d}"  # stable ids: rebuilding changes only what changed
-        if execute:
-            from nbclient import NotebookClient
+    from notebook_writer import write_notebook
 
-            NotebookClient(notebook, timeout=900, kernel_name="python3",
-                           resources={"metadata": {"path": str(HERE)}}).execute()
-        nbf.write(notebook, HERE / name)
-        print(f"wrote {name}" + (" (executed)" if execute else ""))
+    for name, cells in NOTEBOOKS.items():
+        write_notebook(name, cells, execute=execute)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The power-analysis notebook (06_power_kb07.ipynb): cells, and a builder for this one notebook.
 
-``build_notebooks.py`` adds ``POWER_NOTEBOOK`` to its table, so the tests run it like the
+``build_notebooks.py`` adds ``NAME`` and ``CELLS`` to its table, so the tests run it like the
 others (``BAYESLMM_FAST=1``: a few simulations). Run ``python notebooks/build_power_notebook.py
 --execute`` after editing: it executes this notebook at full settings and saves it with its
 outputs (the other notebooks are left alone).
@@ -8,9 +8,6 @@ outputs (the other notebooks are left alone).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
 NAME = "06_power_kb07.ipynb"
 
 CELLS = [
@@ -92,26 +89,11 @@ cluster with `client=`. Many singular fits at small sizes are a warning too: wit
 the by-subject slope variance is often estimated at zero."""),
 ]
 
-POWER_NOTEBOOK = {NAME: CELLS}
-
-
 def build(execute: bool = False) -> None:
     """Write this notebook; with ``execute`` run it at full settings first."""
-    import nbformat as nbf
+    from notebook_writer import write_notebook
 
-    notebook = nbf.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    notebook.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
-                      for kind, src in CELLS]
-    for number, cell in enumerate(notebook.cells):
-        cell.id = f"cell-{number:02d}"
-    if execute:
-        from nbclient import NotebookClient
-
-        NotebookClient(notebook, timeout=3600, kernel_name="python3",
-                       resources={"metadata": {"path": str(HERE)}}).execute()
-    nbf.write(notebook, HERE / NAME)
-    print(f"wrote {NAME}" + (" (executed)" if execute else ""))
+    write_notebook(NAME, CELLS, execute=execute)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_seven_notebooks():
-    assert len(NOTEBOOKS) == 7
+def test_there_are_eight_notebooks():
+    assert len(NOTEBOOKS) == 8
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import bayeslmm as blm
@@ -20,9 +21,12 @@ def test_repca_is_the_svd_of_the_relative_factor():
     np.testing.assert_allclose(table["sdev"], expected, rtol=1e-10)
     np.testing.assert_allclose(table["proportion"], expected**2 / np.sum(expected**2), rtol=1e-10)
     assert table["cumulative"].iloc[-1] == pytest.approx(1.0)
-    rotation = table.attrs["rotation"]
+    rotation = pca.rotation["Subject"]
     assert list(rotation.index) == ["(Intercept)", "Days"]
     np.testing.assert_allclose(rotation.to_numpy().T @ rotation.to_numpy(), np.eye(2), atol=1e-12)
+    # plain tables: they combine with pandas (a DataFrame in .attrs broke pd.concat)
+    both = pd.concat({"a": table["cumulative"], "b": table["cumulative"]}, axis=1)
+    assert both.shape == (2, 2)
 
 
 def test_repca_shows_the_unsupported_dimension_of_a_singular_fit():

@@ -21,6 +21,10 @@ DATASETS: dict[str, str] = {
     "cbpp": "Contagious bovine pleuropneumonia: new cases (incidence) out of herd size, 15 herds x 4 periods (lme4).",
     "grouseticks": "Ticks counted on 403 red grouse chicks in 118 broods at 63 locations, 1995-97 (lme4).",
     "verbagg": "Verbal aggression: 316 subjects x 24 items, binary response r2 (7,584 rows; lme4).",
+    "kb07": ("Reaction times (RTtrunc, ms) of 56 subjects x 32 items, three +-1 coded factors S, P, C and "
+             "their interactions (Kronmueller & Barr 2007; MixedModels.jl)."),
+    "bs10": ("Difference scores of 92 subjects x 12 items, +-1 coded factors S, F and SF (Barr & Seyfeddinipur "
+             "2010; Bates et al. 2015)."),
 }
 
 # Columns that are identifiers or categories even though they look numeric.
@@ -32,6 +36,8 @@ _CATEGORICAL = {
     "cbpp": ["herd", "period"],
     "grouseticks": ["INDEX", "BROOD", "YEAR", "LOCATION"],
     "verbagg": ["id", "item"],
+    "kb07": ["subj", "item"],
+    "bs10": ["subj", "item"],
 }
 
 
@@ -52,7 +58,8 @@ def load(name: str) -> pd.DataFrame:
     ----------
     name : str
         One of ``sleepstudy``, ``dyestuff``, ``dyestuff2``, ``penicillin``, ``pastes``,
-        ``exam``, ``minneapolis``, ``insteval``, ``cbpp``, ``grouseticks``, ``verbagg``
+        ``exam``, ``minneapolis``, ``insteval``, ``cbpp``, ``grouseticks``, ``verbagg``,
+        ``kb07``, ``bs10``
         (case-insensitive).
 
     Returns

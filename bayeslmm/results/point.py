@@ -222,6 +222,16 @@ class InformationCriteria:
         return self.nobs - self.n_params
 
 
+class RePCA(dict):
+    """What :meth:`PointResult.rePCA` returns: group -> importance table (``sdev``,
+    ``proportion``, ``cumulative``), and the loadings in ``rotation`` (group -> terms x
+    components), as lme4's ``rePCA`` and its ``summary``."""
+
+    def __init__(self):
+        super().__init__()
+        self.rotation: dict[str, pd.DataFrame] = {}
+
+
 @dataclass(frozen=True, eq=False)
 class PointResult(FitResult, InformationCriteria):
     """A REML, ML or MAP fit: point estimates, as ``lme4::lmer`` reports them.
@@ -301,7 +311,7 @@ class PointResult(FitResult, InformationCriteria):
         scales = self.term_scales or [np.ones(b.n_terms) for b in self.design.blocks]
         return [cov * np.outer(sc, sc) / self.sigma**2 for cov, sc in zip(self.covariances, scales)]
 
-    def rePCA(self, standardized: bool = False) -> dict[str, pd.DataFrame]:
+    def rePCA(self, standardized: bool = False) -> RePCA:
         """Principal components of each grouping factor's random-effect covariance (lme4's
         ``rePCA``): how many dimensions of a maximal model the data support.
 
@@ -314,10 +324,10 @@ class PointResult(FitResult, InformationCriteria):
 
         Returns
         -------
-        dict
-            group -> DataFrame indexed by component (``PC1``, ...) with ``sdev`` (relative
-            to sigma), ``proportion`` of variance and ``cumulative`` proportion, and
-            ``loadings`` (terms x components) in ``.attrs["rotation"]``.
+        RePCA
+            A dict: group -> DataFrame indexed by component (``PC1``, ...) with ``sdev``
+            (relative to sigma), ``proportion`` of variance and ``cumulative`` proportion;
+            ``.rotation[group]``: the loadings (terms x components).
         """
         from scipy.linalg import block_diag
 
@@ -332,7 +342,7 @@ class PointResult(FitResult, InformationCriteria):
             values, vectors = np.linalg.eigh(rel)
             half = vectors * np.sqrt(np.clip(values, 0.0, None))
             factors.setdefault(block.group, []).append((half, list(block.terms)))
-        out = {}
+        out = RePCA()
         for group, parts in factors.items():
             lam = block_diag(*[h for h, _ in parts])
             terms = [t for _, names in parts for t in names]
@@ -343,8 +353,8 @@ class PointResult(FitResult, InformationCriteria):
             names = [f"PC{i + 1}" for i in range(len(sdev))]
             frame = pd.DataFrame({"sdev": sdev, "proportion": prop, "cumulative": np.cumsum(prop)},
                                  index=pd.Index(names, name="component"))
-            frame.attrs["rotation"] = pd.DataFrame(u, index=terms, columns=names)
             out[group] = frame
+            out.rotation[group] = pd.DataFrame(u, index=terms, columns=names)
         return out
 
     # ---------------------------------------------------------- tables
