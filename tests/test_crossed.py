@@ -265,3 +265,31 @@ def test_small_sbc_of_the_partially_collapsed_sampler_is_uniform():
     outer = ((ranks[params] < 10) | (ranks[params] > 89)).mean()
     assert (outer < 0.5).all(), outer
     assert ranks["divergences"].sum() <= 3
+
+
+def test_default_target_accept_is_higher_for_large_correlation_matrices(monkeypatch):
+    """kb07's maximal model (two 8 x 8 blocks) gave 132 and 272 divergent transitions at
+    target_accept 0.9 (seeds 2 and 1) and none at 0.95: sample() uses 0.95 when a correlated
+    bar has more than four terms, unless told otherwise."""
+    from bayeslmm.model import default_target_accept
+
+    kb07 = blm.datasets.load("kb07")
+    terms = "1 + S + P + C + SP + SC + PC + SPC"
+    maximal = blm.LMM(f"RTtrunc ~ {terms} + ({terms} | subj) + ({terms} | item)", kb07)
+    assert default_target_accept(maximal.design) == 0.95
+    small = blm.LMM(f"RTtrunc ~ {terms} + (1 + S + P + C | subj) + (1 + S + P + C | item)", kb07)
+    assert default_target_accept(small.design) == 0.9
+    uncorrelated = blm.LMM(f"RTtrunc ~ {terms} + ({terms} || subj) + ({terms} || item)", kb07)
+    assert default_target_accept(uncorrelated.design) == 0.9
+
+    class Captured(Exception):
+        pass
+
+    def capture(design, prior_set, **options):
+        raise Captured(options["target_accept"])
+
+    monkeypatch.setattr("bayeslmm.sampling.crossed.sample_crossed", capture)
+    for kwargs, expected in [({}, 0.95), ({"target_accept": 0.8}, 0.8)]:
+        with pytest.raises(Captured) as caught:
+            maximal.sample(progressbar=False, **kwargs)
+        assert caught.value.args[0] == expected
