@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blm
-from bayeslmm.fitting.inference import VarianceModel
+from bayeslmm.fitting.inference import VarianceModel, term_contrasts
 
 from conftest import LME4_CASES, REFERENCE_DIR, reference_fit
 
@@ -183,8 +183,173 @@ def test_sequential_and_type2_anova_on_an_interaction():
     assert type1.loc["Days:g", "f_value"] == pytest.approx(type2.loc["Days:g", "f_value"], rel=1e-10)
     marginal = fit.contest(np.eye(6)[4:])
     assert type2.loc["Days:g", "f_value"] == pytest.approx(marginal.loc[0, "f_value"], rel=1e-10)
-    with pytest.raises(blm.BayesLMMError, match="sum-to-zero"):
-        fit.anova(type=3)
+    # lmerTest's containment: Days:g has a covariate g lacks, so g is contained in no term and
+    # both type II and type III test it marginally (its effect at Days = 0)
+    type3 = fit.anova(type=3)
+    g_marginal = fit.contest(np.eye(6)[2:4]).loc[0, "f_value"]
+    assert type2.loc["g", "f_value"] == pytest.approx(g_marginal, rel=1e-10)
+    assert type3.loc["g", "f_value"] == pytest.approx(g_marginal, rel=1e-10)
+
+
+# ------------------------------------------------------------------ type III hypotheses on interactions
+# lmerTest 3.1-3's get_contrasts_type3. No R here and no interaction model among the references,
+# so the oracles are: OLS (statsmodels' type III on sum contrasts) where the random variance is
+# estimated at zero, the invariance of the hypotheses to the coding, and balanced designs.
+def _unbalanced(subject_sd: float | None = 1.0, seed: int = 7) -> pd.DataFrame:
+    """150 rows, 15 subjects, factors a (3 levels) and b (2) of unequal frequencies and a
+    covariate x; ``subject_sd=None`` removes every subject's mean, so that REML puts the
+    subject variance at zero and the fit is OLS."""
+    rng = np.random.default_rng(seed)
+    n = 150
+    data = pd.DataFrame({"a": rng.choice(["lo", "mid", "hi"], n, p=[0.5, 0.3, 0.2]),
+                         "b": rng.choice(["p", "q"], n, p=[0.65, 0.35]),
+                         "x": rng.normal(2.0, 1.0, n), "s": np.repeat([f"s{i}" for i in range(15)], 10)})
+    y = (data["a"].map({"lo": 0.0, "mid": 1.0, "hi": -1.0}) + 0.8 * (data["b"] == "q") + 0.5 * data["x"]
+         + 0.6 * data["x"] * (data["a"] == "hi") + rng.normal(0.0, 1.0, n))
+    if subject_sd is None:
+        y = y - y.groupby(data["s"]).transform("mean")
+    else:
+        y = y + np.repeat(rng.normal(0.0, subject_sd, 15), 10)
+    data["y"] = y
+    data["a2"] = pd.Categorical(data["a"], categories=["hi", "mid", "lo"])  # other reference levels
+    data["b2"] = pd.Categorical(data["b"], categories=["q", "p"])
+    return data
+
+
+def _variables(term: str) -> frozenset:
+    """A term by its variables, whatever their coding or order: 'x:b2:a2' -> {a, b, x}."""
+    plain = {"C(a, Sum)": "a", "C(b, Sum)": "b", "a2": "a", "b2": "b"}
+    return frozenset(plain.get(v, v) for v in term.split(":"))
+
+
+def _assert_same_hypotheses(fit_a, fit_b):
+    """Fit-free: every type III hypothesis of ``fit_b``, carried to the coefficients of
+    ``fit_a`` (X_b = X_a T), tested on ``fit_a`` gives ``fit_a``'s F and df to 1e-10."""
+    T = np.linalg.lstsq(fit_a.design.X, fit_b.design.X, rcond=None)[0]
+    assert np.allclose(fit_a.design.X @ T, fit_b.design.X, atol=1e-10)  # the same column space
+    table_a = fit_a.anova()
+    by_variables = {_variables(t): t for t in table_a.index}
+    for term, L in term_contrasts(fit_b.design, 3).items():
+        carried = fit_a.contest(L @ np.linalg.pinv(T), joint=True).iloc[0]
+        row = table_a.loc[by_variables[_variables(term)]]
+        assert carried["num_df"] == row["num_df"]
+        assert carried["f_value"] == pytest.approx(row["f_value"], rel=1e-10)
+        assert carried["den_df"] == pytest.approx(row["den_df"], rel=1e-9)
+
+
+@pytest.mark.parametrize("rhs", ["a * b * x", "a * b + x", "x * a"])
+def test_type3_equals_ols_sum_coded_type3_when_the_random_variance_is_zero(rhs):
+    """With the subject variance at zero REML is OLS (same beta, same sigma), and
+    lmerTest's type III hypotheses are the sum-coded 'term coefficients = 0' tests:
+    statsmodels' anova_lm(typ=3) on C(a, Sum), C(b, Sum) is the oracle, on unbalanced data."""
+    smf = pytest.importorskip("statsmodels.formula.api")
+    from statsmodels.stats.anova import anova_lm
+
+    data = _unbalanced(subject_sd=None)
+    fit = blm.LMM(f"y ~ {rhs} + (1 | s)", data).fit()
+    assert np.all(fit.theta == 0.0)
+    ols = smf.ols("y ~ " + rhs.replace("a", "C(a, Sum)").replace("b", "C(b, Sum)"), data).fit()
+    assert fit.sigma == pytest.approx(np.sqrt(ols.scale), rel=1e-10)
+    oracle = anova_lm(ols, typ=3).drop(index=["Intercept", "Residual"])
+    oracle = {_variables(t): row for t, row in oracle.iterrows()}
+    table = fit.anova()
+    assert len(table) == len(oracle)
+    for term, row in table.iterrows():
+        ref = oracle[_variables(term)]
+        assert row["num_df"] == ref["df"]
+        assert row["f_value"] == pytest.approx(ref["F"], rel=1e-9)
+        assert row["sum_sq"] == pytest.approx(ref["sum_sq"], rel=1e-9)
+        assert row["den_df"] == pytest.approx(ols.df_resid, rel=1e-6)
+        assert row["p_value"] == pytest.approx(ref["PR(>F)"], rel=1e-6)
+
+
+@lru_cache(maxsize=None)
+def _unbalanced_fit(rhs: str, missing_cell: bool = False):
+    data = _unbalanced()
+    if missing_cell:  # no row of a = hi, b = q: rank deficient, lmerTest's "missing cells"
+        data = data[~((data["a"] == "hi") & (data["b"] == "q"))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the aliased columns' warning
+        return blm.LMM(f"y ~ {rhs} + (1 | s)", data).fit()
+
+
+@pytest.mark.parametrize("rhs", ["C(a, Sum) * C(b, Sum) * x", "a2 * b2 * x", "x * b2 * a2"])
+def test_type3_does_not_depend_on_the_coding_or_the_reference_level(rhs):
+    """Treatment, sum, other reference levels, other term order: the same table (to the
+    refit's precision, about 1e-8), and exactly the same hypotheses."""
+    base, other = _unbalanced_fit("a * b * x"), _unbalanced_fit(rhs)
+    _assert_same_hypotheses(base, other)
+    table = base.anova()
+    other_table = {_variables(t): row for t, row in other.anova().iterrows()}
+    for term, row in table.iterrows():
+        ref = other_table[_variables(term)]
+        assert row["num_df"] == ref["num_df"]
+        np.testing.assert_allclose(row[["f_value", "den_df", "sum_sq"]].to_numpy(float),
+                                   ref[["f_value", "den_df", "sum_sq"]].to_numpy(float), rtol=1e-6)
+    # the hypotheses are not the marginal ones of the treatment coding: a is tested averaged over b
+    assert table.loc["a", "f_value"] != pytest.approx(base.contest(np.eye(12)[1:3]).loc[0, "f_value"], rel=1e-3)
+
+
+def test_type3_with_an_empty_cell_is_the_same_for_treatment_and_sum_coding():
+    """A missing a x b cell: each coding drops a different aliased column, lmerTest maps both
+    through the treatment re-make, and the tables agree; the interactions lose a df."""
+    treatment = _unbalanced_fit("a * b * x", missing_cell=True)
+    summed = _unbalanced_fit("C(a, Sum) * C(b, Sum) * x", missing_cell=True)
+    assert treatment.design.aliased and summed.design.aliased
+    assert treatment.design.aliased != summed.design.aliased
+    _assert_same_hypotheses(treatment, summed)
+    table = treatment.anova()
+    assert table["num_df"].to_dict() == {"a": 2, "b": 1, "a:b": 1, "x": 1, "a:x": 2, "b:x": 1, "a:b:x": 1}
+    np.testing.assert_allclose(table["f_value"], summed.anova()["f_value"], rtol=1e-6)
+
+
+def test_types_1_2_and_3_agree_in_a_balanced_within_subject_factorial():
+    """2 x 3 within subjects, every cell twice per subject: orthogonal terms, so the
+    sequential, type II and type III F values are the same."""
+    rng = np.random.default_rng(3)
+    cells = pd.MultiIndex.from_product([[f"s{i}" for i in range(12)], ["a1", "a2"], ["b1", "b2", "b3"], [0, 1]],
+                                       names=["s", "A", "B", "rep"]).to_frame(index=False)
+    effect = {"b1": 0.0, "b2": 0.4, "b3": -0.3}
+    cells["y"] = ((cells["A"] == "a2") * 0.5 + cells["B"].map(effect) + 0.3 * (cells["A"] == "a2") * (cells["B"] == "b3")
+                  + np.repeat(rng.normal(0, 1, 12), 12) + rng.normal(0, 1, len(cells)))
+    fit = blm.LMM("y ~ A * B + (1 | s)", cells).fit()
+    tables = [fit.anova(type=k) for k in (1, 2, 3)]
+    for table in tables[1:]:
+        np.testing.assert_allclose(table["f_value"], tables[0]["f_value"], rtol=1e-9)
+        np.testing.assert_allclose(table["den_df"], tables[0]["den_df"], rtol=1e-9)
+    assert list(tables[2]["num_df"]) == [1, 2, 2]
+
+
+def test_type3_on_kb07_factors_equals_the_tests_of_their_plus_minus_one_coding():
+    """kb07 (1,789 rows, subjects and items crossed, 3 missing): speaker, precedence and load
+    as treatment-coded factors. Their type III tests are the tests of the +-1 (sum) coded
+    numeric columns S, P, C, which contain one another in no term (each is a covariate), so
+    lmerTest tests them marginally: an independent route to the same numbers."""
+    data = pd.read_csv(REFERENCE_DIR.parent / "data" / "kb07.csv", dtype={"subj": str, "item": str})
+    for v in "SPC":
+        data[v + "f"] = pd.Categorical(np.where(data[v] > 0, "hi", "lo"))
+    factors = blm.LMM("RTtrunc ~ Sf * Pf * Cf + (1 | subj) + (1 | item)", data).fit()
+    numeric = blm.LMM("RTtrunc ~ S * P * C + (1 | subj) + (1 | item)", data).fit()
+    table, marginal = factors.anova(), numeric.anova()
+    assert [t.replace("f", "") for t in table.index] == list(marginal.index)
+    np.testing.assert_allclose(table["f_value"], marginal["f_value"], rtol=1e-6)
+    np.testing.assert_allclose(table["den_df"], marginal["den_df"], rtol=1e-6)
+    # and the treatment-coded factors' marginal tests are not these (the data are unbalanced)
+    assert not np.allclose(table["f_value"], [factors.contest(np.eye(8)[[j]]).loc[0, "t_value"] ** 2
+                                               for j in range(1, 8)], rtol=1e-2)
+
+
+def test_a_term_whose_columns_are_all_aliased_has_a_row_of_nan():
+    data = _unbalanced()
+    data["x2"] = 2.0 * data["x"]
+    with pytest.warns(UserWarning, match="rank deficient"):
+        fit = blm.LMM("y ~ x + x2 + a + (1 | s)", data).fit()
+    for k in (1, 2, 3):
+        table = fit.anova(type=k)
+        assert list(table.index) == ["x", "x2", "a"]
+        assert table.loc["x2"].isna().all()
+        assert np.isfinite(table.loc[["x", "a"]].to_numpy(float)).all()
+    assert term_contrasts(fit.design, 3)["x2"].shape == (0, fit.design.n_fixed)
 
 
 # ------------------------------------------------------------------ confidence intervals

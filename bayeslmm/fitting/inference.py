@@ -638,19 +638,14 @@ def contest(result, L, ddf: str = "satterthwaite", joint: bool | None = None) ->
     return pd.DataFrame([contest_md(method, L, result.beta, result.sigma)])
 
 
-def _contains(inner: str, outer: str) -> bool:
-    """True if term ``outer`` (``a:b``) contains term ``inner`` (``a``), by variable names
-    alone (the rule for a design whose variables are not known)."""
-    return inner != outer and set(inner.split(":")) <= set(outer.split(":"))
-
-
 def _containment(parts: dict[str, tuple[dict, ...]], labels: list[str]) -> dict[str, list[str]]:
     """lmerTest's ``containment``/``term_contain`` (the SAS definition): ``F2`` contains
     ``F1`` when every variable of ``F1`` is in ``F2``, ``F2`` has more variables, and the two
     involve the same numeric covariates. So ``Days`` is contained in ``Days:g`` but ``g`` is
     not (``Days:g`` has a covariate ``g`` lacks). A covariate is a numeric variable of one
     column (R's data class "numeric"); a matrix (``poly(x, 2)``) counts as R counts it, not
-    as a covariate."""
+    as a covariate. A design without its terms' variables falls back on the names
+    (``a:b`` -> ``a``, ``b``) with no covariates."""
     variables = {t: {part["name"] for part in parts.get(t, ())} or set(t.split(":")) for t in labels}
     numerics = {t: {part["name"] for part in parts.get(t, ())
                     if part["kind"] == "numeric" and part["values"].shape[1] == 1} for t in labels}
