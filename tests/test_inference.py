@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -350,6 +351,74 @@ def test_a_term_whose_columns_are_all_aliased_has_a_row_of_nan():
         assert table.loc["x2"].isna().all()
         assert np.isfinite(table.loc[["x", "a"]].to_numpy(float)).all()
     assert term_contrasts(fit.design, 3)["x2"].shape == (0, fit.design.n_fixed)
+
+
+# lmerTest's own checks against SAS PROC MIXED (lmerTest 3.1-3, tests/test_compare_sas.R), on
+# its data sets carrots and ham (tests/data/lmertest_*.csv, see make_lmertest_data.py) and on
+# the GLM SAS 101 example: type III and type II tables with factors, covariates, three-way
+# interactions and a model without intercept. Terms in R's order, values as the file states them.
+_TEST_DATA = Path(__file__).resolve().parent / "data"
+_GLM_101 = pd.DataFrame({"a": list("1112222212"), "b": list("1121222221"), "f": list("1212121212"),
+                         "y": [12, 14, 11, 20, 17, 23, 35, 46, 15, 16]})
+SAS_CASES = {
+    "carrots_3way_type3": ("carrots", "Preference ~ sens2*Frequency*Income + (1+sens2|Consumer)", 3, "p_value",
+                           {"sens2": 2e-5, "Frequency": 0.15512, "Income": 0.06939, "sens2:Frequency": 0.08223,
+                            "sens2:Income": 0.52459, "Frequency:Income": 0.03119, "sens2:Frequency:Income": 0.48344}),
+    "carrots_homesize_type2": ("carrots", "Preference ~ sens2*Homesize + (1+sens2|Consumer)", 2, "f_value",
+                               {"sens2": 54.8361, "Homesize": 5.16138, "sens2:Homesize": 1.03035}),
+    "ham_type2": ("ham", "Informed.liking ~ Product*Age + (1|Consumer)", 2, "f_value",
+                  {"Product": 2.48135, "Age": 0.005387, "Product:Age": 1.48451}),
+    "carrots_covariates_type2": ("carrots", "Preference ~ sens2*Homesize*sens1 + (1|Product)", 2, "f_value",
+                                 {"sens2": 16.4842, "Homesize": 14.0010, "sens1": 0.526076, "sens2:Homesize": 1.18144,
+                                  "sens2:sens1": 0.107570, "Homesize:sens1": 0.335177,
+                                  "sens2:Homesize:sens1": 1.05946}),
+    "carrots_covariates_type3": ("carrots", "Preference ~ sens2*Homesize*sens1 + (1|Product)", 3, "f_value",
+                                 {"sens2": 16.9140, "Homesize": 14.0010, "sens1": 0.481148, "sens2:Homesize": 1.18144,
+                                  "sens2:sens1": 0.074201, "Homesize:sens1": 0.335177,
+                                  "sens2:Homesize:sens1": 1.05946}),
+    "carrots_no_intercept_type1": ("carrots", "Preference ~ 0 + sens2 + Homesize + (1+sens2|Consumer)", 1, "f_value",
+                                   {"sens2": 56.5394, "Homesize": 4169.87}),
+    "carrots_no_intercept_type3": ("carrots", "Preference ~ 0 + sens2 + Homesize + (1+sens2|Consumer)", 3, "f_value",
+                                   {"sens2": 54.8206, "Homesize": 4169.87}),
+    "glm_sas_101_type2": ("glm101", "y ~ a*b + (1|f)", 2, "f_value", {"a": 3.90131, "b": 1.32753, "a:b": 0.99565}),
+    "glm_sas_101_reversed_type2": ("glm101", "y ~ b*a + (1|f)", 2, "f_value",
+                                   {"a": 3.90131, "b": 1.32753, "b:a": 0.99565}),
+}
+
+
+@lru_cache(maxsize=None)
+def _sas_data(name: str) -> pd.DataFrame:
+    if name == "glm101":
+        data = _GLM_101.copy()
+        factors = ["a", "b"]
+    else:
+        data = pd.read_csv(_TEST_DATA / f"lmertest_{name}.csv", dtype=str)
+        factors = ["Consumer", "Frequency", "Income", "Homesize", "Product", "Information", "Gender"]
+        for column in data.columns.difference(factors):
+            data[column] = pd.to_numeric(data[column])
+    for column in data.columns.intersection(factors):
+        data[column] = pd.Categorical(data[column])  # R's factor(): sorted levels
+    return data
+
+
+@pytest.mark.parametrize("case", list(SAS_CASES))
+def test_anova_matches_lmertest_and_sas_on_lmertests_examples(case):
+    name, formula, type_, column, expected = SAS_CASES[case]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="dropped .* rows with missing values")  # carrots' NA Income
+        warnings.filterwarnings("ignore", message=".*rank deficient")  # empty Frequency x Income cells
+        fit = blm.LMM(formula, _sas_data(name)).fit()
+    table = fit.anova(type=type_)
+    assert sorted(table.index) == sorted(expected)
+    got = table.loc[list(expected), column].to_numpy(float)
+    target = np.array(list(expected.values()))
+    # lmerTest's check: R's all.equal, the mean relative difference sum|x - y| / sum|y|, at the
+    # file's tolerance (1e-4; 1e-5 for ham and GLM 101); and each value to its printed digits
+    tolerance = 1e-4 if name == "carrots" else 1e-5
+    assert np.abs(got - target).sum() / np.abs(target).sum() < tolerance
+    np.testing.assert_allclose(got, target, rtol=1e-4, atol=1e-5 if column == "p_value" else 1e-6)
+    if column == "p_value":
+        assert np.all(np.round(table["den_df"]) == 83)
 
 
 # ------------------------------------------------------------------ confidence intervals
