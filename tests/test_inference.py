@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -243,7 +243,7 @@ def test_type3_equals_ols_sum_coded_type3_when_the_random_variance_is_zero(rhs):
     """With the subject variance at zero REML is OLS (same beta, same sigma), and
     lmerTest's type III hypotheses are the sum-coded 'term coefficients = 0' tests:
     statsmodels' anova_lm(typ=3) on C(a, Sum), C(b, Sum) is the oracle, on unbalanced data."""
-    smf = pytest.importorskip("statsmodels.formula.api")
+    import statsmodels.formula.api as smf
     from statsmodels.stats.anova import anova_lm
 
     data = _unbalanced(subject_sd=None)
@@ -264,7 +264,7 @@ def test_type3_equals_ols_sum_coded_type3_when_the_random_variance_is_zero(rhs):
         assert row["p_value"] == pytest.approx(ref["PR(>F)"], rel=1e-6)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unbalanced_fit(rhs: str, missing_cell: bool = False):
     data = _unbalanced()
     if missing_cell:  # no row of a = hi, b = q: rank deficient, lmerTest's "missing cells"
@@ -386,7 +386,7 @@ SAS_CASES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sas_data(name: str) -> pd.DataFrame:
     if name == "glm101":
         data = _GLM_101.copy()
