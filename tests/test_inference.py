@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import warnings
-from functools import lru_cache
+from functools import cache, lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import bayeslmm as blm
-from bayeslmm.fitting.inference import VarianceModel
+from bayeslmm.fitting.inference import VarianceModel, term_contrasts
 
 from conftest import LME4_CASES, REFERENCE_DIR, reference_fit
 
@@ -183,8 +184,242 @@ def test_sequential_and_type2_anova_on_an_interaction():
     assert type1.loc["Days:g", "f_value"] == pytest.approx(type2.loc["Days:g", "f_value"], rel=1e-10)
     marginal = fit.contest(np.eye(6)[4:])
     assert type2.loc["Days:g", "f_value"] == pytest.approx(marginal.loc[0, "f_value"], rel=1e-10)
-    with pytest.raises(blm.BayesLMMError, match="sum-to-zero"):
-        fit.anova(type=3)
+    # lmerTest's containment: Days:g has a covariate g lacks, so g is contained in no term and
+    # both type II and type III test it marginally (its effect at Days = 0)
+    type3 = fit.anova(type=3)
+    g_marginal = fit.contest(np.eye(6)[2:4]).loc[0, "f_value"]
+    assert type2.loc["g", "f_value"] == pytest.approx(g_marginal, rel=1e-10)
+    assert type3.loc["g", "f_value"] == pytest.approx(g_marginal, rel=1e-10)
+
+
+# ------------------------------------------------------------------ type III hypotheses on interactions
+# lmerTest 3.1-3's get_contrasts_type3. No R here and no interaction model among the references,
+# so the oracles are: OLS (statsmodels' type III on sum contrasts) where the random variance is
+# estimated at zero, the invariance of the hypotheses to the coding, and balanced designs.
+def _unbalanced(subject_sd: float | None = 1.0, seed: int = 7) -> pd.DataFrame:
+    """150 rows, 15 subjects, factors a (3 levels) and b (2) of unequal frequencies and a
+    covariate x; ``subject_sd=None`` removes every subject's mean, so that REML puts the
+    subject variance at zero and the fit is OLS."""
+    rng = np.random.default_rng(seed)
+    n = 150
+    data = pd.DataFrame({"a": rng.choice(["lo", "mid", "hi"], n, p=[0.5, 0.3, 0.2]),
+                         "b": rng.choice(["p", "q"], n, p=[0.65, 0.35]),
+                         "x": rng.normal(2.0, 1.0, n), "s": np.repeat([f"s{i}" for i in range(15)], 10)})
+    y = (data["a"].map({"lo": 0.0, "mid": 1.0, "hi": -1.0}) + 0.8 * (data["b"] == "q") + 0.5 * data["x"]
+         + 0.6 * data["x"] * (data["a"] == "hi") + rng.normal(0.0, 1.0, n))
+    if subject_sd is None:
+        y = y - y.groupby(data["s"]).transform("mean")
+    else:
+        y = y + np.repeat(rng.normal(0.0, subject_sd, 15), 10)
+    data["y"] = y
+    data["a2"] = pd.Categorical(data["a"], categories=["hi", "mid", "lo"])  # other reference levels
+    data["b2"] = pd.Categorical(data["b"], categories=["q", "p"])
+    return data
+
+
+def _variables(term: str) -> frozenset:
+    """A term by its variables, whatever their coding or order: 'x:b2:a2' -> {a, b, x}."""
+    plain = {"C(a, Sum)": "a", "C(b, Sum)": "b", "a2": "a", "b2": "b"}
+    return frozenset(plain.get(v, v) for v in term.split(":"))
+
+
+def _assert_same_hypotheses(fit_a, fit_b, ddf="satterthwaite"):
+    """Fit-free: every type III hypothesis of ``fit_b``, carried to the coefficients of
+    ``fit_a`` (X_b = X_a T), tested on ``fit_a`` gives ``fit_a``'s F and df to 1e-10."""
+    T = np.linalg.lstsq(fit_a.design.X, fit_b.design.X, rcond=None)[0]
+    assert np.allclose(fit_a.design.X @ T, fit_b.design.X, atol=1e-10)  # the same column space
+    table_a = fit_a.anova(ddf=ddf)
+    by_variables = {_variables(t): t for t in table_a.index}
+    for term, L in term_contrasts(fit_b.design, 3).items():
+        carried = fit_a.contest(L @ np.linalg.pinv(T), ddf=ddf, joint=True).iloc[0]
+        row = table_a.loc[by_variables[_variables(term)]]
+        assert carried["num_df"] == row["num_df"]
+        assert carried["f_value"] == pytest.approx(row["f_value"], rel=1e-10)
+        assert carried["den_df"] == pytest.approx(row["den_df"], rel=1e-9)
+
+
+@pytest.mark.parametrize("rhs", ["a * b * x", "a * b + x", "x * a"])
+def test_type3_equals_ols_sum_coded_type3_when_the_random_variance_is_zero(rhs):
+    """With the subject variance at zero REML is OLS (same beta, same sigma), and
+    lmerTest's type III hypotheses are the sum-coded 'term coefficients = 0' tests:
+    statsmodels' anova_lm(typ=3) on C(a, Sum), C(b, Sum) is the oracle, on unbalanced data."""
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    data = _unbalanced(subject_sd=None)
+    fit = blm.LMM(f"y ~ {rhs} + (1 | s)", data).fit()
+    assert np.all(fit.theta == 0.0)
+    ols = smf.ols("y ~ " + rhs.replace("a", "C(a, Sum)").replace("b", "C(b, Sum)"), data).fit()
+    assert fit.sigma == pytest.approx(np.sqrt(ols.scale), rel=1e-10)
+    oracle = anova_lm(ols, typ=3).drop(index=["Intercept", "Residual"])
+    oracle = {_variables(t): row for t, row in oracle.iterrows()}
+    table = fit.anova()
+    assert len(table) == len(oracle)
+    for term, row in table.iterrows():
+        ref = oracle[_variables(term)]
+        assert row["num_df"] == ref["df"]
+        assert row["f_value"] == pytest.approx(ref["F"], rel=1e-9)
+        assert row["sum_sq"] == pytest.approx(ref["sum_sq"], rel=1e-9)
+        assert row["den_df"] == pytest.approx(ols.df_resid, rel=1e-6)
+        assert row["p_value"] == pytest.approx(ref["PR(>F)"], rel=1e-6)
+
+
+@cache
+def _unbalanced_fit(rhs: str, missing_cell: bool = False):
+    data = _unbalanced()
+    if missing_cell:  # no row of a = hi, b = q: rank deficient, lmerTest's "missing cells"
+        data = data[~((data["a"] == "hi") & (data["b"] == "q"))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the aliased columns' warning
+        return blm.LMM(f"y ~ {rhs} + (1 | s)", data).fit()
+
+
+@pytest.mark.parametrize("rhs", ["C(a, Sum) * C(b, Sum) * x", "a2 * b2 * x", "x * b2 * a2"])
+def test_type3_does_not_depend_on_the_coding_or_the_reference_level(rhs):
+    """Treatment, sum, other reference levels, other term order: the same table (to the
+    refit's precision, about 1e-8), and exactly the same hypotheses."""
+    base, other = _unbalanced_fit("a * b * x"), _unbalanced_fit(rhs)
+    _assert_same_hypotheses(base, other)
+    _assert_same_hypotheses(base, other, ddf="kenward-roger")
+    table = base.anova()
+    other_table = {_variables(t): row for t, row in other.anova().iterrows()}
+    for term, row in table.iterrows():
+        ref = other_table[_variables(term)]
+        assert row["num_df"] == ref["num_df"]
+        np.testing.assert_allclose(row[["f_value", "den_df", "sum_sq"]].to_numpy(float),
+                                   ref[["f_value", "den_df", "sum_sq"]].to_numpy(float), rtol=1e-6)
+    # the hypotheses are not the marginal ones of the treatment coding: a is tested averaged over b
+    assert table.loc["a", "f_value"] != pytest.approx(base.contest(np.eye(12)[1:3]).loc[0, "f_value"], rel=1e-3)
+
+
+def test_type3_with_an_empty_cell_is_the_same_for_treatment_and_sum_coding():
+    """A missing a x b cell: each coding drops a different aliased column, lmerTest maps both
+    through the treatment re-make, and the tables agree; the interactions lose a df."""
+    treatment = _unbalanced_fit("a * b * x", missing_cell=True)
+    summed = _unbalanced_fit("C(a, Sum) * C(b, Sum) * x", missing_cell=True)
+    assert treatment.design.aliased and summed.design.aliased
+    assert treatment.design.aliased != summed.design.aliased
+    _assert_same_hypotheses(treatment, summed)
+    table = treatment.anova()
+    assert table["num_df"].to_dict() == {"a": 2, "b": 1, "a:b": 1, "x": 1, "a:x": 2, "b:x": 1, "a:b:x": 1}
+    np.testing.assert_allclose(table["f_value"], summed.anova()["f_value"], rtol=1e-6)
+
+
+def test_types_1_2_and_3_agree_in_a_balanced_within_subject_factorial():
+    """2 x 3 within subjects, every cell twice per subject: orthogonal terms, so the
+    sequential, type II and type III F values are the same."""
+    rng = np.random.default_rng(3)
+    cells = pd.MultiIndex.from_product([[f"s{i}" for i in range(12)], ["a1", "a2"], ["b1", "b2", "b3"], [0, 1]],
+                                       names=["s", "A", "B", "rep"]).to_frame(index=False)
+    effect = {"b1": 0.0, "b2": 0.4, "b3": -0.3}
+    cells["y"] = ((cells["A"] == "a2") * 0.5 + cells["B"].map(effect) + 0.3 * (cells["A"] == "a2") * (cells["B"] == "b3")
+                  + np.repeat(rng.normal(0, 1, 12), 12) + rng.normal(0, 1, len(cells)))
+    fit = blm.LMM("y ~ A * B + (1 | s)", cells).fit()
+    tables = [fit.anova(type=k) for k in (1, 2, 3)]
+    for table in tables[1:]:
+        np.testing.assert_allclose(table["f_value"], tables[0]["f_value"], rtol=1e-9)
+        np.testing.assert_allclose(table["den_df"], tables[0]["den_df"], rtol=1e-9)
+    assert list(tables[2]["num_df"]) == [1, 2, 2]
+
+
+def test_type3_on_kb07_factors_equals_the_tests_of_their_plus_minus_one_coding():
+    """kb07 (1,789 rows, subjects and items crossed, 3 missing): speaker, precedence and load
+    as treatment-coded factors. Their type III tests are the tests of the +-1 (sum) coded
+    numeric columns S, P, C, which contain one another in no term (each is a covariate), so
+    lmerTest tests them marginally: an independent route to the same numbers."""
+    data = pd.read_csv(REFERENCE_DIR.parent / "data" / "kb07.csv", dtype={"subj": str, "item": str})
+    for v in "SPC":
+        data[v + "f"] = pd.Categorical(np.where(data[v] > 0, "hi", "lo"))
+    factors = blm.LMM("RTtrunc ~ Sf * Pf * Cf + (1 | subj) + (1 | item)", data).fit()
+    numeric = blm.LMM("RTtrunc ~ S * P * C + (1 | subj) + (1 | item)", data).fit()
+    table, marginal = factors.anova(), numeric.anova()
+    assert [t.replace("f", "") for t in table.index] == list(marginal.index)
+    np.testing.assert_allclose(table["f_value"], marginal["f_value"], rtol=1e-6)
+    np.testing.assert_allclose(table["den_df"], marginal["den_df"], rtol=1e-6)
+    # and the treatment-coded factors' marginal tests are not these (the data are unbalanced)
+    assert not np.allclose(table["f_value"], [factors.contest(np.eye(8)[[j]]).loc[0, "t_value"] ** 2
+                                               for j in range(1, 8)], rtol=1e-2)
+
+
+def test_a_term_whose_columns_are_all_aliased_has_a_row_of_nan():
+    data = _unbalanced()
+    data["x2"] = 2.0 * data["x"]
+    with pytest.warns(UserWarning, match="rank deficient"):
+        fit = blm.LMM("y ~ x + x2 + a + (1 | s)", data).fit()
+    for k in (1, 2, 3):
+        table = fit.anova(type=k)
+        assert list(table.index) == ["x", "x2", "a"]
+        assert table.loc["x2"].isna().all()
+        assert np.isfinite(table.loc[["x", "a"]].to_numpy(float)).all()
+    assert term_contrasts(fit.design, 3)["x2"].shape == (0, fit.design.n_fixed)
+
+
+# lmerTest's own checks against SAS PROC MIXED (lmerTest 3.1-3, tests/test_compare_sas.R), on
+# its data sets carrots and ham (tests/data/lmertest_*.csv, see make_lmertest_data.py) and on
+# the GLM SAS 101 example: type III and type II tables with factors, covariates, three-way
+# interactions and a model without intercept. Terms in R's order, values as the file states them.
+_TEST_DATA = Path(__file__).resolve().parent / "data"
+_GLM_101 = pd.DataFrame({"a": list("1112222212"), "b": list("1121222221"), "f": list("1212121212"),
+                         "y": [12, 14, 11, 20, 17, 23, 35, 46, 15, 16]})
+SAS_CASES = {
+    "carrots_3way_type3": ("carrots", "Preference ~ sens2*Frequency*Income + (1+sens2|Consumer)", 3, "p_value",
+                           {"sens2": 2e-5, "Frequency": 0.15512, "Income": 0.06939, "sens2:Frequency": 0.08223,
+                            "sens2:Income": 0.52459, "Frequency:Income": 0.03119, "sens2:Frequency:Income": 0.48344}),
+    "carrots_homesize_type2": ("carrots", "Preference ~ sens2*Homesize + (1+sens2|Consumer)", 2, "f_value",
+                               {"sens2": 54.8361, "Homesize": 5.16138, "sens2:Homesize": 1.03035}),
+    "ham_type2": ("ham", "Informed.liking ~ Product*Age + (1|Consumer)", 2, "f_value",
+                  {"Product": 2.48135, "Age": 0.005387, "Product:Age": 1.48451}),
+    "carrots_covariates_type2": ("carrots", "Preference ~ sens2*Homesize*sens1 + (1|Product)", 2, "f_value",
+                                 {"sens2": 16.4842, "Homesize": 14.0010, "sens1": 0.526076, "sens2:Homesize": 1.18144,
+                                  "sens2:sens1": 0.107570, "Homesize:sens1": 0.335177,
+                                  "sens2:Homesize:sens1": 1.05946}),
+    "carrots_covariates_type3": ("carrots", "Preference ~ sens2*Homesize*sens1 + (1|Product)", 3, "f_value",
+                                 {"sens2": 16.9140, "Homesize": 14.0010, "sens1": 0.481148, "sens2:Homesize": 1.18144,
+                                  "sens2:sens1": 0.074201, "Homesize:sens1": 0.335177,
+                                  "sens2:Homesize:sens1": 1.05946}),
+    "carrots_no_intercept_type1": ("carrots", "Preference ~ 0 + sens2 + Homesize + (1+sens2|Consumer)", 1, "f_value",
+                                   {"sens2": 56.5394, "Homesize": 4169.87}),
+    "carrots_no_intercept_type3": ("carrots", "Preference ~ 0 + sens2 + Homesize + (1+sens2|Consumer)", 3, "f_value",
+                                   {"sens2": 54.8206, "Homesize": 4169.87}),
+    "glm_sas_101_type2": ("glm101", "y ~ a*b + (1|f)", 2, "f_value", {"a": 3.90131, "b": 1.32753, "a:b": 0.99565}),
+    "glm_sas_101_reversed_type2": ("glm101", "y ~ b*a + (1|f)", 2, "f_value",
+                                   {"a": 3.90131, "b": 1.32753, "b:a": 0.99565}),
+}
+
+
+@cache
+def _sas_data(name: str) -> pd.DataFrame:
+    if name == "glm101":
+        data = _GLM_101.copy()
+        factors = ["a", "b"]
+    else:
+        data = pd.read_csv(_TEST_DATA / f"lmertest_{name}.csv", dtype=str)
+        factors = ["Consumer", "Frequency", "Income", "Homesize", "Product", "Information", "Gender"]
+        for column in data.columns.difference(factors):
+            data[column] = pd.to_numeric(data[column])
+    for column in data.columns.intersection(factors):
+        data[column] = pd.Categorical(data[column])  # R's factor(): sorted levels
+    return data
+
+
+@pytest.mark.parametrize("case", list(SAS_CASES))
+def test_anova_matches_lmertest_and_sas_on_lmertests_examples(case):
+    name, formula, type_, column, expected = SAS_CASES[case]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="dropped .* rows with missing values")  # carrots' NA Income
+        warnings.filterwarnings("ignore", message=".*rank deficient")  # empty Frequency x Income cells
+        fit = blm.LMM(formula, _sas_data(name)).fit()
+    table = fit.anova(type=type_)
+    assert sorted(table.index) == sorted(expected)
+    got = table.loc[list(expected), column].to_numpy(float)
+    target = np.array(list(expected.values()))
+    # lmerTest's check: R's all.equal, the mean relative difference sum|x - y| / sum|y|, at the
+    # file's tolerance (1e-4; 1e-5 for ham and GLM 101); and each value to its printed digits
+    tolerance = 1e-4 if name == "carrots" else 1e-5
+    assert np.abs(got - target).sum() / np.abs(target).sum() < tolerance
+    np.testing.assert_allclose(got, target, rtol=1e-4, atol=1e-5 if column == "p_value" else 1e-6)
+    if column == "p_value":
+        assert np.all(np.round(table["den_df"]) == 83)
 
 
 # ------------------------------------------------------------------ confidence intervals

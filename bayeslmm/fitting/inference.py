@@ -26,6 +26,7 @@ takes about a second.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,7 +37,7 @@ import scipy.sparse as sp
 from scipy import stats
 from scipy.linalg import cho_factor, cho_solve, cholesky, solve_triangular
 
-from ..frontend.design import Design
+from ..frontend.design import Design, independent_columns
 from ..errors import BayesLMMError, FitError
 
 __all__ = ["InferenceWarning", "VarianceModel", "Satterthwaite", "contest", "anova", "confint"]
@@ -685,46 +686,168 @@ def contest(result, L, ddf: str = "satterthwaite", joint: bool | None = None) ->
     return pd.DataFrame([contest_md(method, L, result.beta, result.sigma)])
 
 
-def _contains(inner: str, outer: str) -> bool:
-    """True if term ``outer`` (``a:b``) contains term ``inner`` (``a``)."""
-    return inner != outer and set(inner.split(":")) <= set(outer.split(":"))
+def _containment(parts: dict[str, tuple[dict, ...]], labels: list[str]) -> dict[str, list[str]]:
+    """lmerTest's ``containment``/``term_contain`` (the SAS definition): ``F2`` contains
+    ``F1`` when every variable of ``F1`` is in ``F2``, ``F2`` has more variables, and the two
+    involve the same numeric covariates. So ``Days`` is contained in ``Days:g`` but ``g`` is
+    not (``Days:g`` has a covariate ``g`` lacks). A covariate is a numeric variable of one
+    column (R's data class "numeric"); a matrix (``poly(x, 2)``) counts as R counts it, not
+    as a covariate. A design without its terms' variables falls back on the names
+    (``a:b`` -> ``a``, ``b``) with no covariates."""
+    variables = {t: {part["name"] for part in parts.get(t, ())} or set(t.split(":")) for t in labels}
+    numerics = {t: {part["name"] for part in parts.get(t, ())
+                    if part["kind"] == "numeric" and part["values"].shape[1] == 1} for t in labels}
+    return {t: [u for u in labels if variables[t] <= variables[u] and variables[u] - variables[t]
+                and numerics[t] == numerics[u]] for t in labels}
+
+
+def _zap(x: np.ndarray, digits: int = 7) -> np.ndarray:
+    """R's ``zapsmall`` as far as it removes noise: entries that rounding to ``digits``
+    significant digits of the largest entry would make zero are set to zero. R also rounds
+    the other entries (1/3 -> 0.3333333); that shifts lmerTest's F values by up to ~1e-6
+    relative (measured: 1.3e-6 on an unbalanced a*b*x model, 2e-7 on carrots' three-way
+    model) and breaks, at that level, the independence of the coding and the agreement with
+    OLS, so it is not reproduced."""
+    x = np.array(x, dtype=float)
+    peak = np.max(np.abs(x)) if x.size else 0.0
+    if peak > 0:
+        decimals = max(0, digits - int(np.ceil(np.log10(peak))))
+        x[np.abs(x) < 0.5 * 10.0 ** -decimals] = 0.0
+    return x
+
+
+def _columns(parts: tuple[dict, ...], n: int, reduce: bool) -> tuple[list[np.ndarray], list[tuple]]:
+    """The columns of one term and their keys (one level or covariate column per part).
+    ``reduce=True``: R's ``contr.treatment`` (a factor the term codes by contrasts loses its
+    first level); ``False``: one indicator per level, lmerTest's ``model.matrix(~ 0 + term)``."""
+    units = []
+    for part in parts:
+        if part["kind"] == "numeric":
+            units.append([(j, part["values"][:, j]) for j in range(part["values"].shape[1])])
+        else:
+            first = 1 if reduce and not part["full"] else 0
+            units.append([(j, (part["codes"] == j).astype(float)) for j in range(first, len(part["levels"]))])
+    columns, keys = [], []
+    for combo in itertools.product(*units):
+        column = np.ones(n)
+        for _, values in combo:
+            column = column * values
+        columns.append(column)
+        keys.append(tuple(j for j, _ in combo))
+    return columns, keys
+
+
+def _type3_contrasts(design: Design, parts: dict[str, tuple[dict, ...]], labels: list[str]) -> dict[str, np.ndarray]:
+    """lmerTest 3.1-3's ``get_contrasts_type3`` / ``extract_contrasts_type3`` (see
+    :func:`term_contrasts`), rows over the columns of ``design.X``."""
+    n = design.nobs
+    X_cols, X_keys, rd_cols, rd_keys = [], [], [], []
+    for term, term_parts in parts.items():
+        for reduce, cols, keys in ((True, X_cols, X_keys), (False, rd_cols, rd_keys)):
+            columns, column_keys = _columns(term_parts, n, reduce)
+            cols.extend(columns)
+            keys.extend((term, key) for key in column_keys)
+    # the model re-made with treatment contrasts, aliased columns dropped as R's qr() drops them
+    keep = independent_columns(np.column_stack(X_cols))
+    X = np.column_stack(X_cols)[:, keep]
+    X_keys = [X_keys[j] for j in keep]
+    rdX = np.column_stack(rd_cols)
+    rd_index = {key: i for i, key in enumerate(rd_keys)}  # every treatment column is an rdX column
+    # the basic contrasts: every column of the rank-deficient design in the treatment coding
+    L = _zap(np.linalg.lstsq(X, rdX, rcond=None)[0].T)
+    term_columns = {t: [j for j, key in enumerate(X_keys) if key[0] == t] for t in parts}
+    contained_in = _containment(parts, labels)
+    # higher-order terms first (R's stable order() on the number of variables)
+    for term in sorted(labels, key=lambda t: -len(parts[t])):
+        containers = [j for u in contained_in[term] for j in term_columns[u]]
+        own = term_columns[term]
+        if containers and own:
+            A, B = L[:, containers], L[:, own]
+            L[:, own] = _zap(B - A @ np.linalg.lstsq(A, B, rcond=None)[0])
+    L = L[[rd_index[key] for key in X_keys]]
+    # from the treatment coding to the model's own coding (X_treatment @ map = design.X)
+    mapping = _zap(np.linalg.lstsq(X, design.X, rcond=None)[0])
+    out = {}
+    for term in labels:
+        H = L[:, term_columns[term]].T
+        H = H[np.abs(H).sum(axis=1) > 1e-8]
+        out[term] = H @ mapping
+    return out
 
 
 def term_contrasts(design: Design, type: int = 3) -> dict[str, np.ndarray]:
-    """lmerTest's contrast matrices of every fixed term but the intercept.
+    """lmerTest 3.1-3's hypothesis matrices (``show_tests``) of every fixed term but the
+    intercept.
+
+    Parameters
+    ----------
+    design : Design
+    type : {3, 2, 1}
+
+    Returns
+    -------
+    dict
+        Term -> ``(k, p)`` matrix over the columns of ``design.X``; ``anova`` tests
+        ``L beta = 0``. A term whose columns were all aliased gets a ``(0, p)`` matrix
+        (lmerTest prints NA for it).
+
+    Notes
+    -----
+    Containment is lmerTest's (SAS's): a term is contained in another when the other has all
+    its variables and more, *and the same numeric covariates*. In ``y ~ x * g`` with ``x``
+    numeric, ``x`` is contained in ``x:g`` but ``g`` is contained in nothing.
 
     - type 1 (sequential): the term's rows of the unit upper-triangular factor of ``X'X``
       (lmerTest's ``doolittle``).
     - type 2: a term contained in no other is tested marginally (its own columns); a term
-      inside an interaction is tested adjusted for every term that does not contain it:
-      ``L = X_F' (I - H_N) X`` with ``H_N`` the projection on those terms' columns.
-    - type 3: marginal for a term contained in no other (identical to lmerTest's, whatever
-      the coding). A term inside an interaction needs lmerTest's sum-to-zero re-coding of
-      the factors, which is not implemented: it raises :class:`BayesLMMError`.
+      inside others is tested adjusted for every term that does not contain it:
+      ``L = X_F' (I - H_N) X`` with ``H_N`` the projection on those terms' columns (the row
+      space of lmerTest's ``doolittle`` on the reordered ``X``).
+    - type 3: lmerTest's ``extract_contrasts_type3``. The fixed part is re-made with
+      treatment contrasts (first level the reference) and, beside it, lmerTest's rank-deficient
+      design ``rdX`` with one indicator per level in every term (covariates as they are, not
+      centred). ``L = (X^+ rdX)'`` expresses every ``rdX`` column in the treatment
+      coefficients; from the highest-order term down, the columns of ``L`` of a contained term
+      are replaced by their residuals on the columns of the terms that contain it; the rows of
+      the treatment coefficients, transposed, are the hypotheses, mapped to the model's own
+      coding by ``X_treatment^+ X``. A factor is so tested averaged with equal weights over
+      the levels of the factors it interacts with (sum-to-zero), a covariate's slope averaged
+      likewise, and a factor crossed with a covariate at covariate = 0. The table does not
+      depend on the coding (treatment, sum, reference level) of the model. With empty cells
+      the hypotheses are lmerTest's (which then advises to interpret them with care).
+      A model with a single term gets the type 1 contrasts, as lmerTest.
     """
     if type not in (1, 2, 3):
         raise BayesLMMError(f"type must be 1, 2 or 3, got {type!r}")
     terms = design.fixed_terms()
     p = design.n_fixed
     X = design.X
-    labels = [t for t in terms if t != "(Intercept)"]
-    out = {}
-    if type == 1:
+    parts = design.fixed_term_parts()
+    # lmerTest's term labels: every term of the formula, its aliased ones included
+    labels = [t for t in (parts or terms) if t != "(Intercept)"]
+    empty = np.zeros((0, p))
+    if type == 1 or p <= 1 or len(labels) <= 1:
         R = np.linalg.cholesky(X.T @ X).T
         U = R / np.diag(R)[:, None]
-        return {t: U[list(terms[t])] for t in labels}
+        return {t: U[list(terms[t])] if t in terms else empty for t in labels}
+    if type == 3:
+        if not parts:
+            raise BayesLMMError("a type III table needs the variables of the fixed terms, which this "
+                                "design does not hold; use anova(type=2) or contest()")
+        out = _type3_contrasts(design, parts, labels)
+        return {t: out[t] if t in terms else empty for t in labels}
+    contained_in = _containment(parts, labels)
     XtX = X.T @ X
+    out = {}
     for t in labels:
-        containers = [u for u in labels if _contains(t, u)]
+        if t not in terms:
+            out[t] = empty
+            continue
         cols = list(terms[t])
-        if not containers:
+        if not contained_in[t]:
             out[t] = np.eye(p)[cols]
             continue
-        if type == 3:
-            raise BayesLMMError(f"a type III test of '{t}', which the interaction(s) {containers} contain, needs "
-                                "lmerTest's sum-to-zero re-coding, not implemented: use anova(type=2) or type=1, "
-                                "or test your own contrast with contest()")
-        others = [c for u, cs in terms.items() if u != t and not _contains(t, u) for c in cs]
+        others = [c for u, cs in terms.items() if u != t and u not in contained_in[t] for c in cs]
         if others:
             N = np.array(others)
             proj = XtX[np.ix_(cols, N)] @ np.linalg.solve(XtX[np.ix_(N, N)], XtX[N])
@@ -739,23 +862,30 @@ def anova(result, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
 
     Parameters
     ----------
-    type : {3, 2, 1}
-        Type III (default), II or sequential (I) hypotheses; see :func:`term_contrasts`.
+    result : PointResult
+        A REML or ML fit.
+    type : {3, 2, 1} or {"III", "II", "I"}
+        Type III (default), II or sequential (I) hypotheses, lmerTest 3.1-3's; see
+        :func:`term_contrasts` (including terms inside interactions, with factors of any
+        coding and numeric covariates).
     ddf : {"satterthwaite", "kenward-roger"}
 
     Returns
     -------
     DataFrame
         Index ``term``; columns ``sum_sq, mean_sq, num_df, den_df, f_value, p_value``.
-        ``mean_sq = F sigma^2`` and ``sum_sq = num_df * mean_sq``, as lmerTest.
+        ``mean_sq = F sigma^2`` and ``sum_sq = num_df * mean_sq``, as lmerTest. A term whose
+        columns were all aliased has a row of NaN, as lmerTest's NA row. The hypothesis
+        matrices (lmerTest's ``show_tests``) are :func:`term_contrasts`.
     """
     if isinstance(type, str):
         type = {"I": 1, "II": 2, "III": 3, "1": 1, "2": 2, "3": 3}.get(type.upper(), type)
     contrasts = term_contrasts(result.design, type)
     method = ddf_method(result, ddf)
-    rows = [contest_md(method, L, result.beta, result.sigma) for L in contrasts.values()]
-    frame = pd.DataFrame(rows, index=pd.Index(list(contrasts), name="term"),
-                         columns=["sum_sq", "mean_sq", "num_df", "den_df", "f_value", "p_value"])
+    columns = ["sum_sq", "mean_sq", "num_df", "den_df", "f_value", "p_value"]
+    rows = [contest_md(method, L, result.beta, result.sigma) if len(L) else dict.fromkeys(columns, np.nan)
+            for L in contrasts.values()]
+    frame = pd.DataFrame(rows, index=pd.Index(list(contrasts), name="term"), columns=columns)
     frame.attrs["heading"] = (f"Type {'I' * type} Analysis of Variance Table with "
                               f"{method.name}'s method")
     return frame

@@ -176,6 +176,39 @@ class Design:
                 out["(Intercept)" if term == "Intercept" else term] = columns
         return out
 
+    def fixed_term_parts(self) -> dict[str, tuple[dict, ...]]:
+        """The variables of every term of the fixed part (aliased terms included), in formula
+        order, as the evaluated design holds them, for re-coding the factors (lmerTest's
+        type III hypotheses are built on treatment contrasts whatever the model's coding).
+
+        Each part is a dict: ``name`` (the variable as the formula writes it, ``"C(a, Sum)"``),
+        ``kind`` (``"factor"`` or ``"numeric"``), ``values`` (numeric: the ``(n, k)`` columns;
+        factor: the ``(n, k)`` coded columns), and for a factor ``levels`` (in the factor's
+        order, the first is R's treatment reference), ``codes`` (level index of every row) and
+        ``full`` (True where the term codes the factor by one indicator per level, as R does
+        for a factor whose margin is not in the model). ``"(Intercept)"`` has no parts.
+        """
+        out: dict[str, tuple[dict, ...]] = {}
+        for name, term in getattr(self._fixed_evaluator, "terms", {}).items():
+            if name == "Intercept":
+                out["(Intercept)"] = ()
+                continue
+            parts = []
+            for component in getattr(term, "components", ()):
+                values = np.asarray(component.value, dtype=float)
+                values = values.reshape(len(values), -1)
+                if component.kind == "categoric":
+                    coding = np.asarray(component.contrast_matrix.matrix, dtype=float)
+                    # each level's row of the coding is distinct: recover the level of every row
+                    match = np.all(values[:, None, :] == coding[None, :, :], axis=2)
+                    parts.append({"name": component.name, "kind": "factor", "values": values,
+                                  "levels": tuple(str(level) for level in component.levels),
+                                  "codes": np.argmax(match, axis=1), "full": bool(component.spans_intercept)})
+                else:
+                    parts.append({"name": component.name, "kind": "numeric", "values": values})
+            out[name] = tuple(parts)
+        return out
+
     def new_fixed_matrix(self, data: pd.DataFrame) -> np.ndarray:
         """Evaluate the fixed-effects columns (the kept ones) on new data."""
         full = _evaluate_new(self._fixed_evaluator, data, self.formula.fixed)
