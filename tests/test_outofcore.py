@@ -212,3 +212,16 @@ def test_factor_levels_come_from_every_partition(dask_client):
     a, b = mem.fit(), ooc.fit()
     assert b.criterion == pytest.approx(a.criterion, rel=1e-12)
     np.testing.assert_allclose(b.beta, a.beta, rtol=1e-8)
+
+
+def test_anova_of_an_interaction_out_of_core(dask_client):
+    """Types I and II read X'X only: out of core they equal the in-memory tables. Type III of
+    a term inside an interaction re-codes the factors row by row: refused with a reason."""
+    data = shuffled("exam")
+    formula = "normexam ~ standLRT * sex + (1 | school)"
+    a = blm.LMM(formula, data).fit()
+    b = blm.LMM(formula, dd.from_pandas(data, npartitions=3)).fit()
+    for type in (1, 2):
+        pd.testing.assert_frame_equal(b.anova(type=type), a.anova(type=type), rtol=1e-8)
+    with pytest.raises(blm.BayesLMMError, match="type III test of 'standLRT'.*out of core"):
+        b.anova(type=3)

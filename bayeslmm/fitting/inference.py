@@ -826,10 +826,23 @@ def term_contrasts(design: Design, type: int = 3) -> dict[str, np.ndarray]:
     # lmerTest's term labels: every term of the formula, its aliased ones included
     labels = [t for t in (parts or terms) if t != "(Intercept)"]
     empty = np.zeros((0, p))
+    # fitted out of core, the rows stayed in the Dask dataframe: X'X from the statistics
+    without_rows = X.shape[0] == 0 and design.nobs > 0
+    XtX = VarianceModel.of_design(design).WtW[:p, :p] if without_rows else X.T @ X
     if type == 1 or p <= 1 or len(labels) <= 1:
-        R = np.linalg.cholesky(X.T @ X).T
+        R = np.linalg.cholesky(XtX).T
         U = R / np.diag(R)[:, None]
         return {t: U[list(terms[t])] if t in terms else empty for t in labels}
+    if type == 3 and without_rows:
+        # a term in no interaction is tested by its own columns (lmerTest's, whatever the
+        # coding); one inside an interaction needs the rows to re-code its factors
+        contained_in = _containment(parts, labels)
+        inside = [t for t in labels if contained_in[t]]
+        if inside:
+            raise BayesLMMError(f"a type III test of '{inside[0]}', which {contained_in[inside[0]]} contain(s), "
+                                "re-codes the factors row by row, and this fit's rows stayed out of core: use "
+                                "anova(type=2) or type=1, or contest() with your own contrast")
+        return {t: np.eye(p)[list(terms[t])] if t in terms else empty for t in labels}
     if type == 3:
         if not parts:
             raise BayesLMMError("a type III table needs the variables of the fixed terms, which this "
@@ -837,7 +850,6 @@ def term_contrasts(design: Design, type: int = 3) -> dict[str, np.ndarray]:
         out = _type3_contrasts(design, parts, labels)
         return {t: out[t] if t in terms else empty for t in labels}
     contained_in = _containment(parts, labels)
-    XtX = X.T @ X
     out = {}
     for t in labels:
         if t not in terms:
