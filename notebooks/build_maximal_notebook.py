@@ -111,7 +111,7 @@ model.prior_summary()"""),
     ("code", """start = time.perf_counter()
 post = model.sample(random_seed=1, progressbar=False, **SAMPLE)
 print(f"sampled in {time.perf_counter() - start:.0f} s")
-print(post.idata.posterior.attrs["parametrization"])
+print(post.idata.posterior.attrs["sampler_choice"])
 print("divergences:", int(post.idata.sample_stats["diverging"].sum()))"""),
     ("code", """sd_rows = post.varcorr()
 sd_rows = sd_rows[sd_rows["var2"].isna()].set_index(["group", "var1"])
