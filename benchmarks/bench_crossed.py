@@ -62,8 +62,11 @@ def run_design(design, prior_set, seed, top=None):
         print(plan.reason, flush=True)
         assert plan.parametrization == "crossed", plan.reason
         top = plan.top
+    from bayeslmm.model import default_target_accept
+
     problem = CrossedProblem.from_design(design, top)
-    run = run_crossed(problem, prior_set, random_seed=seed, progressbar=False)
+    run = run_crossed(problem, prior_set, random_seed=seed, progressbar=False,
+                      target_accept=default_target_accept(design))
     t = time.perf_counter()
     effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob, np.random.default_rng([seed, 2]))
     t_eff = time.perf_counter() - t

@@ -29,6 +29,7 @@ This notebook walks their argument on kb07 (Kronmüller & Barr 2007):
    priors (an LKJ prior on every correlation matrix) keep it away from the boundary."""),
     ("code", """import os, time, warnings
 import numpy as np, pandas as pd
+import matplotlib.pyplot as plt
 import bayeslmm as blm
 
 # BAYESLMM_FAST=1 (the test suite) samples a few draws only; unset it for real analyses
@@ -118,7 +119,18 @@ sd_rows = sd_rows[sd_rows["var2"].isna()].set_index(["group", "var1"])
 ml_rows = maximal.varcorr()
 ml_rows = ml_rows[ml_rows["var2"].isna()].set_index(["group", "var1"])["sdcor"]
 table = sd_rows[["sdcor", "lower", "upper"]].rename(columns={"sdcor": "posterior mean"})
-table.join(ml_rows.rename("ML estimate")).round(1)"""),
+table = table.join(ml_rows.rename("ML estimate"))
+table.round(1)"""),
+    ("code", """rows = table.drop(index="Residual", level="group")
+y = np.arange(len(rows))
+fig, ax = plt.subplots(figsize=(6.5, 6))
+ax.errorbar(rows["posterior mean"], y, fmt="o", label="posterior mean and 95% interval",
+            xerr=[rows["posterior mean"] - rows["lower"], rows["upper"] - rows["posterior mean"]])
+ax.plot(rows["ML estimate"], y, "x", color="C3", markersize=8, label="ML estimate (singular fit)")
+ax.set_yticks(y, [f"{group}: {term}" for group, term in rows.index])
+ax.invert_yaxis()
+ax.set_xlabel("standard deviation of the random effect (ms)")
+ax.legend(loc="lower right");"""),
     ("md", """The ML fit is rank-deficient: no single standard deviation is zero, but some
 combinations of terms have no variance (rank 4 of 8 on subjects, 5 of 8 on items), which
 forces correlations to their limits. The posterior means of the standard deviations are close
