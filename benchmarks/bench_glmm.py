@@ -1,7 +1,7 @@
 """GLMM point fits against glmer (lme4 1.1-31) and performance 0.10: every reference number
 side by side, and wall time against glmer's (measured in the reference run).
 
-    cd /work/wt-glmm && PYTHONPATH=. python benchmarks/bench_glmm.py
+    PYTHONPATH=. python benchmarks/bench_glmm.py
 
 writes benchmarks/out/glmm.txt. The time is the median of ``--repeat`` fits (default 3)
 of ``blm.GLMM(...).fit(...)``, model building excluded (glmer's time includes its
