@@ -6,21 +6,29 @@
 """
 
 from . import datasets
-from .errors import (BayesLMMError, ConvergenceWarning, DataError, FitError, FormulaError, PerfectFitWarning,
-                     PriorError, SamplingWarning, SettingsError)
-from .results.glmm_results import GLMMResult
-from .model import GLMM, LMM
-from .results.posterior import PosteriorResult, load
-from .scale.power import power, power_curve
-from .priors import LKJ, Exponential, Flat, Gamma, HalfNormal, HalfStudentT, LogNormal, Normal, StudentT
-from .fitting.reml import make_deviance
-from .reporting.report import anova, compare
-from .workflow import SingularFitWarning, WorkflowResult, lmm
-
 from .arguments import check_verbs as _check_verbs
-from .sampling.glmm_bayes import GLMMPosterior as _GLMMPosterior
+from .errors import (
+    BayesLMMError,
+    ConvergenceWarning,
+    DataError,
+    FitError,
+    FormulaError,
+    PerfectFitWarning,
+    PriorError,
+    SamplingWarning,
+    SettingsError,
+)
+from .fitting.reml import make_deviance
+from .model import GLMM, LMM
+from .priors import LKJ, Exponential, Flat, Gamma, HalfNormal, HalfStudentT, LogNormal, Normal, StudentT
+from .reporting.report import anova, compare
+from .results.glmm_results import GLMMResult
 from .results.point import FitResult as _FitResult
 from .results.point import PointResult as _PointResult
+from .results.posterior import PosteriorResult, load
+from .sampling.glmm_bayes import GLMMPosterior as _GLMMPosterior
+from .scale.power import power, power_curve
+from .workflow import SingularFitWarning, WorkflowResult, lmm
 
 # every verb of a result checks its arguments (unknown keywords such as lme4's condVar=,
 # wrong types, out-of-range values) with a SettingsError naming the argument. LMM and GLMM

@@ -86,8 +86,8 @@ def _spec(args):
 def _fit(args) -> int:
     import numpy as np
 
-    from .model import LMM
     from .frontend.modelfile import check_sample_settings
+    from .model import LMM
 
     spec = _spec(args)
     method = args.method or spec.method

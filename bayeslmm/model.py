@@ -12,8 +12,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .frontend.design import Design, build_design
 from .errors import BayesLMMError, FitError, PerfectFitWarning, PriorError, SettingsError
+from .frontend.design import Design, build_design
 from .frontend.formula import parse_formula
 
 SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
@@ -305,10 +305,10 @@ class LMM:
         -------
         PosteriorResult
         """
+        from .results.posterior import PosteriorResult, to_inference_data
         from .sampling.bayes import build_model, run_sampler
         from .sampling.crossed import plan_sampler, sample_crossed
         from .sampling.marginal import marginal_supported, sample_marginal
-        from .results.posterior import PosteriorResult, to_inference_data
 
         settings = check_sample_arguments(draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                                          sampler=sampler, target_accept=target_accept,

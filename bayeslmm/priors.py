@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .frontend.design import Design
 from .errors import PriorError
+from .frontend.design import Design
 
 
 def _num(value) -> str:
@@ -410,7 +410,8 @@ def resolve_priors(design: Design, priors: dict | None, for_map: bool = False) -
         for t, term in enumerate(block.terms):
             scale = _term_scale(design, k, t, s_y)
             sd[(k, term)], sources[f"sd_{block.group}__{term}"] = pick(
-                [f"sd_{block.group}__{term}", f"sd_{block.group}", "sd"], Gamma(alpha=2.0, beta=2.0 / scale), "positive")
+                [f"sd_{block.group}__{term}", f"sd_{block.group}", "sd"], Gamma(alpha=2.0, beta=2.0 / scale),
+                "positive")
             _check_scale_prior(sd[(k, term)], sources[f"sd_{block.group}__{term}"],
                                f"sd_{block.group}__{term}", scale)
         if block.correlated and block.n_terms > 1:

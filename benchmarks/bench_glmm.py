@@ -23,7 +23,8 @@ import numpy as np
 import bayeslmm as blm
 
 HERE = Path(__file__).resolve().parent
-REFERENCE = Path(os.environ.get("BLM_REFERENCE", HERE.parent.parent / "shared" / "reference")) / "glmm" / "glmm_reference.json"
+REFERENCE = (Path(os.environ.get("BLM_REFERENCE", HERE.parent.parent / "shared" / "reference"))
+             / "glmm" / "glmm_reference.json")
 CASES = {"cbpp": ("binomial", [("laplace", 1), ("agq", 25)]), "grouseticks": ("poisson", [("laplace", 1)]),
          "verbagg": ("binomial", [("laplace", 1)])}
 

@@ -58,8 +58,10 @@ def satterthwaite(repeat: int) -> list[str]:
         satt_times.append(time.perf_counter() - t0)
     fit_s, satt_s = statistics.median(fit_times), statistics.median(satt_times)
     lines = ["## Satterthwaite on InstEval (73,421 rows, 4,114 random effects)",
-             f"fit (REML, design built): median {fit_s:.2f} s over {repeat} ({', '.join(f'{t:.2f}' for t in fit_times)})",
-             f"Satterthwaite (Hessian + Jacobian + table, fixef() on a fresh fit): median {satt_s:.2f} s ({', '.join(f'{t:.2f}' for t in satt_times)})",
+             f"fit (REML, design built): median {fit_s:.2f} s over {repeat} "
+             f"({', '.join(f'{t:.2f}' for t in fit_times)})",
+             f"Satterthwaite (Hessian + Jacobian + table, fixef() on a fresh fit): median {satt_s:.2f} s "
+             f"({', '.join(f'{t:.2f}' for t in satt_times)})",
              f"ratio Satterthwaite / fit: {satt_s / fit_s:.2f} (goal <= 2)",
              "table:", table.to_string()]
     return lines
@@ -129,7 +131,8 @@ def boot(nsim: int, n_jobs: int) -> list[str]:
     n = int(draws.notna().all(axis=1).sum())
     lines = [f"## Parametric bootstrap, sleepstudy (Days | Subject), nsim = {nsim} ({n} refits kept), "
              f"{n_jobs} workers, {seconds:.0f} s",
-             "parameter                        limit  bootstrap  profile(lme4)  MC interval (+-3 sd of the order statistic)  covers"]
+             "parameter                        limit  bootstrap  profile(lme4)  "
+             "MC interval (+-3 sd of the order statistic)  covers"]
     covered = 0
     for name in prof.index:
         x = np.sort(draws[name].dropna().to_numpy())

@@ -255,7 +255,8 @@ def main() -> None:
               f"{sim['effects_s']:.1f} s: total {sim['total_s']:.1f} s (simulating the data excluded); "
               f"divergences {sim['divergences']}, mean leapfrog steps {sim['mean_steps']:.1f}")
         for key, c in sim["coverage"].items():
-            print(f"   {key:6s} truth {c['truth']:6.3f}  mean {c['mean']:7.4f}  95% [{c['lower']:.4f}, {c['upper']:.4f}]"
+            print(f"   {key:6s} truth {c['truth']:6.3f}  mean {c['mean']:7.4f}  "
+                  f"95% [{c['lower']:.4f}, {c['upper']:.4f}]"
                   f"  {'inside' if c['inside'] else 'OUTSIDE'}  ESS {c['ess_bulk']:.0f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

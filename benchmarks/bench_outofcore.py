@@ -132,7 +132,8 @@ def main() -> None:
                  f"(sampling {post.idata.posterior.attrs['sampling_seconds']:.0f} s); client peak RSS "
                  f"{peak_gib():.2f} GiB; group effects: {post.idata.posterior.attrs.get('group_effects', 'drawn')}")
     p = post.idata.posterior
-    quant = lambda v: (float(v.quantile(0.025)), float(v.quantile(0.975)), float(v.mean()))
+    def quant(v):
+        return float(v.quantile(0.025)), float(v.quantile(0.975)), float(v.mean())
     checks = [("beta[(Intercept)]", p["beta"].sel(term="(Intercept)"), BETA[0]),
               ("beta[x]", p["beta"].sel(term="x"), BETA[1]),
               ("sd_g[(Intercept)]", p["sd_g"].sel(g__term="(Intercept)"), SD[0]),

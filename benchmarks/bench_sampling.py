@@ -17,7 +17,8 @@ compiling the Stan program. Configurations:
 The priors are brms's defaults (each reference file's ``priors`` field), so both programs
 sample the same posterior. Run: ``python benchmarks/bench_sampling.py [--case sleep_rs]
 [--config full-jax] [--repeat 1] [--cold]``; ``--cold`` empties the PyTensor and numba
-caches first (a first run on a fresh machine; later runs reuse the cache). Timings on a shared 2-core machine are noisy, so quote
+caches first (a first run on a fresh machine; later runs reuse the cache). Timings on a shared
+2-core machine are noisy, so quote
 medians over repeats.
 """
 

@@ -5,8 +5,8 @@ or PyTensor error). Also: inputs that must still work (scale, odd level names)."
 from __future__ import annotations
 
 import re
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -525,7 +525,8 @@ def test_a_column_named_intercept_does_not_replace_the_intercept(toy):
 def test_a_level_and_a_column_never_share_a_coefficient_name(toy):
     data = toy.assign(v=np.tile(["1", "2", "3"], 20), v2=toy["x"] ** 2)
     raises_exactly(DataError, "two fixed-effect coefficients would both be named 'v2': 'v[2]' and 'v2' (a factor's "
-                   "level next to a column of that name?); rename the column or the level", "y ~ v + v2 + (1 | g)", data)
+                   "level next to a column of that name?); rename the column or the level",
+                   "y ~ v + v2 + (1 | g)", data)
     raises_exactly(DataError, "two random-effect ((v + v2 | g)) coefficients would both be named 'v2': 'v[2]' and "
                    "'v2' (a factor's level next to a column of that name?); rename the column or the level",
                    "y ~ 1 + (v + v2 | g)", data)

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 import bayeslmm as blm
+
 from conftest import BRMS_DATASET as DATASET
 from conftest import assert_agrees_with_brms, brms_model, brms_reference
+
 
 @pytest.fixture(scope="module")
 def full_posteriors():

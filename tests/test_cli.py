@@ -85,7 +85,8 @@ def test_bad_model_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("body,message", [
-    ('[priors]\nsd = { dist = "HalfNormal", sigma = -1 }\n', "prior 'sd': HalfNormal(sigma=-1.0): sigma must be positive"),
+    ('[priors]\nsd = { dist = "HalfNormal", sigma = -1 }\n',
+     "prior 'sd': HalfNormal(sigma=-1.0): sigma must be positive"),
     ('[priors]\nsd = { dist = "HalfNormal", sigma = "abc" }\n', "prior 'sd': sigma = 'abc' is not a number"),
     ('[sample]\ndraws = "many"\n', "[sample] draws = 'many' must be a whole number of at least 1"),
     ('[sample]\ntarget_accept = 1.5\n', "[sample] target_accept = 1.5 must be a number between 0 and 1"),
@@ -126,7 +127,8 @@ def test_console_entry_point_runs():
                            "Yield ~ 1 + (1 | Batch)", "--method", "map"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "maximum a posteriori" in done.stdout
-    failed = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "fit", "missing.toml"], capture_output=True, text=True)
+    failed = subprocess.run([sys.executable, "-m", "bayeslmm.cli", "fit", "missing.toml"], capture_output=True,
+                            text=True)
     assert failed.returncode == 2 and "does not exist" in failed.stderr
 
 

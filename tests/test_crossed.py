@@ -16,7 +16,7 @@ import pytest
 import bayeslmm as blm
 from bayeslmm.sampling import crossed_kernels as C
 from bayeslmm.sampling import marginal_kernels as K
-from bayeslmm.sampling.crossed import CrossedProblem, estimate_costs, nested_in, factors_of, plan_sampler
+from bayeslmm.sampling.crossed import CrossedProblem, estimate_costs, factors_of, nested_in, plan_sampler
 from bayeslmm.sampling.marginal import MarginalProblem
 
 
@@ -58,7 +58,6 @@ def sampled_b(problem, x, k, cov):
 def dense_conditional(design, problem, x):
     """log N(y | X beta + Z_S b_S, sigma^2 I + Z_I G_I Z_I') on the user's scale, written out."""
     values = problem.expand(x[None, :])
-    s = problem.y_scale
     beta, sigma = values["beta"][0], values["sigma"][0]
     mean = design.X @ beta
     V = sigma ** 2 * np.eye(design.nobs)
@@ -256,6 +255,7 @@ def test_small_sbc_of_the_partially_collapsed_sampler_is_uniform():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "validation"))
     import crossed_validation as cv
+
     import sbc
 
     ranks = cv.run_sbc(reps=30, seed=5, chains=2, draws=200, tune=500)

@@ -15,6 +15,7 @@ import bayeslmm as blm
 from bayeslmm.family import get_family
 from bayeslmm.fitting.glmm import GLMMDeviance, gauss_hermite
 from bayeslmm.results.glmm_results import anova
+
 from conftest import REFERENCE_DIR
 
 REF = json.loads((REFERENCE_DIR / "glmm" / "glmm_reference.json").read_text())

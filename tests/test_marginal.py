@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blm
-from bayeslmm.sampling import marginal_kernels as K
 from bayeslmm import priors as P
+from bayeslmm.sampling import marginal_kernels as K
 from bayeslmm.sampling.bayes import correlation_pairs
 from bayeslmm.sampling.marginal import MarginalProblem, marginal_supported, sample_marginal
+
 from conftest import BRMS_DATASET as DATASET
 from conftest import LME4_CASES, assert_agrees_with_brms, bayeslmm_formula, brms_model, dataset_name, lme4_reference
-
 
 
 def design_of(formula: str, name: str, priors=None):
@@ -115,7 +115,8 @@ def test_marginal_supported_nested_small_crossed_but_not_large_crossed():
     assert marginal_supported(design_of("Reaction ~ Days + (Days | Subject)", "sleepstudy")[0])[0]
     assert marginal_supported(design_of("strength ~ 1 + (1 | batch/cask)", "pastes")[0])[0]
     ok, reason = marginal_supported(design_of("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")[0])
-    assert ok and reason == "'plate' is crossed with 'sample' (not nested in it): its 30 group effects are integrated out jointly"
+    assert ok and reason == ("'plate' is crossed with 'sample' (not nested in it): its 30 group effects are "
+                             "integrated out jointly")
     ok, reason = marginal_supported(blm.LMM("y ~ 1 + (1 | a) + (1 | b)", large_crossed_data()).design)
     assert not ok and reason == (f"'a' is crossed with 'b' (not nested in it), so the likelihood does not split by "
                                  f"group, and its 260 group effects are too many to integrate out jointly "
@@ -401,7 +402,8 @@ def test_large_crossed_design_uses_the_partially_collapsed_sampler_and_says_why(
     assert re.match(r"partially collapsed sampler: the effects of '[ab]' integrated out given those of "
                     r"'[ab]', which NUTS samples \(estimated time at equal ESS: ", attrs["sampler_choice"])
     assert attrs["sampler_choice"] in caplog.text
-    assert post.idata.posterior["r_a"].shape == (2, 200, 200, 1) and post.idata.posterior["r_b"].shape == (2, 200, 60, 1)
+    assert post.idata.posterior["r_a"].shape == (2, 200, 200, 1)
+    assert post.idata.posterior["r_b"].shape == (2, 200, 60, 1)
 
 
 @pytest.mark.slow

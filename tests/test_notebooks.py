@@ -55,6 +55,7 @@ def test_committed_notebooks_are_the_generators_and_carry_their_outputs():
         code = [c for c in notebook.cells if c.cell_type == "code"]
         assert all(c.get("outputs") for c in code if not c.source.startswith(("import", "exam =", "mpls ="))), path.name
         assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"], path.name
-        assert not [o for c in code for o in c.outputs if o.get("name") == "stderr" and "Warning" in o.get("text", "")], \
+        assert not [o for c in code for o in c.outputs
+                    if o.get("name") == "stderr" and "Warning" in o.get("text", "")], \
             path.name
         assert any(o.get("data", {}).get("image/png") for c in code for o in c.outputs), path.name

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import bayeslmm as blm
-from bayeslmm.frontend.design import build_design
 from bayeslmm.errors import BayesLMMError
+from bayeslmm.frontend.design import build_design
 from bayeslmm.frontend.formula import parse_formula
 
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,

@@ -4,13 +4,13 @@ and must have the expected panels, titles and axis labels."""
 
 from __future__ import annotations
 
-
 import matplotlib
 import numpy as np
 import pytest
 from matplotlib.quiver import Quiver
 
 import bayeslmm as blm
+
 from conftest import reference_fit, short_posterior
 
 matplotlib.use("Agg")
@@ -102,7 +102,8 @@ def test_shrinkage_contours_are_centred_on_the_fixed_effects_and_outliers_stay_i
     partial = by_label["partial pooling (mixed model)"].get_ydata()
     assert ax.get_ylim()[0] > -1.0 and np.ptp(partial) > 0.2 * np.ptp(ax.get_ylim())
     # nothing off the scale on sleepstudy
-    assert not any("off the scale" in line.get_label() for line in reference_fit("sleep_rs").plot_shrinkage().axes[0].lines)
+    lines = reference_fit("sleep_rs").plot_shrinkage().axes[0].lines
+    assert not any("off the scale" in line.get_label() for line in lines)
 
 
 def test_plot_groups_sleepstudy(sleep_fit, tmp_path):

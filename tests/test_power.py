@@ -15,9 +15,9 @@ import pytest
 from scipy import stats
 
 import bayeslmm as blm
+from bayeslmm.fitting.reml import fit_profiled
 from bayeslmm.scale.executor import task_seeds
 from bayeslmm.scale.power import _fixef_accepts_ddf, clopper_pearson, extend, power, power_curve
-from bayeslmm.fitting.reml import fit_profiled
 from bayeslmm.scale.simulate import simulate_response
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"

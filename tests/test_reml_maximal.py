@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blm
+
 from conftest import REFERENCE_DIR
 
 

@@ -125,9 +125,10 @@ def test_summary_reads_like_lmer():
 
 def test_an_optimizer_that_does_not_converge_warns(monkeypatch):
     """A fit whose optimizer gives up says so (and the summary repeats it)."""
+    from scipy.optimize import OptimizeResult
+
     import bayeslmm as blm
     import bayeslmm.fitting.reml as reml
-    from scipy.optimize import OptimizeResult
     def gives_up(fun, x0, method, **kwargs):
         value = fun(x0)
         return OptimizeResult(x=np.asarray(x0), fun=value[0] if isinstance(value, tuple) else value,
@@ -167,6 +168,7 @@ def test_number_formats_are_lmers():
 def test_deviance_function_matches_lme4_at_its_theta():
     """make_deviance is lme4's devFunOnly: at lme4's theta it gives lme4's criterion."""
     import bayeslmm as blm
+
     from conftest import bayeslmm_formula, dataset_name
 
     for case in ["sleep_rs", "penicillin", "exam_sex", "mpls_rs_ml"]:

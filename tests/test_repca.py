@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blm
+
 from conftest import reference_fit
 
 

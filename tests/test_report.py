@@ -12,6 +12,7 @@ from scipy.stats import chi2
 
 import bayeslmm as blm
 from bayeslmm.reporting import report
+
 from conftest import lme4_reference, reference_fit, short_posterior
 
 # every non-singular lme4 reference case with ICC/R2 figures (R's performance package)

@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 
 import bayeslmm as blm
 from bayeslmm import cli
-from bayeslmm.frontend.design import FORMULA_NAMESPACE
 from bayeslmm.errors import FormulaError
+from bayeslmm.frontend.design import FORMULA_NAMESPACE
 from bayeslmm.frontend.formula import expression_columns, parse_formula
 from bayeslmm.results.posterior import PosteriorFileError
+
 from conftest import write_posterior_file
 
 # {m} is the marker path; every payload creates it if evaluated (os.system, np.save, open, ...)

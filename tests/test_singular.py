@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import bayeslmm as blm
+
 from conftest import lme4_reference, reference_fit
 
 EXAM_SEX = "normexam ~ standLRT + sex + (standLRT + sex | school)"
@@ -84,12 +85,13 @@ def test_map_reported_values(map_fits):
 def test_map_objective_is_lower_at_its_mode_than_at_reml():
     """The MAP objective (minus twice the log posterior) is minimized at the reported theta."""
     from bayeslmm.fitting.map import MapObjective
-    from bayeslmm.priors import resolve_priors
     from bayeslmm.fitting.reml import ProfiledDeviance
+    from bayeslmm.priors import resolve_priors
 
     model = blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy"))
     fit = model.fit("map")
-    objective = MapObjective(ProfiledDeviance(model.design, reml=False), resolve_priors(model.design, None, for_map=True))
+    objective = MapObjective(ProfiledDeviance(model.design, reml=False),
+                             resolve_priors(model.design, None, for_map=True))
     at_mode = objective(fit.theta)
     for step in ([0.05, 0, 0], [0, 0.05, 0], [0, 0, 0.02], [-0.05, 0, 0]):
         assert objective(fit.theta + np.array(step)) > at_mode

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "validation"))
 
 import bayeslmm as blm  # noqa: E402
-from bayeslmm.priors import Exponential, Gamma, LKJ, Normal  # noqa: E402
+from bayeslmm.priors import LKJ, Exponential, Gamma, Normal  # noqa: E402
 
 OUT = ROOT / "validation" / "out"
 PRIORS = {"Intercept": Normal(mu=0.0, sigma=2.0), "b": Normal(mu=0.0, sigma=1.0), "sd": Gamma(alpha=2.0, beta=2.0),
@@ -156,9 +156,9 @@ def sbc_template(seed: int = 3) -> pd.DataFrame:
 def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, tune: int = 500,
             n_ranks: int = 99) -> pd.DataFrame:
     """Ranks (0..n_ranks) of the true values, one row per replication."""
-    from sbc import draw_prior
-
     from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, factors_of, run_crossed
+
+    from sbc import draw_prior
 
     rng = np.random.default_rng(seed)
     template = sbc_template()

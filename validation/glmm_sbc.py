@@ -30,8 +30,10 @@ from bayeslmm.priors import Gamma, Normal
 
 OUT = Path(__file__).resolve().parent / "out"
 PRIORS = {
-    "binomial": {"Intercept": Normal(mu=0.0, sigma=1.0), "b": Normal(mu=0.0, sigma=1.0), "sd": Gamma(alpha=2.0, beta=2.0)},
-    "poisson": {"Intercept": Normal(mu=1.0, sigma=0.5), "b": Normal(mu=0.0, sigma=0.5), "sd": Gamma(alpha=2.0, beta=4.0)},
+    "binomial": {"Intercept": Normal(mu=0.0, sigma=1.0), "b": Normal(mu=0.0, sigma=1.0),
+                 "sd": Gamma(alpha=2.0, beta=2.0)},
+    "poisson": {"Intercept": Normal(mu=1.0, sigma=0.5), "b": Normal(mu=0.0, sigma=0.5),
+                "sd": Gamma(alpha=2.0, beta=4.0)},
 }
 SIZES = {"binomial": (20, 8), "poisson": (20, 6)}
 

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 
 import bayeslmm as blm
-from bayeslmm.priors import Gamma, LKJ, Normal, Exponential
+from bayeslmm.priors import LKJ, Exponential, Gamma, Normal
 from bayeslmm.scale.simulate import simulate_response, with_response
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -520,7 +520,8 @@ def _hessian(fun, x: np.ndarray, delta: float = 1e-4) -> np.ndarray:
             ej = np.zeros(k)
             ei[i] = delta
             ej[j] = delta
-            H[i, j] = H[j, i] = (fun(x + ei + ej) - fun(x + ei - ej) - fun(x - ei + ej) + fun(x - ei - ej)) / (4 * delta**2)
+            H[i, j] = H[j, i] = (fun(x + ei + ej) - fun(x + ei - ej) - fun(x - ei + ej)
+                                 + fun(x - ei - ej)) / (4 * delta**2)
     return H
 
 

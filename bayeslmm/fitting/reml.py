@@ -27,8 +27,8 @@ import scipy.sparse as sp
 from scipy.linalg import cholesky, solve_triangular
 from scipy.optimize import Bounds, minimize
 
-from ..frontend.design import Design, RandomBlock
 from ..errors import ConvergenceWarning, FitError
+from ..frontend.design import Design, RandomBlock
 
 _LOG_2PI = np.log(2.0 * np.pi)
 #: force the dense (True) or sparse (False) product for A_r1 V A_r1' (None: by cost); tests
@@ -850,7 +850,8 @@ def check_convergence(deviance: ProfiledDeviance, theta: np.ndarray, grad: np.nd
     if np.any(leaving):
         restart = theta.copy()
         restart[leaving] += 1e-3
-        return Convergence(False, f"{int(leaving.sum())} component(s) on the boundary with a negative gradient", restart)
+        return Convergence(False, f"{int(leaving.sum())} component(s) on the boundary with a negative gradient",
+                           restart)
     # lme4's restart_edge: a component on its bound with a zero gradient (the criterion is even
     # in a diagonal entry whose column is zero) may still decrease when moved off the bound;
     # with the diagonal at 0 the rest of its column has a free sign, so both signs are tried
@@ -881,7 +882,8 @@ def check_convergence(deviance: ProfiledDeviance, theta: np.ndarray, grad: np.nd
             if trial_value < best[0]:
                 best = (trial_value, trial)
         if best[1] is not None:
-            return Convergence(False, f"{len(moves)} component(s) on the boundary decrease the criterion off it", best[1])
+            return Convergence(False, f"{len(moves)} component(s) on the boundary decrease the criterion off it",
+                               best[1])
     if np.max(np.abs(grad[free]), initial=0.0) > tol_grad:
         return Convergence(False, f"gradient {np.max(np.abs(grad[free])):.2e} on the free components")
     idx = np.flatnonzero(free)

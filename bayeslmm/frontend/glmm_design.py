@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from .design import Design, build_design
 from ..errors import DataError, FormulaError
 from ..family import Family
+from .design import Design, build_design
 from .formula import parse_formula
 
 # the functions a response expression may call (as the design stage's table)

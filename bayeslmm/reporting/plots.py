@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from . import report
 from ..errors import BayesLMMError
+from . import report
 
 _NO = "#d62728"       # no pooling
 _PARTIAL = "#1f77b4"  # partial pooling

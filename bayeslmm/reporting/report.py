@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..frontend.design import RandomBlock, _group_labels
 from ..errors import BayesLMMError, DataError
+from ..frontend.design import RandomBlock, _group_labels
 
 #: number of draws used for simulation-based point-fit predictive intervals
 POINT_PREDICTIVE_DRAWS = 2000

@@ -16,8 +16,8 @@ from scipy import stats
 
 from ..errors import BayesLMMError
 from ..family import Family
-from ..frontend.glmm_design import GLMMDesign
 from ..fitting.reml import OptSummary
+from ..frontend.glmm_design import GLMMDesign
 from .point import InformationCriteria, merge_by_group, varcorr_layout, varcorr_values
 
 _METHOD_TEXT = {
@@ -253,9 +253,10 @@ class GLMMResult(InformationCriteria):
         Laplace as ``performance`` does for log-link counts; None when not needed."""
         if not self.family.latent_needs_null:
             return None
+        from dataclasses import replace
+
         from ..fitting.glmm import GLMMDeviance, fit_glmm_numbers
         from ..frontend.glmm_design import GLMMDesign
-        from dataclasses import replace
 
         design = self.design
         X1 = np.ones((self.nobs, 1))

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sampling.bayes import bar_labels, correlation_pairs
-from ..frontend.design import Design
 from ..errors import BayesLMMError, SamplingWarning
+from ..frontend.design import Design
 from ..priors import PriorSet
+from ..sampling.bayes import bar_labels, correlation_pairs
 from .point import FitResult, merge_by_group, varcorr_layout, varcorr_values
 
 #: above this many (draws x observations) the pointwise log-likelihood is not stored

@@ -21,8 +21,8 @@ import warnings
 
 import numpy as np
 
-from ..frontend.design import Design
 from ..errors import BayesLMMError
+from ..frontend.design import Design
 from ..priors import PriorSet
 
 #: samplers accepted by ``LMM.sample``
@@ -131,7 +131,8 @@ def build_model(design: Design, prior_set: PriorSet, likelihood: str = "pointwis
                                  dims=f"{label}__pair")
                 chol, sd = s * chol, s * sd
             else:
-                sd = s * pt.stack([prior.to_pymc(f"_sd_{label}__{term}") for prior, term in zip(sd_priors, block.terms)])
+                sd = s * pt.stack([prior.to_pymc(f"_sd_{label}__{term}")
+                                   for prior, term in zip(sd_priors, block.terms)])
                 chol = None
             pm.Deterministic(f"sd_{label}", sd, dims=f"{label}__term")
             z = pm.Normal(f"_z_{label}", 0.0, 1.0, dims=(f"{label}__level", f"{label}__term"))

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import priors as P
-from ..frontend.design import Design
 from ..errors import FitError
+from ..frontend.design import Design
 from .marginal import Bar, MarginalDraws, MarginalProblem, _prior_code, prior_rows, run_nutpie
 
 

@@ -32,8 +32,26 @@ import numba
 import numpy as np
 
 from .marginal_kernels import (
-    H_BARS, H_FPRI, H_K, H_LEN, H_MMAX, H_N, H_NDIM, H_P, H_SCALE, H_SDPRI, H_SIGMA, H_SPRI,
-    _LOG_2PI, _cholesky, _factors, _solve, _work, cpc_gradient, prior_logp)
+    _LOG_2PI,
+    H_BARS,
+    H_FPRI,
+    H_K,
+    H_LEN,
+    H_MMAX,
+    H_N,
+    H_NDIM,
+    H_P,
+    H_SCALE,
+    H_SDPRI,
+    H_SIGMA,
+    H_SPRI,
+    _cholesky,
+    _factors,
+    _solve,
+    _work,
+    cpc_gradient,
+    prior_logp,
+)
 
 C_J, C_KI, C_KS, C_QI, C_QS = range(25, 30)
 (C_Y, C_X, C_ROWSLOT, C_ZI, C_GROW, C_GPTR, C_ENT, C_GM, C_GSOFF, C_GVOFF, C_S, C_IBAR, C_SBAR, C_CODE,

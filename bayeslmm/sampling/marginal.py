@@ -46,11 +46,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import priors as P
-from .bayes import bar_labels, correlation_pairs
-from ..frontend.design import Design
 from ..errors import FitError
+from ..frontend.design import Design
 from ..results.posterior import _MAX_LOGLIK_CELLS
-
+from .bayes import bar_labels, correlation_pairs
 
 # ---------------------------------------------------------------- structure
 #: Crossed factors do not split by group; the whole data set is then one joint group whose
@@ -335,7 +334,8 @@ class MarginalProblem:
         gptr = np.searchsorted(ent_group[order], np.arange(J + 1))
         entries = np.column_stack([ent_bar[order], ent_off[order]])
         sections = [
-            st.Xy.sum(axis=0), st.XX.sum(axis=0).ravel(), np.ravel(fixed), np.ravel(_prior_code(prior_set.sigma) + [0.0]),
+            st.Xy.sum(axis=0), st.XX.sum(axis=0).ravel(), np.ravel(fixed),
+            np.ravel(_prior_code(prior_set.sigma) + [0.0]),
             np.ravel(bars), np.ravel(sd_priors), gptr, entries.ravel(), st.m,
             np.concatenate([[0], np.cumsum(st.m * st.m)[:-1]]), self.vector_offsets(), st.ZZ, st.Zy, st.ZX]
         header = np.zeros(K.H_SIZE)

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 import pandas as pd
 
-from ..frontend.design import Design, build_design
 from ..errors import BayesLMMError, DataError, FormulaError
+from ..frontend.design import Design, build_design
 from ..frontend.formula import parse_formula
 
 __all__ = ["GroupStatistics", "OutOfCoreDesign", "OutOfCoreLMM", "is_dask_frame", "read_parquet", "scan"]
@@ -392,7 +392,8 @@ def scan(formula: str, data, client=None) -> OutOfCoreDesign:
                         "at least two groups")
     sample = pd.concat([r["sample"] for r in results], ignore_index=True)
     for column in text_columns:
-        if isinstance(dtypes[column], pd.CategoricalDtype) and not isinstance(sample[column].dtype, pd.CategoricalDtype):
+        if isinstance(dtypes[column], pd.CategoricalDtype) \
+                and not isinstance(sample[column].dtype, pd.CategoricalDtype):
             sample[column] = pd.Categorical(sample[column])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="dropped .* rows with missing values")
@@ -533,9 +534,9 @@ def sample_statistics(design: OutOfCoreDesign, prior_set, draws: int = 1000, tun
     ``MAX_EFFECT_CELLS``; otherwise ``ranef()`` is not available and the attrs say so)."""
     import xarray as xr
 
+    from ..results.posterior import PosteriorResult
     from ..sampling.bayes import bar_labels
     from ..sampling.marginal import Bar, MarginalProblem, posterior_dataset, run_marginal
-    from ..results.posterior import PosteriorResult
 
     stats = design.statistics
     names = tuple(design.fixed_names)

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..frontend.design import Design, build_design
 from ..errors import BayesLMMError, FitError
+from ..frontend.design import Design, build_design
 from .executor import run_tasks
 from .simulate import simulate_response
 
