@@ -1051,6 +1051,13 @@ class Profile:
 
         given = start
         layout = self.sdcor.layout
+        is_cor = w < layout.size and layout.row[w] != layout.col[w]
+        side = (w, np.sign(x - self.phi_hat[w]))
+        reached = self.__dict__.setdefault("_plateau_at", {})
+        if is_cor and side in reached and abs(x - self.phi_hat[w]) >= reached[side]:
+            # beyond a value whose profile was already the plateau (the profile rises
+            # monotonically to it): lme4's minstep steps there, 1e-6 apart, cost no refit
+            return float(side[1] * np.sqrt(max(self._cor_plateau(w) - self.base, 0.0))), given
         if w < layout.size and layout.row[w] == layout.col[w]:
             # start on the constraint: rescale the row of lambda whose norm is this sd
             start = start.copy()
@@ -1078,10 +1085,11 @@ class Profile:
                                     options={"ftol": PROFILE_FTOL, "maxiter": 200}), start, len(start) - 1)
         value = float(res.fun) if abs(constraint(res.x)) <= 1e-6 * max(1.0, abs(x)) else np.inf
         pars = res.x
-        if w < layout.size and layout.row[w] != layout.col[w]:
+        if is_cor:
             plateau = self._cor_plateau(w)
             if plateau < value:
                 value, pars = plateau, given
+                reached[side] = min(reached.get(side, np.inf), abs(x - self.phi_hat[w]))
         diff = max(value - self.base, 0.0)
         return float(np.sign(x - self.phi_hat[w]) * np.sqrt(diff)), pars
 
@@ -1233,15 +1241,12 @@ class Profile:
         (x0, z0, _), (x1, z1, _) = rows[-2], rows[-1]
         delta = self.cutoff * self.DELTA_CUTOFF
         num, denom = x1 - x0, z1 - z0
+        # (lme4 warns at each minstep; here only the consequence, a linear reading, warns)
         if not np.isfinite(denom) or denom == 0:
-            warnings.warn("profile: last two points have identical or NA zeta values: using minstep",
-                          InferenceWarning, stacklevel=4)
             step = self.MINSTEP
         else:
             step = delta * num / denom
             if step < 0:
-                warnings.warn("profile: unexpected decrease in profile: using minstep",
-                              InferenceWarning, stacklevel=4)
                 step = self.MINSTEP
             elif abs(step) > self.MAXMULT * abs(num):
                 step = self.MAXMULT * abs(num)
@@ -1282,13 +1287,13 @@ class Profile:
             w = name_index
             est, lowcut, upcut = float(self.phi_hat[w]), float(self.lower[w]), float(self.upper[w])
             start = np.r_[self.theta_hat, np.log(self.sigma_hat)]
-            zeta_fn = lambda x, s: self._zeta_variance(w, x, s)  # noqa: E731
+            zeta_fn = lambda x, s: self._zeta_variance(w, x, s)
             shift = 1e-3 if est == 0 else est * 1.01
         else:
             j = name_index - m
             est, lowcut, upcut = float(self.beta_hat[j]), -np.inf, np.inf
             start = self.theta_hat
-            zeta_fn = lambda x, s: self._zeta_fixed(j, x, s)  # noqa: E731
+            zeta_fn = lambda x, s: self._zeta_fixed(j, x, s)
             shift = est + self.cutoff * self.DELTA_CUTOFF * self.se[j]
         at_estimate = (est, 0.0, start)
         shifted = (shift, *self._finite(zeta_fn(shift, start)))
