@@ -949,6 +949,16 @@ class Profile:
       points (a correlation, a near-singular 3 x 3 bar) lme4's spline is off the root by up
       to a few 1e-3 of the estimate; the root is the better likelihood interval, the
       spline the one lme4 users compare against.
+
+    Notes
+    -----
+    A correlation whose profile levels off (the deviance with one of its sds at 0, where
+    lme4's sd/cor scale leaves the correlation free) makes lme4's steps shrink to its
+    ``minstep``; its inverse spline then fails and both lme4 and this class read the limit
+    by linear interpolation, with an :class:`InferenceWarning`. The inner fits here reach
+    the minimum over positive semi-definite covariances; lme4's BOBYQA fits over a box of
+    sds and correlations can stop above it on a near-singular bar (exam_sex's 3 x 3: up to
+    2.6e-3 of the estimate), which no reading of the spline reproduces.
     """
 
     # lme4 1.1-31's profile.merMod defaults
