@@ -37,8 +37,8 @@ import scipy.sparse as sp
 from scipy import stats
 from scipy.linalg import cho_factor, cho_solve, cholesky, solve_triangular
 
-from ..frontend.design import Design, independent_columns
 from ..errors import BayesLMMError, FitError
+from ..frontend.design import Design, independent_columns
 
 __all__ = ["InferenceWarning", "VarianceModel", "Satterthwaite", "contest", "anova", "confint"]
 
@@ -982,6 +982,139 @@ class _SdCor:
         return theta
 
 
+# ---------------------------------------------------------------- R's splines, as lme4 reads profiles
+@dataclass(frozen=True)
+class PolySpline:
+    """R's ``splines`` polynomial spline (class ``polySpline``): on ``[knots[i], knots[i+1]]``
+    the value is ``sum_j coefficients[i, j] (x - knots[i])^j``.
+
+    ``natural=True`` extrapolates linearly beyond the knots (R's ``npolySpline``, what
+    ``interpSpline`` returns); otherwise a value outside ``[knots[0], knots[-1]]`` is NaN
+    (R's NA from a plain ``polySpline``, what ``backSpline`` returns and lme4's
+    ``confint.thpr`` replaces by the parameter's bound).
+    """
+
+    knots: np.ndarray
+    coefficients: np.ndarray
+    natural: bool = False
+
+    def __call__(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        k, c = self.knots, self.coefficients
+        # R: i <- cut(x, knots) (intervals closed on the right); i[x == knots[1]] <- 1
+        i = np.searchsorted(k, x, side="left") - 1
+        i = np.where(x == k[0], 0, i)
+        inside = (x >= k[0]) & (x <= k[-1])
+        i = np.clip(i, 0, len(k) - 2)
+        dx = x - k[i]
+        y = c[i, -1]
+        for j in range(c.shape[1] - 2, -1, -1):
+            y = y * dx + c[i, j]
+        if self.natural:
+            y = np.where(x < k[0], c[0, 0] + c[0, 1] * (x - k[0]), y)
+            y = np.where(x > k[-1], c[-1, 0] + c[-1, 1] * (x - k[-1]), y)
+        else:
+            y = np.where(inside, y, np.nan)
+        return y
+
+
+def interp_spline(x, y) -> PolySpline:
+    """R's ``splines::interpSpline(x, y)``: the natural cubic interpolating spline (second
+    derivative 0 at both end knots, linear beyond them), as Taylor coefficients
+    ``(y, y', y''/2, y'''/6)`` at each knot.
+
+    R solves for B-spline coefficients and converts; this solves the classical tridiagonal
+    system for the second derivatives, the same spline up to rounding.
+
+    Raises
+    ------
+    BayesLMMError
+        Fewer than two points, or two equal ``x`` (R: "values of x must be distinct").
+    """
+    from scipy.linalg import solve_banded
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    n = len(x)
+    if n < 2:
+        raise BayesLMMError(f"interp_spline needs at least 2 points, got {n}")
+    h = np.diff(x)
+    if np.any(h <= 0):
+        raise BayesLMMError("interp_spline: values of x must be distinct")
+    secant = np.diff(y) / h
+    M = np.zeros(n)                      # second derivatives, 0 at both ends
+    if n > 2:
+        ab = np.zeros((3, n - 2))
+        ab[0, 1:] = h[1:-1]
+        ab[1] = 2.0 * (h[:-1] + h[1:])
+        ab[2, :-1] = h[1:-1]
+        M[1:-1] = solve_banded((1, 1), ab, 6.0 * np.diff(secant))
+    coef = np.empty((n, 4))
+    coef[:, 0] = y
+    coef[:-1, 1] = secant - h * (2.0 * M[:-1] + M[1:]) / 6.0
+    coef[-1, 1] = secant[-1] + h[-1] * (M[-2] + 2.0 * M[-1]) / 6.0
+    coef[:, 2] = M / 2.0
+    coef[:-1, 3] = np.diff(M) / (6.0 * h)
+    coef[-1, 3] = coef[-2, 3]
+    return PolySpline(x, coef, natural=True)
+
+
+def back_spline(spline: PolySpline) -> PolySpline:
+    """R's ``splines::backSpline``: the monotone inverse of an interpolating spline.
+
+    Not the exact inverse of ``spline``: with ``(a_i, k_i)`` its (value, knot) pairs and
+    ``s_i`` its slopes, each interior piece is the cubic in ``a`` through ``(a_i, k_i)``
+    and ``(a_(i+1), k_(i+1))`` with slopes ``1/s_i, 1/s_(i+1)``; the two end pieces are
+    quadratics matching the slope at their inner knot only, made linear if they would bend
+    the wrong way. Outside the range of the values it is NaN.
+
+    Raises
+    ------
+    BayesLMMError
+        The values at the knots are not strictly monotone (R: "spline must be monotone").
+    """
+    knots = spline.knots
+    nk = len(knots)
+    kdiff = np.diff(knots)
+    if np.any(kdiff <= 0):
+        raise BayesLMMError("back_spline: knot positions must be strictly increasing")
+    coeff = spline.coefficients
+    bknots = coeff[:, 0]
+    adiff = np.diff(bknots)
+    if np.all(adiff < 0):
+        reverse = True
+    elif np.all(adiff > 0):
+        reverse = False
+    else:
+        raise BayesLMMError("back_spline: spline must be monotone")
+    bcoeff = np.zeros_like(coeff)
+    bcoeff[:, 0] = knots
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bcoeff[:, 1] = 1.0 / coeff[:, 1]
+        for i in range(nk - 1):
+            a = np.array([[adiff[i] ** 2, adiff[i] ** 3], [2 * adiff[i], 3 * adiff[i] ** 2]])
+            b = np.array([kdiff[i] - adiff[i] * bcoeff[i, 1], bcoeff[i + 1, 1] - bcoeff[i, 1]])
+            bcoeff[i, 2:4] = np.linalg.solve(a, b)
+        bcoeff[nk - 1, 1:4] = np.nan
+        last = nk - 2
+        if nk > 2:
+            bcoeff[0, 3] = bcoeff[last, 3] = 0.0
+            bcoeff[0, 1:3] = np.linalg.solve(np.array([[adiff[0], adiff[0] ** 2], [1.0, 2 * adiff[0]]]),
+                                             np.array([kdiff[0], 1.0 / coeff[1, 1]]))
+            bcoeff[last, 2] = (kdiff[last] - adiff[last] * bcoeff[last, 1]) / adiff[last] ** 2
+        if bcoeff[0, 2] > 0:
+            bcoeff[0, 2] = 0.0
+            bcoeff[0, 1] = kdiff[0] / adiff[0]
+        if bcoeff[last, 2] < 0:
+            bcoeff[last, 2] = 0.0
+            bcoeff[last, 1] = kdiff[last] / adiff[last]
+    if reverse:   # as R (whose decreasing case re-labels the pieces; lme4 never needs it)
+        bknots, bcoeff = bknots[::-1], bcoeff[::-1]
+    return PolySpline(np.array(bknots), bcoeff)
+
+
 class Profile:
     """lme4's likelihood profile (``profile.merMod``) of every parameter of a fit.
 
@@ -989,12 +1122,42 @@ class Profile:
     variance parameter (sd, correlation, ``sigma``) is fixed at a value and the deviance
     minimized over the others, on lme4's sd/correlation scale; a fixed effect ``beta_j`` is
     fixed by moving ``x_j beta_j`` into an offset and minimizing the ML deviance, profiled
-    over ``sigma``, over ``theta``. The signed root ``zeta = sign(x - x_hat) sqrt(dev(x) -
-    dev_min)`` is solved for ``+-z_(1 - alpha/2)`` by Brent's method (lme4 interpolates a
-    spline through its profile points instead; both find the same root). A limit that is
-    not reached before a bound (an sd at 0, a correlation at +-1) is that bound, as lme4
-    reports it.
+    over ``sigma``, over ``theta``. The signed root is ``zeta = sign(x - x_hat) sqrt(dev(x)
+    - dev_min)``.
+
+    Two ways to read a limit off it (:meth:`interval`):
+
+    * ``exact=False`` (the default, lme4 1.1-31's numbers): lme4's stepping algorithm
+      (:meth:`points`: from the estimate, steps of about ``delta = cutoff / 8`` in zeta,
+      ``cutoff = sqrt(qchisq(1 - 0.01, n_par))``, until ``|zeta| > cutoff`` or a bound),
+      R's natural interpolating spline of zeta on the parameter through those points
+      (:func:`interp_spline`), its inverse (:func:`back_spline`) read at ``-+z_(1 -
+      alpha/2)``; a value the inverse cannot reach is the parameter's bound (an sd's 0, a
+      correlation's -+1), as ``confint.thpr``.
+    * ``exact=True``: the root of ``zeta(x) = -+z_(1 - alpha/2)`` itself (a safeguarded
+      secant search to ``|zeta - target| < 1e-4``). Where the profile bends between lme4's
+      points (a correlation, a near-singular 3 x 3 bar) lme4's spline is off the root by up
+      to a few 1e-3 of the estimate; the root is the better likelihood interval, the
+      spline the one lme4 users compare against.
+
+    Notes
+    -----
+    A correlation whose profile levels off (the deviance with one of its sds at 0, where
+    lme4's sd/cor scale leaves the correlation free) makes lme4's steps shrink to its
+    ``minstep``; its inverse spline then fails and both lme4 and this class read the limit
+    by linear interpolation, with an :class:`InferenceWarning`. The inner fits here reach
+    the minimum over positive semi-definite covariances; lme4's BOBYQA fits over a box of
+    sds and correlations can stop above it on a near-singular bar (exam_sex's 3 x 3: up to
+    2.6e-3 of the estimate), which no reading of the spline reproduces.
     """
+
+    # lme4 1.1-31's profile.merMod defaults
+    ALPHAMAX = 0.01
+    MAXPTS = 100
+    DELTA_CUTOFF = 1.0 / 8.0
+    MAXMULT = 10.0
+    MINSTEP = 1e-6
+    NON_MONO_TOL = 1e-2     # confint.thpr: a profile falling faster than this is "bad"
 
     def __init__(self, result):
         from .reml import fit_profiled
@@ -1019,7 +1182,50 @@ class Profile:
     # -------------------------------------------------------------- variance parameters
     def _phi(self, v: np.ndarray) -> np.ndarray:
         """sd/cor/sigma of ``v = (theta, log sigma)`` (a correlation with an sd at 0 reads 0)."""
-        return np.nan_to_num(self.sdcor.from_theta(v[:-1], np.exp(v[-1])), nan=0.0)
+        with np.errstate(all="ignore"):
+            return np.nan_to_num(self.sdcor.from_theta(v[:-1], np.exp(v[-1])), nan=0.0)
+
+    def _objective(self, v: np.ndarray) -> tuple[float, np.ndarray]:
+        """The ML deviance in ``v = (theta, log sigma)`` and its gradient (1e300 where the
+        model cannot be solved, e.g. a step to an underflowing sigma)."""
+        try:
+            with np.errstate(all="ignore"):
+                theta, sigma = v[:-1], np.exp(v[-1])
+                sol = self.model.solve(theta)
+                value = self.model.deviance(theta, sigma, sol)
+                g = self.model.gradient(theta, sigma, sol)
+        except (FitError, np.linalg.LinAlgError):
+            return 1e300, np.zeros_like(v)
+        if not (np.isfinite(value) and np.all(np.isfinite(g))):
+            return 1e300, np.zeros_like(v)
+        g[-1] *= sigma
+        return value, g
+
+    def _cor_plateau(self, w: int) -> float:
+        """The lowest ML deviance with one of correlation ``w``'s two sds at 0, where lme4's
+        sd/cor parameterization leaves the correlation free: the profile of a correlation
+        is the smaller of this and the interior minimum (in theta the correlation is
+        undefined there, so the constrained fit can only creep towards it)."""
+        from scipy.optimize import minimize
+
+        cache = self.__dict__.setdefault("_plateaus", {})
+        if w not in cache:
+            layout = self.sdcor.layout
+            k = layout.block[w]
+            v_hat = np.r_[self.theta_hat, np.log(self.sigma_hat)]
+            best = np.inf
+            for t in (layout.row[w], layout.col[w]):
+                zero = np.flatnonzero((layout.block == k) & (layout.row == t))
+                start = v_hat.copy()
+                start[zero] = 0.0
+                bounds = [(lo if np.isfinite(lo) else None, None) for lo in self.model.layout.lower] + [(None, None)]
+                for i in zero:
+                    bounds[i] = (0.0, 0.0)
+                res = minimize(self._objective, start, jac=True, method="SLSQP", bounds=bounds,
+                               options={"ftol": PROFILE_FTOL, "maxiter": 200})
+                best = min(best, float(res.fun))
+            cache[w] = best
+        return cache[w]
 
     def _zeta_variance(self, w: int, x: float, start: np.ndarray) -> tuple[float, np.ndarray]:
         """Minimize the ML deviance over ``v = (theta, log sigma)`` subject to ``phi_w(v) = x``.
@@ -1028,18 +1234,7 @@ class Profile:
         search over correlations (with others fixed) does not."""
         from scipy.optimize import minimize
 
-        model = self.model
-
-        def objective(v):
-            theta, sigma = v[:-1], np.exp(v[-1])
-            try:
-                sol = model.solve(theta)
-                value = model.deviance(theta, sigma, sol)
-                g = model.gradient(theta, sigma, sol)
-            except (FitError, np.linalg.LinAlgError):
-                return 1e300, np.zeros_like(v)
-            g[-1] *= sigma
-            return value, g
+        objective = self._objective
 
         def constraint(v):
             return self._phi(v)[w] - x
@@ -1054,7 +1249,15 @@ class Profile:
                 J[i] = (self._phi(up)[w] - self._phi(down)[w]) / (2 * h)
             return J
 
+        given = start
         layout = self.sdcor.layout
+        is_cor = w < layout.size and layout.row[w] != layout.col[w]
+        side = (w, np.sign(x - self.phi_hat[w]))
+        reached = self.__dict__.setdefault("_plateau_at", {})
+        if is_cor and side in reached and abs(x - self.phi_hat[w]) >= reached[side]:
+            # beyond a value whose profile was already the plateau (the profile rises
+            # monotonically to it): lme4's minstep steps there, 1e-6 apart, cost no refit
+            return float(side[1] * np.sqrt(max(self._cor_plateau(w) - self.base, 0.0))), given
         if w < layout.size and layout.row[w] == layout.col[w]:
             # start on the constraint: rescale the row of lambda whose norm is this sd
             start = start.copy()
@@ -1068,7 +1271,9 @@ class Profile:
                 start[w] = target
         if w == len(self.phi_hat) - 1:      # sigma itself: a bound, no constraint needed
             v0 = start.copy()
-            v0[-1] = np.log(x)
+            v0[-1] = np.log(x) if x > 0 else -np.inf
+            if not np.isfinite(v0[-1]):     # sigma = 0: no finite deviance (lme4's NA)
+                return np.nan, given
             bounds = [(lo if np.isfinite(lo) else None, None) for lo in self.model.layout.lower] + [(v0[-1], v0[-1])]
             res = minimize(objective, v0, jac=True, method="SLSQP", bounds=bounds,
                            options={"ftol": PROFILE_FTOL, "maxiter": 200})
@@ -1079,8 +1284,14 @@ class Profile:
                                     constraints=[{"type": "eq", "fun": constraint, "jac": constraint_jac}],
                                     options={"ftol": PROFILE_FTOL, "maxiter": 200}), start, len(start) - 1)
         value = float(res.fun) if abs(constraint(res.x)) <= 1e-6 * max(1.0, abs(x)) else np.inf
+        pars = res.x
+        if is_cor:
+            plateau = self._cor_plateau(w)
+            if plateau < value:
+                value, pars = plateau, given
+                reached[side] = min(reached.get(side, np.inf), abs(x - self.phi_hat[w]))
         diff = max(value - self.base, 0.0)
-        return float(np.sign(x - self.phi_hat[w]) * np.sqrt(diff)), res.x
+        return float(np.sign(x - self.phi_hat[w]) * np.sqrt(diff)), pars
 
     # -------------------------------------------------------------- fixed effects
     def _zeta_fixed(self, j: int, value: float, start: np.ndarray) -> tuple[float, np.ndarray]:
@@ -1108,19 +1319,26 @@ class Profile:
 
     def _restart_off_boundary(self, run, start: np.ndarray, m: int):
         """Run an inner fit; if it stopped with a variance at 0, run it again with that entry
-        restored (the ML value, or 0.5 if that is 0 too) and keep the better fit.
+        restored (the ML value, or 0.5 if that is 0 too), then at a fifth and a 25th of that,
+        until a restart ends lower and off the bound; keep the best fit.
         (The deviance is even in a scalar bar's theta, so theta = 0 is always a stationary
-        point a gradient method can stop at.)"""
+        point a gradient method can stop at; and from far out SLSQP's first step can jump
+        straight onto the bound, as on dyestuff2's intercept profile, whose minimum in theta
+        leaves 0 just inside the 95% limits.)"""
         res = run(start)
         bounded = np.isfinite(self.model.layout.lower)
         stuck = bounded & (np.abs(res.x[:m]) <= 1e-8)
         if np.any(stuck):
-            again = np.array(start, dtype=float)
-            # restore the ML value, or a moderate relative sd where the ML fit is at 0 too
-            again[:m][stuck] = np.where(np.abs(self.theta_hat[stuck]) > 1e-4, self.theta_hat[stuck], 0.5)
-            other = run(again)
-            if other.fun < res.fun:
-                res = other
+            # the ML value, or a moderate relative sd where the ML fit is at 0 too
+            restore = np.where(np.abs(self.theta_hat[stuck]) > 1e-4, self.theta_hat[stuck], 0.5)
+            for fraction in (1.0, 0.2, 0.04):
+                again = np.array(start, dtype=float)
+                again[:m][stuck] = fraction * restore
+                other = run(again)
+                if other.fun < res.fun:
+                    res = other
+                    if not np.any(bounded & (np.abs(res.x[:m]) <= 1e-8)):
+                        break
         return res
 
     # -------------------------------------------------------------- limits
@@ -1209,7 +1427,137 @@ class Profile:
         warnings.warn(f"the profile search for zeta = {target:.3g} did not converge", InferenceWarning, stacklevel=4)
         return float(x)
 
-    def interval(self, name_index: int, level: float) -> tuple[float, float]:
+    # -------------------------------------------------------------- lme4's profile points
+    @cached_property
+    def cutoff(self) -> float:
+        """lme4's ``sqrt(qchisq(1 - alphamax, nptot))`` over all parameters (variance
+        parameters, ``sigma`` and the fixed effects): where the stepping stops."""
+        return float(np.sqrt(stats.chi2.ppf(1.0 - self.ALPHAMAX, len(self.phi_hat) + len(self.beta_hat))))
+
+    def _next_par(self, rows, lowcut: float, upcut: float) -> float:
+        """lme4's ``nextpar``: the step that would change zeta by ``delta`` on the secant
+        through the last two points, at most ``maxmult`` times the last step, kept inside
+        ``[lowcut, upcut]``."""
+        (x0, z0, _), (x1, z1, _) = rows[-2], rows[-1]
+        delta = self.cutoff * self.DELTA_CUTOFF
+        num, denom = x1 - x0, z1 - z0
+        # (lme4 warns at each minstep; here only the consequence, a linear reading, warns)
+        if not np.isfinite(denom) or denom == 0:
+            step = self.MINSTEP
+        else:
+            step = delta * num / denom
+            if step < 0:
+                step = self.MINSTEP
+            elif abs(step) > self.MAXMULT * abs(num):
+                step = self.MAXMULT * abs(num)
+        return float(min(upcut, max(lowcut, x1 + np.sign(num) * step)))
+
+    def _fill(self, rows: list, zeta_fn, lowcut: float, upcut: float) -> list:
+        """lme4's ``fillmat``: step away from the estimate (the direction of the first two
+        rows) until ``|zeta| > cutoff``, a bound is reached or there are ``maxpts`` rows;
+        each inner fit starts from the previous point's parameters."""
+        rows = list(rows)
+        while len(rows) < self.MAXPTS:
+            x, z, pars = rows[-1]
+            if not (lowcut < x < upcut) or (np.isfinite(z) and abs(z) > self.cutoff):
+                break
+            nxt = self._next_par(rows, lowcut, upcut)
+            rows.append((nxt, *self._finite(zeta_fn(nxt, pars))))
+        return rows
+
+    @staticmethod
+    def _finite(out):
+        """A failed inner fit (zeta not finite) is lme4's NA."""
+        z, pars = out
+        return (float(z) if np.isfinite(z) else np.nan), pars
+
+    def points(self, name_index: int) -> pd.DataFrame:
+        """lme4's profile of one parameter: the values ``profile.merMod`` visits (the
+        estimate, a first shift -- 1% of the estimate for a variance parameter, 1e-3 at 0,
+        ``delta`` standard errors for a fixed effect -- then :meth:`_fill` both ways),
+        sorted, with their zeta (NaN where an inner fit failed).
+
+        Returns
+        -------
+        DataFrame
+            Columns ``value`` and ``zeta``.
+        """
+        m = len(self.phi_hat)
+        if name_index < m:
+            w = name_index
+            est, lowcut, upcut = float(self.phi_hat[w]), float(self.lower[w]), float(self.upper[w])
+            start = np.r_[self.theta_hat, np.log(self.sigma_hat)]
+            def zeta_fn(x, s):
+                return self._zeta_variance(w, x, s)
+            shift = 1e-3 if est == 0 else est * 1.01
+        else:
+            j = name_index - m
+            est, lowcut, upcut = float(self.beta_hat[j]), -np.inf, np.inf
+            start = self.theta_hat
+            def zeta_fn(x, s):
+                return self._zeta_fixed(j, x, s)
+            shift = est + self.cutoff * self.DELTA_CUTOFF * self.se[j]
+        at_estimate = (est, 0.0, start)
+        shifted = (shift, *self._finite(zeta_fn(shift, start)))
+        rows = self._fill([at_estimate, shifted], zeta_fn, lowcut, upcut)
+        if est > lowcut:
+            rows += self._fill([shifted, at_estimate], zeta_fn, lowcut, upcut)[2:]
+        table = pd.DataFrame([(x, z) for x, z, _ in rows], columns=["value", "zeta"])
+        return table.drop_duplicates().sort_values("value", kind="stable").reset_index(drop=True)
+
+    def _spline_interval(self, name_index: int, level: float) -> tuple[float, float]:
+        """lme4's ``confint.thpr``: the inverse spline through :meth:`points` at
+        ``-+z_(1 - alpha/2)``; a limit it cannot reach is the bound. If the spline cannot be
+        built (zeta not increasing), linear interpolation, as lme4."""
+        m = len(self.phi_hat)
+        if name_index < m and np.isnan(self.phi_hat[name_index]):
+            return -1.0, 1.0    # a correlation with an sd at 0: flat profile (lme4 stops here)
+        bounds = (self.lower[name_index], self.upper[name_index]) if name_index < m else (np.nan, np.nan)
+        z = stats.norm.ppf(0.5 + level / 2)
+        table = self.points(name_index).dropna()
+        x, zeta = table["value"].to_numpy(), table["zeta"].to_numpy()
+        try:
+            limits = back_spline(interp_spline(x, zeta))(np.array([-z, z]))
+        except (BayesLMMError, np.linalg.LinAlgError):
+            if len(zeta) == 0 or (len(zeta) > 1 and np.all(np.diff(zeta) < -self.NON_MONO_TOL)):
+                warnings.warn(f"non-monotonic profile for parameter {name_index}", InferenceWarning, stacklevel=3)
+                return np.nan, np.nan
+            warnings.warn(f"bad spline fit for parameter {name_index}: falling back to linear interpolation",
+                          InferenceWarning, stacklevel=3)
+            # R's approxfun(zeta, value): ties averaged, NA outside the range
+            mean = pd.Series(x).groupby(zeta).mean()
+            limits = (np.interp([-z, z], mean.index.to_numpy(), mean.to_numpy(), left=np.nan, right=np.nan)
+                      if len(mean) > 1 else np.array([np.nan, np.nan]))
+        lower, upper = (float(v) for v in limits)
+        return (bounds[0] if np.isnan(lower) else lower, bounds[1] if np.isnan(upper) else upper)
+
+    def interval(self, name_index: int, level: float, exact: bool = False) -> tuple[float, float]:
+        """The ``level`` profile interval of parameter ``name_index`` (in the order of
+        :func:`parameter_names`, then the fixed effects).
+
+        Parameters
+        ----------
+        name_index : int
+            Position of the parameter: the variance parameters (sd/cor, ``sigma``), then
+            the fixed effects.
+        level : float
+            Coverage, e.g. 0.95.
+        exact : bool
+            False (default): lme4's limit, read off R's inverse interpolation spline
+            through lme4's profile points (:meth:`points`). True: the exact root of
+            ``zeta = -+z_(1 - alpha/2)``.
+
+        Returns
+        -------
+        (lower, upper) : tuple of float
+            A limit the profile does not reach before a bound is that bound (NaN for a
+            fixed effect, as lme4's NA).
+        """
+        if not exact:
+            return self._spline_interval(name_index, level)
+        return self._exact_interval(name_index, level)
+
+    def _exact_interval(self, name_index: int, level: float) -> tuple[float, float]:
         z = stats.norm.ppf(0.5 + level / 2)
         m = len(self.phi_hat)
         if name_index < m:
@@ -1232,21 +1580,27 @@ class Profile:
 
 
 def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 1000, random_seed=None,
-            client=None, n_jobs: int | None = None, progressbar: bool = True) -> pd.DataFrame:
+            client=None, n_jobs: int | None = None, progressbar: bool = True,
+            exact: bool = False) -> pd.DataFrame:
     """Confidence intervals as ``lme4::confint(fit, method, level, oldNames = FALSE)``.
 
     Parameters
     ----------
     method : {"profile", "wald", "boot"}
         ``"profile"``: likelihood-profile limits (see :class:`Profile`; ML profiles, as
-        lme4). ``"wald"``: ``beta +- z se`` for the fixed effects, NaN for the variance
-        parameters (as lme4's NA). ``"boot"``: parametric bootstrap percentile intervals
+        lme4; read off lme4's spline unless ``exact``). ``"wald"``: ``beta +- z se`` for the fixed
+        effects, NaN for the variance parameters (as lme4's NA). ``"boot"``: parametric bootstrap percentile intervals
         (lme4's ``bootMer``; see :func:`bootstrap`).
     level : float
         Coverage (0.95).
     nsim, random_seed, client, n_jobs, progressbar
         For ``"boot"``: number of simulations, the seed they all derive from, a Dask
         client or the number of local processes, a progress counter.
+    exact : bool
+        For ``"profile"``: False (default) reproduces lme4 1.1-31, whose limits are read
+        off an interpolation spline through the profile points its stepping visits; True
+        returns the exact roots of ``zeta = -+z_(1 - alpha/2)`` instead (they differ from
+        lme4's by up to a few 1e-3 of the estimate where the profile bends).
 
     Returns
     -------
@@ -1268,7 +1622,7 @@ def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 10
         upper = np.r_[np.full(m, np.nan), result.beta + z * se]
     elif key == "profile":
         profile = Profile(result)
-        limits = [profile.interval(i, level) for i in range(len(names))]
+        limits = [profile.interval(i, level, exact=exact) for i in range(len(names))]
         lower, upper = np.array(limits).T
     elif key == "boot":
         draws = bootstrap(result, nsim=nsim, random_seed=random_seed, client=client, n_jobs=n_jobs,

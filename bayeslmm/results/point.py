@@ -407,13 +407,15 @@ class PointResult(FitResult, InformationCriteria):
         return contest(self, L, ddf=ddf, joint=joint)
 
     def confint(self, method: str = "profile", level: float = 0.95, nsim: int = 1000, random_seed=None,
-                client=None, n_jobs: int | None = None, progressbar: bool = True) -> pd.DataFrame:
+                client=None, n_jobs: int | None = None, progressbar: bool = True,
+                exact: bool = False) -> pd.DataFrame:
         """Confidence intervals as ``lme4::confint(fit, oldNames = FALSE)``; see
-        :func:`bayeslmm.fitting.inference.confint`."""
+        :func:`bayeslmm.fitting.inference.confint` (``exact=True``: the profile limits as
+        exact roots of the profiled likelihood instead of lme4's spline reading)."""
         from ..fitting.inference import confint
 
         return confint(self, method=method, level=level, nsim=nsim, random_seed=random_seed,
-                       client=client, n_jobs=n_jobs, progressbar=progressbar)
+                       client=client, n_jobs=n_jobs, progressbar=progressbar, exact=exact)
 
     def vcov(self) -> pd.DataFrame:
         """Covariance matrix of the fixed-effect estimates."""
