@@ -45,20 +45,19 @@ class Link(ABC):
 
     @abstractmethod
     def link(self, mu):
-        raise NotImplementedError
+        """``eta = g(mu)``."""
 
     @abstractmethod
     def inverse(self, eta):
-        raise NotImplementedError
+        """``mu = g^-1(eta)``."""
 
     @abstractmethod
     def mu_eta(self, eta):
-        raise NotImplementedError
+        """``d mu / d eta``."""
 
     @abstractmethod
     def pt_inverse(self, eta):
         """The inverse link on a PyTensor variable (for the PyMC model)."""
-        raise NotImplementedError
 
 
 class Logit(Link):
@@ -169,11 +168,11 @@ class Family(ABC):
     Attributes
     ----------
     name : str
-        ``"gaussian"``, ``"binomial"``, ``"poisson"`` or ``"negative_binomial"``.
+        ``"binomial"``, ``"poisson"`` or ``"negative_binomial"``.
     link : Link
     has_dispersion : bool
         True when the conditional distribution has a scale estimated with the model
-        (Gaussian sigma, negative-binomial shape ``theta``).
+        (the negative-binomial shape ``theta``).
     """
 
     name = "family"
@@ -207,35 +206,31 @@ class Family(ABC):
     # distribution
     @abstractmethod
     def variance(self, mu):
-        raise NotImplementedError
+        """The variance function ``V(mu)``."""
 
     @abstractmethod
     def dev_resid(self, y, mu, wt):
-        raise NotImplementedError
+        """Squared deviance residuals (R's ``family$dev.resids``)."""
 
     @abstractmethod
     def loglik(self, y, mu, wt):
-        raise NotImplementedError
+        """Log-likelihood of every observation."""
 
     @abstractmethod
     def simulate(self, mu, wt, rng: np.random.Generator):
         """One draw of ``y`` (on the family's scale: proportions for the binomial)."""
-        raise NotImplementedError
 
     @abstractmethod
     def cdf(self, y, mu, wt):
         """``P(Y <= y)`` and ``P(Y < y)`` for randomized quantile residuals."""
-        raise NotImplementedError
 
     @abstractmethod
     def latent_variance(self, null_intercept: float | None = None) -> float:
         """Distribution-specific variance on the latent scale (Nakagawa et al. 2017)."""
-        raise NotImplementedError
 
     @abstractmethod
     def initialize(self, y, wt):
         """Starting mean (R's ``family$initialize``)."""
-        raise NotImplementedError
 
     def validate(self, y, wt, what: str = "response") -> None:
         """Raise a :class:`BayesLMMError` when ``y`` cannot come from this family."""
@@ -248,11 +243,11 @@ class Family(ABC):
         """The mean of :meth:`observed_values` (``mu``; ``wt * mu`` for the binomial)."""
         return np.asarray(mu, dtype=float)
 
+    @abstractmethod
     def pymc_observed(self, name: str, eta, observed, trials, extra: dict):
         """The observed PyMC variable given the linear predictor ``eta`` (inside a model
         context); ``observed`` from :meth:`observed_values`, ``trials`` the rounded
         weights, ``extra`` the family's own parameters (e.g. ``shape``)."""
-        raise NotImplementedError
 
     def pymc_parameters(self) -> dict:
         """Create the family's own parameters in the current PyMC model (default: none)."""
@@ -274,41 +269,6 @@ class Family(ABC):
 
     def __hash__(self):
         return hash((type(self).__name__, self.link.name))
-
-
-class Gaussian(Family):
-    """Normal responses (the LMM's family; ``sigma`` the residual sd)."""
-
-    name = "gaussian"
-    links = ("identity", "log")
-    default_link = "identity"
-    has_dispersion = True
-
-    def __init__(self, link: str | None = None, sigma: float = 1.0):
-        super().__init__(link)
-        self.sigma = float(sigma)
-
-    def variance(self, mu):
-        return np.ones_like(np.asarray(mu, dtype=float))
-
-    def dev_resid(self, y, mu, wt):
-        return wt * (y - mu) ** 2
-
-    def loglik(self, y, mu, wt):
-        return stats.norm.logpdf(y, mu, self.sigma / np.sqrt(wt))
-
-    def simulate(self, mu, wt, rng):
-        return rng.normal(mu, self.sigma / np.sqrt(wt))
-
-    def cdf(self, y, mu, wt):
-        p = stats.norm.cdf(y, mu, self.sigma / np.sqrt(wt))
-        return p, p
-
-    def latent_variance(self, null_intercept=None):
-        return self.sigma**2
-
-    def initialize(self, y, wt):
-        return np.asarray(y, dtype=float)
 
 
 class Binomial(Family):
@@ -480,20 +440,23 @@ class NegativeBinomial(Poisson):
         return f"Negative Binomial({self.theta:.4g})  ( {self.link.name} )"
 
 
-_FAMILIES = {"gaussian": Gaussian, "normal": Gaussian, "binomial": Binomial, "bernoulli": Binomial,
+_FAMILIES = {"binomial": Binomial, "bernoulli": Binomial,
              "poisson": Poisson, "negative_binomial": NegativeBinomial, "negbinomial": NegativeBinomial,
              "nb": NegativeBinomial}
 
 
 def get_family(family: str | Family, link: str | None = None) -> Family:
     """A :class:`Family` from its name (``"binomial"``, ``"poisson"``,
-    ``"negative_binomial"``, ``"gaussian"``) and an optional link."""
+    ``"negative_binomial"``) and an optional link. Gaussian responses are :class:`~bayeslmm.LMM`'s."""
     if isinstance(family, Family):
         if link is not None and link != family.link.name:
             raise BayesLMMError(f"link={link!r} conflicts with the family's link {family.link.name!r}")
         return family
     key = str(family).lower().replace(".", "_").replace(" ", "_")
+    if key in ("gaussian", "normal"):
+        raise BayesLMMError(f"family={family!r}: a Gaussian response is a linear mixed model; fit it with "
+                            "blm.LMM(formula, data) (REML/ML as lmer, MAP, the posterior)")
     if key not in _FAMILIES:
         raise BayesLMMError(f"unknown family {family!r}: use 'binomial', 'poisson', 'negative_binomial' "
-                            "or 'gaussian'")
+                            "(Gaussian responses: blm.LMM)")
     return _FAMILIES[key](link)
