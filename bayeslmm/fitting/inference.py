@@ -369,6 +369,16 @@ class VarianceModel:
             value += sol.logdet_Q
         return float(value)
 
+    def profiled_objective(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """:meth:`profiled_deviance` and its gradient in ``theta``, for a bounded optimizer
+        (``jac=True``); 1e300 and a zero gradient where ``theta`` gives no factorization."""
+        try:
+            sol = self.solve(theta)
+            sigma = np.sqrt(sol.rss / self.n_eff)
+            return self.profiled_deviance(theta, sol), self.gradient(theta, sigma, sol)[:-1]
+        except (FitError, np.linalg.LinAlgError):
+            return 1e300, np.zeros_like(theta)
+
     # -------------------------------------------------------------- derivatives
     def _e(self, facs) -> list[np.ndarray]:
         """``d(lambda lambda')/d theta_i`` of every theta entry (in its bar, q_k x q_k)."""
@@ -1300,19 +1310,9 @@ class Profile:
         X = self.design.X
         keep = [i for i in range(X.shape[1]) if i != j]
         model = VarianceModel(self.design, reml=False, X=X[:, keep], y=self.design.y - X[:, j] * value)
-        lower = model.layout.lower
-
-        def objective(theta):
-            try:
-                sol = model.solve(theta)
-                sigma = np.sqrt(sol.rss / model.n_eff)
-                return model.profiled_deviance(theta, sol), model.gradient(theta, sigma, sol)[:-1]
-            except (FitError, np.linalg.LinAlgError):
-                return 1e300, np.zeros_like(theta)
-
-        bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+        bounds = [(lo if np.isfinite(lo) else None, None) for lo in model.layout.lower]
         res = self._restart_off_boundary(
-            lambda x0: minimize(objective, x0, jac=True, method="SLSQP", bounds=bounds,
+            lambda x0: minimize(model.profiled_objective, x0, jac=True, method="SLSQP", bounds=bounds,
                                 options={"ftol": PROFILE_FTOL, "maxiter": 200}), start, len(start))
         diff = max(float(res.fun) - self.base, 0.0)
         return float(np.sign(value - self.beta_hat[j]) * np.sqrt(diff)), res.x
@@ -1688,19 +1688,10 @@ def refit_parameters(design, y: np.ndarray, start: np.ndarray, reml: bool) -> np
     from scipy.optimize import minimize
 
     model = VarianceModel(design, reml=reml, y=y)
-
-    def objective(theta):
-        try:
-            sol = model.solve(theta)
-            sigma = np.sqrt(sol.rss / model.n_eff)
-            return model.profiled_deviance(theta, sol), model.gradient(theta, sigma, sol)[:-1]
-        except (FitError, np.linalg.LinAlgError):
-            return 1e300, np.zeros_like(theta)
-
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in model.layout.lower]
     best = None
     for x0 in (np.asarray(start, float), np.where(np.isfinite(model.layout.lower), 1.0, 0.0)):
-        res = minimize(objective, x0, jac=True, method="SLSQP", bounds=bounds,
+        res = minimize(model.profiled_objective, x0, jac=True, method="SLSQP", bounds=bounds,
                        options={"ftol": 1e-12, "maxiter": 1000})
         if best is None or res.fun < best.fun - 1e-8:
             best = res
