@@ -115,6 +115,17 @@ class GroupStatistics:
         ix, iz, iy = slice(0, p), slice(p, p + q), p + q
         return ix, iz, iy
 
+    def _centers(self, intercept: int | None) -> tuple[np.ndarray, float, float]:
+        """Where the back ends center the fixed columns and the response: at their means
+        when the model has an intercept (column ``intercept``, itself not centered), else
+        at 0; and the response's population sd."""
+        my, sy, mx, _, _, _ = self.column_moments()
+        if intercept is None:
+            return np.zeros(self.p), 0.0, float(sy)
+        x_center = mx.copy()
+        x_center[intercept] = 0.0
+        return x_center, float(my), float(sy)
+
     def cross_products(self, intercept: int | None):
         """The cross-products the profiled deviance consumes, with the fixed columns (but
         the intercept's) and the response centered at their means when the model has an
@@ -123,11 +134,7 @@ class GroupStatistics:
         from ..fitting.reml import CrossProducts
 
         ix, iz, iy = self._parts()
-        my, _, mx, _, _, _ = self.column_moments()
-        x_center = mx.copy() if intercept is not None else np.zeros(self.p)
-        if intercept is not None:
-            x_center[intercept] = 0.0
-        y_center = float(my) if intercept is not None else 0.0
+        x_center, y_center, _ = self._centers(intercept)
         # products about the target center m from products about the shift a, d = a - m:
         # sum (w - m)(w - m)' = P + S d' + d S' + n d d'  (Z is not centered: m = 0 there)
         m = np.zeros(self.p + self.q + 1)
@@ -172,11 +179,7 @@ class GroupStatistics:
         from ..sampling.marginal import SufficientStats
 
         ix, iz, iy = self._parts()
-        my, sy, mx, _, _, _ = self.column_moments()
-        means = mx.copy() if intercept is not None else np.zeros(self.p)
-        if intercept is not None:
-            means[intercept] = 0.0
-        y_center = float(my) if intercept is not None else 0.0
+        means, y_center, sy = self._centers(intercept)
         y_scale = float(sy) or 1.0
         # Xc = (X - a) - d, ys = ((y - c) - e) / s
         d = means - self.shift[ix]
