@@ -154,6 +154,123 @@ def test_analytic_gradient_equals_finite_differences(seed, reml):
     assert np.max(np.abs(grad - fd)) <= 1e-5 * max(1.0, np.max(np.abs(fd))), (seed, formula, reml, grad, fd)
 
 
+SCALAR_TEMPLATES = ["y ~ 1 + x + (1 | g1) + (1 | g2)", "y ~ 0 + x + (1 | g1) + (1 | g2)",
+                    "y ~ 1 + x + (1 | g1/g2)", "y ~ 1 + f + (1 | g2) + (1 | g1) + (1 | f)"]
+
+
+def _deviance_on_path(design, reml, dense_ar1):
+    import bayeslmm.fitting.reml as reml_module
+
+    saved, reml_module._DENSE_AR1 = reml_module._DENSE_AR1, dense_ar1
+    try:
+        return make_deviance(design, reml=reml)
+    finally:
+        reml_module._DENSE_AR1 = saved
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), reml=st.booleans())
+def test_scoring_gradient_equals_the_dense_paths_gradient(seed, reml):
+    """Scalar bars on the sparse path (InstEval's) get their gradient from the traces of the
+    factor's inverse: it equals the dense path's analytic gradient and central differences."""
+    rng = np.random.default_rng(seed)
+    formula = SCALAR_TEMPLATES[int(rng.integers(len(SCALAR_TEMPLATES)))]
+    data, _ = random_data(seed, 3.0, 1.0, 1.0)
+    design = _design(formula, data)
+    sparse = _deviance_on_path(design, reml, dense_ar1=False)
+    dense = _deviance_on_path(design, reml, dense_ar1=True)
+    assert sparse.has_scoring and not sparse.has_gradient and dense.has_gradient
+    x = rng.uniform(0.1, 2.0, sparse.layout.size)
+    value, grad, hess = sparse.internal_scoring(x)
+    dense_value, dense_grad = dense.internal_gradient(x)
+    assert value == pytest.approx(dense_value, rel=1e-12)
+    assert np.max(np.abs(grad - dense_grad)) <= 1e-8 * max(1.0, np.max(np.abs(dense_grad))), (seed, formula)
+    h = 1e-6
+    fd = np.array([(sparse.internal_objective(x + h * e) - sparse.internal_objective(x - h * e)) / (2 * h)
+                   for e in np.eye(len(x))])
+    assert np.max(np.abs(grad - fd)) <= 1e-5 * max(1.0, np.max(np.abs(fd))), (seed, formula, grad, fd)
+    # the average information is symmetric; what is added to it, d_k / theta_k, is the
+    # exact part of the Hessian's diagonal
+    assert np.allclose(hess, hess.T, rtol=1e-12, atol=0)
+    assert np.all(np.linalg.eigvalsh(hess - np.diag(grad / x)) >= -1e-9 * np.max(np.abs(hess)))
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), reml=st.booleans())
+def test_scoring_fit_reaches_the_gradient_fits_optimum(seed, reml):
+    """Newton steps with the average information (the sparse path) stop where L-BFGS-B with
+    lme4's convergence check stops (the dense path), singular fits (a variance at 0, handed
+    over to COBYQA) included."""
+    from bayeslmm.fitting.reml import optimize_profiled
+
+    rng = np.random.default_rng(seed)
+    formula = SCALAR_TEMPLATES[int(rng.integers(len(SCALAR_TEMPLATES)))]
+    data, _ = random_data(seed, 3.0, 1.0, float(rng.choice([0.3, 1.0, 3.0])))
+    design = _design(formula, data)
+    sparse = _deviance_on_path(design, reml, dense_ar1=False)
+    dense = _deviance_on_path(design, reml, dense_ar1=True)
+    theta_s, opt_s = optimize_profiled(sparse)
+    theta_d, opt_d = optimize_profiled(dense)
+    assert opt_s.optimizer.startswith("Newton (average information")
+    assert opt_s.objective <= opt_d.objective + 1e-7 * abs(opt_d.objective), (seed, formula, opt_s, opt_d)
+    assert sparse(theta_s) == pytest.approx(dense(theta_d), abs=1e-6 * abs(opt_d.objective))
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_scalar_conditional_variances_equal_the_general_ones(seed):
+    """The conditional variances of scalar bars on the sparse path (from the block's
+    inverse) equal the general computation (dense solves) at a random theta."""
+    from bayeslmm.fitting.reml import conditional_variances
+
+    rng = np.random.default_rng(seed)
+    formula = SCALAR_TEMPLATES[int(rng.integers(len(SCALAR_TEMPLATES)))]
+    data, _ = random_data(seed, 3.0, 1.0, 1.0)
+    deviance = _deviance_on_path(_design(formula, data), True, dense_ar1=False)
+    solution = deviance.solve(rng.uniform(0.1, 2.0, deviance.layout.size))
+    fast = conditional_variances(deviance, solution)
+    deviance.has_scoring = False
+    general = conditional_variances(deviance, solution)
+    assert len(fast) == len(general)
+    for a, b in zip(fast, general):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_scoring_hands_a_singular_fit_to_cobyqa(reml):
+    """A factor without variance (g2 here): Newton heads for theta = 0, COBYQA takes over
+    and ends where the dense path's L-BFGS-B ends, with the variance on its bound."""
+    from bayeslmm.fitting.reml import optimize_profiled
+
+    rng = np.random.default_rng(0)
+    n = 120
+    g1, g2 = np.repeat(np.arange(12), 10), rng.integers(0, 6, n)
+    y = rng.normal(0, 1, 12)[g1] + 2.0 * rng.normal(size=n)
+    data = pd.DataFrame({"y": y, "x": rng.normal(size=n), "g1": [f"s{i}" for i in g1],
+                         "g2": [f"i{i}" for i in g2]})
+    design = _design("y ~ 1 + x + (1 | g1) + (1 | g2)", data)
+    theta_s, opt_s = optimize_profiled(_deviance_on_path(design, reml, dense_ar1=False))
+    theta_d, opt_d = optimize_profiled(_deviance_on_path(design, reml, dense_ar1=True))
+    assert "then COBYQA" in opt_s.optimizer and "bound at 0" in opt_s.optimizer
+    assert theta_d[1] == 0.0 and abs(theta_s[1]) <= 1e-6
+    assert opt_s.objective == pytest.approx(opt_d.objective, abs=1e-9)
+    assert theta_s[0] == pytest.approx(theta_d[0], rel=1e-5)
+
+
+def test_insteval_fit_takes_newton_steps():
+    """InstEval REML: about ten evaluations (COBYQA took 72) to lme4's criterion or below."""
+    import json
+
+    from conftest import REFERENCE_DIR
+
+    ref = json.loads((REFERENCE_DIR / "lme4" / "insteval.json").read_text())
+    fit = blm.LMM(ref["formula"], blm.datasets.load("insteval")).fit()
+    assert fit.opt.optimizer == "Newton (average information, analytic gradient)"
+    assert fit.opt.evaluations <= 15
+    assert ref["criterion"] - 5e-6 <= fit.criterion <= ref["criterion"] + 1e-7
+
+
 def northings(seed=3):
     """Sites with northings near 5e6 m: site sd 10 m, centimetre noise (sd 0.05 m)."""
     rng = np.random.default_rng(seed)

@@ -336,6 +336,15 @@ class ProfiledDeviance:
         # the analytic gradient needs dense products of the size of A_r1 and A_rr
         self.has_gradient = self.qr == 0 or (
             self.Ar1_dense is not None and float(self.qr) ** 2 * (self.qr + self.J1 * self.q1) <= 2e9)
+        # without it, designs of scalar bars on the sparse path (InstEval) get their gradient and
+        # average-information matrix from the factor's inverse instead (internal_scoring)
+        self.has_scoring = (not self.has_gradient and self.Ar1_dense is None
+                            and all(b.n_terms == 1 for b in blocks))
+        if self.has_scoring:
+            self._g_rows, self._g_cols = np.divmod(self._g_targets, self.qr)
+            self._g_weight = np.where(self._g_rows == self._g_cols, 1.0, 2.0)
+            sizes = [b.n_levels for b in blocks[1:]]
+            self._rest_slices = [slice(a, b) for a, b in zip(np.cumsum([0] + sizes[:-1]), np.cumsum(sizes))]
 
     def _rank_update_pairs(self) -> None:
         """Precompute the symbolic part of ``G = A_r1 V A_r1'`` (V block diagonal).
@@ -623,6 +632,103 @@ class ProfiledDeviance:
             grad[self.layout.slices[k]] = g
         return self._objective(f), grad
 
+    # -- gradient and average information for scalar bars on the sparse path
+    def internal_scoring(self, theta_internal: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """The criterion, its gradient and its average-information matrix in the internal
+        theta, for designs whose bars are all scalar (``(1 | g)``) on the sparse path.
+
+        With ``V = I + sum_k theta_k^2 Z_k Z_k'`` (relative to sigma^2), ``Omega = Lambda' Z'Z
+        Lambda + I`` and ``P`` the REML projection (``V^-1`` for ML in the trace)::
+
+            d_k = (2 / theta_k) [J_k - tr_k(Omega^-1) - |(Omega^-1 Lambda' Z'X R_X^-T)_k|^2
+                                 - n_eff |u_k|^2 / r^2]
+
+        (the third term for REML only; ``tr_k`` sums bar k's diagonal). ``tr(Omega^-1)`` over
+        the first bar needs the whole inverse of the dense block, ``tr(M_rr^-1 W)`` with
+        ``W = Omega_r1 M_11^-2 Omega_1r`` (W from the same sparse rank update as the factor),
+        so a gradient costs about three factorizations. The information is Gilmour, Thompson
+        & Cullis's (1995) average information of the profiled criterion: with
+        ``w_k = dV/dtheta_k P y = 2 Z_k u_k``,
+        ``H_kl = n_eff (w_k' P w_l / r^2 - q_k q_l / r^4) + delta_kl d_k / theta_k``,
+        ``q_k = 2 |u_k|^2 / theta_k``; ``w' P w`` are forward solves with the factor of the
+        augmented system, from cross-products alone.
+        """
+        if not self.has_scoring:
+            raise FitError("internal_scoring needs a design of scalar bars on the sparse path")
+        from scipy.linalg.lapack import dpotri
+
+        theta = np.asarray(theta_internal, dtype=float)
+        if np.any(theta <= 0):
+            raise FitError("internal_scoring needs every theta positive")
+        f = self._factor(theta)
+        self.gradient_evaluations += 1
+        p, J1, qr = self.p, self.J1, self.qr
+        t1 = theta[0]
+        m = f.M11_inv[:, 0, 0] ** -1.0           # Omega_11 = diag(m)
+        d = f.lam_r.diagonal()
+        n_eff = self.n - p if self.reml else self.n
+        u = self._modes(f, f.beta)
+        u1, ur = u[:J1], u[J1:]
+        Minv, info = dpotri(f.Lrr, lower=1)
+        if info != 0:
+            raise FitError(f"the inverse of the random-effects block failed at theta={theta}")
+        # tr(Omega^-1) per bar
+        w = (t1 / m) ** 2
+        W = (self._g_map @ w) * d[self._g_rows] * d[self._g_cols]
+        trace = [float(np.sum(1.0 / m) + np.sum(self._g_weight * Minv[self._g_rows, self._g_cols] * W))]
+        diag_inv = np.diag(Minv)
+        trace += [float(diag_inv[sl].sum()) for sl in self._rest_slices]
+        levels = [J1] + [sl.stop - sl.start for sl in self._rest_slices]
+        u_sq = [float(u1 @ u1)] + [float(ur[sl] @ ur[sl]) for sl in self._rest_slices]
+
+        def forward(c1, cr, cx=None):
+            """L^-1 [c1; cr; (cx)] for the factor of Omega (and of the augmented system)."""
+            z1 = c1 / np.sqrt(m)[:, None]
+            y1 = (t1 / m)[:, None] * c1
+            zr = solve_triangular(f.Lrr, cr - d[:, None] * np.asarray(self.Ar1 @ y1), lower=True, check_finite=False)
+            if cx is None:
+                return z1, zr
+            zx = solve_triangular(f.Lxx, cx - self.Ax1[:p] @ y1 - f.Lxr[:p] @ zr, lower=True, check_finite=False) \
+                if p else np.zeros((0, c1.shape[1]))
+            return z1, zr, zx
+
+        psi = np.zeros(len(levels))
+        if self.reml and p:
+            # Omega^-1 Lambda' Z'X R_X^-T, by a forward and a backward solve
+            z1, zr = forward(t1 * self.Ax1[:p].T, d[:, None] * self.Axr[:p].T)
+            xr = solve_triangular(f.Lrr.T, zr, lower=False, check_finite=False)
+            x1 = (z1 - (t1 / np.sqrt(m))[:, None] * np.asarray(self.Ar1.T @ (d[:, None] * xr))) / np.sqrt(m)[:, None]
+            rinv = solve_triangular(f.Lxx, np.eye(p), lower=True, check_finite=False)
+            psi1, psir = x1 @ rinv.T, xr @ rinv.T
+            psi = np.array([float(np.sum(psi1**2))] + [float(np.sum(psir[sl] ** 2)) for sl in self._rest_slices])
+        pwrss = f.pwrss
+        grad = np.array([(2.0 / theta[k]) * (levels[k] - trace[k] - psi[k] - n_eff * u_sq[k] / pwrss)
+                         for k in range(len(levels))])
+
+        # Z'w_k, X'w_k for w_k = 2 Z_k u_k, from cross-products
+        K = len(levels)
+        z1w, zrw, xw = np.empty((J1, K)), np.empty((qr, K)), np.empty((p, K))
+        z1w[:, 0] = 2.0 * self.A11[:, 0, 0] * u1
+        zrw[:, 0] = 2.0 * (self.Ar1 @ u1)
+        xw[:, 0] = 2.0 * (self.Ax1[:p] @ u1)
+        for k, sl in enumerate(self._rest_slices, start=1):
+            uk = np.zeros(qr)
+            uk[sl] = ur[sl]
+            z1w[:, k] = 2.0 * (self.Ar1.T @ uk)
+            zrw[:, k] = 2.0 * (self.Arr[:, sl] @ ur[sl])
+            xw[:, k] = 2.0 * (self.Axr[:p, sl] @ ur[sl])
+        # w_k' w_l = 2 u_l' Z_l' w_k
+        ww = np.empty((K, K))
+        ww[0] = 2.0 * (u1 @ z1w)
+        for k, sl in enumerate(self._rest_slices, start=1):
+            ww[k] = 2.0 * (ur[sl] @ zrw[sl])
+        ww = 0.5 * (ww + ww.T)
+        z1, zr, zx = forward(t1 * z1w, d[:, None] * zrw, xw)
+        wpw = ww - z1.T @ z1 - zr.T @ zr - zx.T @ zx
+        q = 2.0 * np.array(u_sq) / theta
+        info = n_eff * (wpw / pwrss - np.outer(q, q) / pwrss**2)
+        return self._objective(f), grad, info + np.diag(grad / theta)
+
     # -- out of core: the same deviance from cross-products (see CrossProducts)
     @classmethod
     def from_cross_products(cls, design: Design, products: "CrossProducts", reml: bool = True) -> "ProfiledDeviance":
@@ -678,6 +784,7 @@ class ProfiledDeviance:
         self.Ar1_dense = None
         self.qr = 0
         self.has_gradient = True
+        self.has_scoring = False
         return self
 
 
@@ -785,6 +892,8 @@ def conditional_variances(deviance: ProfiledDeviance, solution: PLSSolution) -> 
     ``Lambda (L L')^{-1} Lambda'``. Multiply by ``sigma^2`` for the variances.
     """
     design = deviance.design
+    if deviance.has_scoring and np.all(solution.internal_theta > 0):
+        return _scalar_conditional_variances(deviance, solution)
     q1, J1 = deviance.q1, deviance.J1
     lam1 = solution.internal_factors[0]
     L11_inv = np.linalg.inv(solution.L11)
@@ -810,6 +919,31 @@ def conditional_variances(deviance: ProfiledDeviance, solution: PLSSolution) -> 
     first = np.einsum("ik,jkl,ml->jim", lam1, inner, lam1)
     # back from the scaled columns: Var(b) = diag(1/c) Var(b~) diag(1/c)
     return [v / np.outer(scale, scale) for v, scale in zip([first] + out_rest, deviance.term_scales)]
+
+
+def _scalar_conditional_variances(deviance: ProfiledDeviance, solution: PLSSolution) -> list[np.ndarray]:
+    """:func:`conditional_variances` for scalar bars on the sparse path, from the inverse of
+    the dense block: ``Omega^-1_jj = 1/m_j + (theta_1/m_j)^2 a_j' Lambda_r M_rr^-1 Lambda_r a_j``
+    for the first bar's levels (``a_j`` the column of ``A_r1``; one sparse product over the
+    pairs of the rank update), ``diag(M_rr^-1)`` for the others. InstEval: 25 ms instead of
+    140 ms (a dense ``L_rr^-1 A_r1`` of 1142 x 2972)."""
+    from scipy.linalg.lapack import dpotri
+
+    theta = solution.internal_theta
+    lam_r = deviance.lambda_rest(theta)
+    d = lam_r.diagonal()
+    m = solution.L11[:, 0, 0] ** 2             # Omega_11 = diag(m)
+    Minv, info = dpotri(solution.Lrr, lower=1)
+    if info != 0:
+        raise FitError("the inverse of the random-effects block failed")
+    rows, cols = deviance._g_rows, deviance._g_cols
+    pairs = deviance._g_weight * Minv[rows, cols] * d[rows] * d[cols]
+    # the rank update's map sums A_aj A_bj over pairs a >= b; each off-diagonal pair counts twice
+    quad = deviance._g_map.T @ pairs
+    first = theta[0] ** 2 * (1.0 / m + (theta[0] / m) ** 2 * quad)
+    rest = d**2 * np.diag(Minv)
+    out = [first] + [rest[sl] for sl in deviance._rest_slices]
+    return [v[:, None, None] / scale[0] ** 2 for v, scale in zip(out, deviance.term_scales)]
 
 
 def _blas_single_thread():
@@ -1014,6 +1148,70 @@ def optimize_with_gradient(deviance: ProfiledDeviance, start: np.ndarray,
     return x, summary
 
 
+def optimize_scoring(deviance: ProfiledDeviance, start: np.ndarray, max_iter: int = 40,
+                     tol: float = 1e-9) -> tuple[np.ndarray, OptSummary]:
+    """Minimize the criterion of a design of scalar bars on the sparse path (InstEval's
+    ``(1|s) + (1|d) + (1|dept)``) by Newton steps on the analytic gradient with the
+    average-information matrix (:meth:`ProfiledDeviance.internal_scoring`) and a
+    backtracking line search; stops when the predicted decrease ``g' H^-1 g / 2`` is below
+    ``tol``. A component heading for its bound at 0, a matrix that is not positive
+    definite or no convergence within ``max_iter`` steps hands over to
+    :func:`optimize_deviance` (COBYQA) from the best point so far.
+
+    About 6 Newton steps replace COBYQA's ~70 evaluations; each step costs about three
+    factorizations of the dense block (its inverse gives the traces)."""
+    t0 = time.perf_counter()
+    count0 = deviance.evaluations
+    x = np.asarray(start, dtype=float)
+    name, message, ok = "Newton (average information, analytic gradient)", "", False
+    try:
+        value, grad, hess = deviance.internal_scoring(x)
+        for _ in range(max_iter):
+            chol = np.linalg.cholesky(hess)
+            step = solve_triangular(chol.T, solve_triangular(chol, grad, lower=True), lower=False)
+            decrease = 0.5 * float(grad @ step)
+            if decrease < tol:
+                ok, message = True, f"predicted decrease {decrease:.2e} below {tol:.0e}"
+                break
+            # stay inside theta > 0: at most 90 % of the way to the bound
+            shrinking = step > 0
+            t = min(1.0, 0.9 * float(np.min(x[shrinking] / step[shrinking]))) if np.any(shrinking) else 1.0
+            # the full step is scored at once (it is nearly always taken); shorter ones by value
+            trial = x - t * step
+            try:
+                scored = deviance.internal_scoring(trial)
+            except (FitError, np.linalg.LinAlgError):
+                scored = (np.inf, None, None)
+            if not scored[0] <= value - 1e-4 * t * 2.0 * decrease:
+                for _ in range(30):
+                    t *= 0.5
+                    trial = x - t * step
+                    if deviance.internal_objective(trial) <= value - 1e-4 * t * 2.0 * decrease:
+                        break
+                else:
+                    message = "the line search found no decrease"
+                    break
+                scored = deviance.internal_scoring(trial)
+            x, (value, grad, hess) = trial, scored
+            if np.any(x < 1e-4 * np.maximum(1.0, np.max(x))):
+                message = "a component is heading for its bound at 0"
+                break
+        else:
+            message = f"no convergence in {max_iter} Newton steps"
+    except (FitError, np.linalg.LinAlgError) as exc:
+        message = str(exc)
+    if not ok:
+        # the derivative-free optimizer takes over from the best point reached
+        x, summary = optimize_deviance(deviance.internal_objective, x, deviance.layout.lower, counter=deviance)
+        return x, replace(summary, initial=np.asarray(start, dtype=float),
+                          optimizer=f"{name}, then {summary.optimizer} ({message})",
+                          evaluations=deviance.evaluations - count0, seconds=time.perf_counter() - t0)
+    summary = OptSummary(optimizer=name, initial=np.asarray(start, dtype=float), final=np.array(x),
+                         objective=float(value), evaluations=deviance.evaluations - count0,
+                         seconds=time.perf_counter() - t0, converged=True, message=message)
+    return x, summary
+
+
 def fit_profiled(design: Design, reml: bool = True):
     """Fit by REML (``reml=True``) or ML: optimize the profiled deviance and build the
     :class:`~bayeslmm.results.point.PointResult` (lme4's ``optimizeLmer -> mkMerMod``)."""
@@ -1027,12 +1225,15 @@ def optimize_profiled(deviance: ProfiledDeviance) -> tuple[np.ndarray, OptSummar
     summary, both on the user's scale).
 
     With the analytic gradient (every design whose dense blocks are moderate): L-BFGS-B
-    with lme4's convergence check and restarts; otherwise (a large second factor, as in
-    InstEval, where a gradient costs many evaluations and theta is short) COBYQA.
+    with lme4's convergence check and restarts; with scalar bars on the sparse path (a large
+    second factor, as in InstEval): Newton steps with the average information
+    (:func:`optimize_scoring`); otherwise COBYQA.
     """
     with _blas_single_thread():
         if deviance.has_gradient:
             internal, opt = optimize_with_gradient(deviance, deviance.layout.initial())
+        elif deviance.has_scoring:
+            internal, opt = optimize_scoring(deviance, deviance.layout.initial())
         else:
             internal, opt = optimize_deviance(deviance.internal_objective, deviance.layout.initial(),
                                               deviance.layout.lower, counter=deviance)
