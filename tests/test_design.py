@@ -306,3 +306,22 @@ def test_blocked_rank_check_agrees_with_the_sequential_rule(seed):
         X = np.round(X)  # indicator-like integer columns, exact dependencies
     X *= 10.0 ** rng.integers(-150, 150, size=p)  # no overflow whatever the units
     assert independent_columns(X) == _sequential_rank(X)
+
+
+def test_fixed_terms_follow_rs_term_order():
+    """R sorts the terms of a formula by degree (formula order among equals): lme4's
+    coefficients and lmerTest's type I table of ``a*b + c`` read a, b, c, a:b (formulae
+    evaluates a, b, a:b, c)."""
+    rng = np.random.default_rng(0)
+    n = 120
+    data = pd.DataFrame({"y": rng.normal(size=n), "a": rng.choice(["p", "q"], n), "b": rng.choice(["u", "v", "w"], n),
+                         "c": rng.normal(size=n), "g": rng.choice(list("ABCDEF"), n)})
+    design = blm.LMM("y ~ a*b + c + (1 | g)", data).design
+    assert design.fixed_names == ("(Intercept)", "aq", "bv", "bw", "c", "aq:bv", "aq:bw")
+    assert list(design.fixed_terms()) == ["(Intercept)", "a", "b", "c", "a:b"]
+    assert list(design.fixed_term_parts()) == ["(Intercept)", "a", "b", "c", "a:b"]
+    np.testing.assert_array_equal(design.X[:, 4], data["c"].to_numpy())
+    np.testing.assert_array_equal(design.new_fixed_matrix(data), design.X)
+    three = blm.LMM("y ~ a*b*c + (1 | g)", data).design
+    assert list(three.fixed_terms()) == ["(Intercept)", "a", "b", "c", "a:b", "a:c", "b:c", "a:b:c"]
+    assert three.fixed_names[4:7] == ("c", "aq:bv", "aq:bw")

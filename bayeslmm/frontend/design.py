@@ -165,20 +165,23 @@ class Design:
 
     def fixed_terms(self) -> dict[str, tuple[int, ...]]:
         """Each term of the fixed part -> the columns of ``X`` it owns (aliased columns
-        left out; a term whose columns were all aliased is left out), in formula order:
+        left out; a term whose columns were all aliased is left out), in R's term order
+        (by degree, then formula order):
         ``{"(Intercept)": (0,), "Days": (1,), "g": (2, 3), "Days:g": (4, 5)}``."""
         slices = getattr(self._fixed_evaluator, "slices", None) or {}
+        terms = getattr(self._fixed_evaluator, "terms", None) or {}
         position = {name: i for i, name in enumerate(self.fixed_names)}
         out = {}
-        for term, sl in slices.items():
+        for term in sorted(slices, key=lambda name: _term_degree(name, terms.get(name))):
+            sl = slices[term]
             columns = tuple(position[name] for name in self._fixed_all_names[sl] if name in position)
             if columns:
                 out["(Intercept)" if term == "Intercept" else term] = columns
         return out
 
     def fixed_term_parts(self) -> dict[str, tuple[dict, ...]]:
-        """The variables of every term of the fixed part (aliased terms included), in formula
-        order, as the evaluated design holds them, for re-coding the factors (lmerTest's
+        """The variables of every term of the fixed part (aliased terms included), in R's term
+        order (see :meth:`fixed_terms`), as the evaluated design holds them, for re-coding the factors (lmerTest's
         type III hypotheses are built on treatment contrasts whatever the model's coding).
 
         Each part is a dict: ``name`` (the variable as the formula writes it, ``"C(a, Sum)"``),
@@ -189,7 +192,9 @@ class Design:
         for a factor whose margin is not in the model). ``"(Intercept)"`` has no parts.
         """
         out: dict[str, tuple[dict, ...]] = {}
-        for name, term in getattr(self._fixed_evaluator, "terms", {}).items():
+        terms = getattr(self._fixed_evaluator, "terms", None) or {}
+        for name in sorted(terms, key=lambda name: _term_degree(name, terms[name])):
+            term = terms[name]
             if name == "Intercept":
                 out["(Intercept)"] = ()
                 continue
@@ -586,6 +591,25 @@ def _unwrap_offsets(expr: str) -> str:
     return out
 
 
+def _term_degree(name: str, term) -> int:
+    """The order of a fixed term (R's ``attr(terms, "order")``): its number of variables."""
+    return 0 if name == "Intercept" else len(getattr(term, "components", ())) or 1
+
+
+def _r_column_order(common, n_columns: int) -> list[int]:
+    """Column indices of formulae's fixed matrix in R's term order: terms sorted by their
+    degree, formula order among equals (``a*b + x`` -> ``a, b, x, a:b``; formulae keeps
+    ``a, b, a:b, x``). lme4's coefficient order and lmerTest's sequential (type I) tests
+    follow it."""
+    slices = getattr(common, "slices", None) or {}
+    terms = getattr(common, "terms", None) or {}
+    if not slices:
+        return list(range(n_columns))
+    ranked = sorted(slices, key=lambda name: _term_degree(name, terms.get(name)))  # stable
+    order = [i for name in ranked for i in range(n_columns)[slices[name]]]
+    return order if sorted(order) == list(range(n_columns)) else list(range(n_columns))
+
+
 def _full_rank(common, data: pd.DataFrame):
     """Drop aliased columns as lme4 does (pivoted QR, tolerance 1e-7), with a warning.
     ``offset(...)`` columns (admitted for GLMMs only) are split off and summed."""
@@ -598,8 +622,9 @@ def _full_rank(common, data: pd.DataFrame):
     _check_finite_columns(X, all_names, data, "the fixed-effect")
     is_off = np.array([_is_offset(n) for n in all_names], dtype=bool)
     offset = X[:, is_off].sum(axis=1) if is_off.any() else None
-    X = X[:, ~is_off]
-    names = tuple(n for n, o in zip(all_names, is_off) if not o)
+    order = [i for i in _r_column_order(common, len(all_names)) if not is_off[i]]
+    X = X[:, order]
+    names = tuple(all_names[i] for i in order)
     if X.shape[1] == 0:
         return X, names, all_names, (), offset
     keep = independent_columns(X)
