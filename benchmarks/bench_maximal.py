@@ -8,7 +8,7 @@ and of ``mixedlm.lmer(formula, data)`` (one run, after one warm-up fit of a smal
 interleaved so both see the same machine load; the criterion of each against lme4's.
 
 Run: ``python benchmarks/bench_maximal.py [--repeat 3] [--case kb07_max] [--no-mixedlm]``;
-writes benchmarks/out/bench_maximal.txt.
+writes benchmarks/out/bench_maximal.txt (``--case`` runs: bench_maximal_<case>.txt).
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def cases() -> list[dict]:
         out.append({"id": "arabidopsis", "formula": "lfruits ~ nutrient*amd + rack + status + "
                     "(amd*nutrient | popu) + (1 | gen)", "data": data, "reml": True, "lme4": 2050.17,
                     "lme4_s": float("nan"), "mixedlm_ref": 2050.17, "mixedlm_ref_s": None})
+    # issue 14's variance-component design from statsmodels' tests (test_lme.py::test_vcomp_2,
+    # simulated there with RandomState(6241)): v2 within v1 within groups; lme4's time not recorded
+    out.append({"id": "sm_vcomp_2", "formula": "y ~ x1 + x2 + (0 + z1 + z2 | groups) + (1 | v1) + (1 | v2)",
+                "data": statsmodels_vcomp_2(), "reml": True, "lme4": float("nan"), "lme4_s": float("nan"),
+                "mixedlm_ref": 7240.3484, "mixedlm_ref_s": None})
     # last: mixedlm takes minutes on it
     c = psy["kb07_max"]
     data = pd.read_csv(SHARED / "data" / Path(c["data"]).name)
@@ -70,6 +75,24 @@ def cases() -> list[dict]:
                 "lme4": c["deviance"], "lme4_s": c["lmer_seconds"],
                 "mixedlm_ref": c["mixedlm_1_3_0"]["deviance"], "mixedlm_ref_s": c["mixedlm_1_3_0"]["seconds"]})
     return out
+
+
+def statsmodels_vcomp_2() -> pd.DataFrame:
+    """The data of statsmodels' ``test_vcomp_2`` (regression/tests/test_lme.py), same draws."""
+    rs = np.random.RandomState(6241)
+    n = 1600
+    exog = rs.normal(size=(n, 2))
+    groups = np.kron(np.arange(n // 16), np.ones(16))
+    exog_re = rs.normal(size=(n, 2))
+    slopes = np.kron(rs.normal(size=(n // 16, 2)), np.ones((16, 1))) * exog_re
+    errors = slopes.sum(1)
+    v1 = np.kron(np.arange(n // 4), np.ones(4))
+    errors = errors + np.kron(2 * rs.normal(size=n // 4), np.ones(4))
+    v2 = np.kron(np.arange(n // 2), np.ones(2))
+    errors = errors + np.kron(2 * rs.normal(size=n // 2), np.ones(2)) + rs.normal(size=n)
+    label = lambda codes: codes.astype(int).astype(str)  # noqa: E731
+    return pd.DataFrame({"y": exog.sum(1) + errors, "x1": exog[:, 0], "x2": exog[:, 1], "z1": exog_re[:, 0],
+                         "z2": exog_re[:, 1], "groups": label(groups), "v1": label(v1), "v2": label(v2)})
 
 
 def fit_ours(case: dict):
@@ -95,10 +118,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--case", action="append", default=None)
     parser.add_argument("--no-mixedlm", action="store_true")
-    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--out", default=None, help="default: benchmarks/out/bench_maximal.txt for a run of "
+                        "every case, bench_maximal_<cases>.txt for --case runs")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     todo = [c for c in cases() if args.case is None or c["id"] in args.case]
+    if args.out is None:
+        args.out = str(OUT if args.case is None else OUT.with_name(f"bench_maximal_{'_'.join(args.case)}.txt"))
     blm.LMM("Reaction ~ Days + (Days | Subject)", blm.datasets.load("sleepstudy")).fit()  # warm-up
     if not args.no_mixedlm:
         import mixedlm
@@ -119,7 +145,7 @@ def main() -> None:
             if r == 0 and not args.no_mixedlm and (case["mixedlm_ref"] is not None or case["lme4_s"] > 1):
                 mlm_s, mlm_cpu, mlm_dev = fit_mixedlm(case)
         ours, ours_cpu = statistics.median(times), statistics.median(cpus)
-        best = min(v for v in (case["lme4"], mlm_dev) if v is not None)
+        best = min(v for v in (case["lme4"], mlm_dev) if v is not None and np.isfinite(v))
         line = (f"{case['id']:13s} {fit.criterion:13.4f} {case['lme4']:13.4f} "
                 f"{(f'{mlm_dev:13.4f}' if mlm_dev is not None else '            -')} "
                 f"{fit.criterion - best:+10.1e} {(fit.criterion - best) / abs(best):+9.1e} {ours:7.2f} "
