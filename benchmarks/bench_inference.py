@@ -119,7 +119,11 @@ def agreement() -> list[str]:
 
 
 def boot(nsim: int, n_jobs: int) -> list[str]:
-    from bayeslmm.fitting.inference import bootstrap
+    """The bootstrap's limits of every kind (lme4's boot.type) against lme4's profile limits,
+    each with its Monte Carlo interval; the draws are kept in bench_inference_boot_draws.csv."""
+    from scipy import stats
+
+    from bayeslmm.fitting.inference import bootstrap, bootstrap_limits, fitted_parameters
 
     model, method = model_of("sleep_rs")
     fit = model.fit(method)
@@ -128,23 +132,36 @@ def boot(nsim: int, n_jobs: int) -> list[str]:
     t0 = time.perf_counter()
     draws = bootstrap(fit, nsim=nsim, random_seed=2026, n_jobs=n_jobs)
     seconds = time.perf_counter() - t0
+    draws.to_csv(OUT.with_name("bench_inference_boot_draws.csv"), index=False)
     n = int(draws.notna().all(axis=1).sum())
+    estimate = pd.Series(fitted_parameters(fit), index=draws.columns)
     lines = [f"## Parametric bootstrap, sleepstudy (Days | Subject), nsim = {nsim} ({n} refits kept), "
              f"{n_jobs} workers, {seconds:.0f} s",
-             "parameter                        limit  bootstrap  profile(lme4)  "
-             "MC interval (+-3 sd of the order statistic)  covers"]
-    covered = 0
-    for name in prof.index:
-        x = np.sort(draws[name].dropna().to_numpy())
-        for q, column in ((0.025, "2.5 %"), (0.975, "97.5 %")):
-            sd = np.sqrt(n * q * (1 - q))
-            lo, hi = x[max(int(np.floor(n * q - 3 * sd)), 0)], x[min(int(np.ceil(n * q + 3 * sd)), n - 1)]
-            value = np.quantile(x, q)
-            ok = lo <= prof.loc[name, column] <= hi
-            covered += ok
-            lines.append(f"{name:32s} {column:6s} {value:10.4f} {prof.loc[name, column]:14.4f}  "
-                         f"[{lo:.4f}, {hi:.4f}]  {'yes' if ok else 'NO'}")
-    lines.append(f"profile limits inside the bootstrap's Monte Carlo interval: {covered} of {2 * len(prof)}")
+             "Monte Carlo interval of a limit: perc/basic +-3 binomial sds of the order statistic's rank; "
+             "norm +-3 se of mean -+ z sd"]
+    z = stats.norm.ppf(0.975)
+    for kind in ("perc", "basic", "norm"):
+        lower, upper = bootstrap_limits(draws.to_numpy(), estimate.to_numpy(), 0.95, kind)
+        lines.append(f"### boot_type = {kind!r}")
+        lines.append("parameter                        limit  bootstrap  profile(lme4)  MC interval  covers")
+        covered = 0
+        for i, name in enumerate(prof.index):
+            x = np.sort(draws[name].dropna().to_numpy())
+            t = estimate[name]
+            for q, column, value in ((0.025, "2.5 %", lower[i]), (0.975, "97.5 %", upper[i])):
+                if kind == "norm":
+                    se = x.std(ddof=1) * np.sqrt(1 / n + z**2 / (2 * (n - 1)))
+                    lo, hi = value - 3 * se, value + 3 * se
+                else:
+                    qq = q if kind == "perc" else 1 - q
+                    sd = np.sqrt(n * qq * (1 - qq))
+                    a, b = x[max(int(np.floor(n * qq - 3 * sd)), 0)], x[min(int(np.ceil(n * qq + 3 * sd)), n - 1)]
+                    lo, hi = (a, b) if kind == "perc" else (2 * t - b, 2 * t - a)
+                ok = lo <= prof.loc[name, column] <= hi
+                covered += ok
+                lines.append(f"{name:32s} {column:6s} {value:10.4f} {prof.loc[name, column]:14.4f}  "
+                             f"[{lo:.4f}, {hi:.4f}]  {'yes' if ok else 'NO'}")
+        lines.append(f"profile limits inside the Monte Carlo interval ({kind}): {covered} of {2 * len(prof)}")
     again = bootstrap(fit, nsim=min(nsim, 50), random_seed=2026, n_jobs=1, progressbar=False)
     same = np.array_equal(again.to_numpy(), draws.iloc[:len(again)].to_numpy(), equal_nan=True)
     lines.append(f"the first {len(again)} draws rerun with n_jobs=1 from the same seed are identical: {same}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import bayeslmm as blm
 from bayeslmm.fitting.inference import VarianceModel, term_contrasts
@@ -656,6 +657,50 @@ def test_bootstrap_interval_agrees_with_the_profile_interval():
             lo = x[max(int(np.floor(n * q - 4 * sd_rank)), 0)]
             hi = x[min(int(np.ceil(n * q + 4 * sd_rank)), n - 1)]
             assert lo <= ref.loc[name, column] <= hi, (name, column, lo, ref.loc[name, column], hi)
+
+
+def test_boot_quantile_reads_order_statistics_as_boot_ci():
+    """boot's norm.inter: rank (R + 1) alpha; a whole rank is that order statistic, else the
+    two neighbours interpolated on the normal scale; beyond the ends, the extremes."""
+    from bayeslmm.fitting.inference import boot_quantile
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=999)
+    ordered = np.sort(values)
+    assert boot_quantile(values, 0.025) == ordered[24]          # rank 25
+    assert boot_quantile(values, 0.975) == ordered[974]         # rank 975
+    ten = np.arange(1.0, 11.0)                                  # R = 10, rank 11 * 0.3 = 3.3
+    z = stats.norm.ppf([0.3, 3 / 11, 4 / 11])
+    assert boot_quantile(ten, 0.3) == pytest.approx(3.0 + (z[0] - z[1]) / (z[2] - z[1]), rel=1e-14)
+    assert 3.0 < boot_quantile(ten, 0.3) < 4.0
+    assert boot_quantile(ten, 0.05) == 1.0 and boot_quantile(ten, 0.95) == 10.0
+    assert boot_quantile(np.r_[ten, np.nan, np.inf], 0.3) == boot_quantile(ten, 0.3)
+
+
+def test_boot_interval_kinds(monkeypatch):
+    """perc, basic and norm from one set of draws (lme4's boot.type): basic is perc
+    reflected about the estimate, norm is estimate - bias -+ z sd; the estimate is the fit's."""
+    import bayeslmm.fitting.inference as inference
+
+    fit = reference_fit("sleep_ri")
+    estimate = inference.fitted_parameters(fit)
+    vc = fit.varcorr()["sdcor"].to_numpy()
+    np.testing.assert_allclose(estimate, np.r_[vc, fit.beta], rtol=1e-12)
+    draws = inference.bootstrap(fit, nsim=60, random_seed=5, n_jobs=1, progressbar=False)
+    monkeypatch.setattr(inference, "bootstrap", lambda *args, **kwargs: draws)
+    perc = fit.confint(method="boot", nsim=60, random_seed=5)
+    basic = fit.confint(method="boot", nsim=60, random_seed=5, boot_type="basic")
+    norm = fit.confint(method="boot", nsim=60, random_seed=5, boot_type="norm")
+    np.testing.assert_allclose(basic["lower"], 2 * estimate - perc["upper"], rtol=1e-12)
+    np.testing.assert_allclose(basic["upper"], 2 * estimate - perc["lower"], rtol=1e-12)
+    x = draws.to_numpy()
+    half = stats.norm.ppf(0.975) * x.std(axis=0, ddof=1)
+    centre = 2 * estimate - x.mean(axis=0)
+    np.testing.assert_allclose(norm["lower"], centre - half, rtol=1e-12)
+    np.testing.assert_allclose(norm["upper"], centre + half, rtol=1e-12)
+    assert (perc["lower"] < perc["upper"]).all()
+    with pytest.raises(blm.BayesLMMError, match="boot_type"):
+        fit.confint(method="boot", nsim=60, boot_type="bca")
 
 
 def test_probability_of_direction():

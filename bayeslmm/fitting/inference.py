@@ -1581,7 +1581,7 @@ class Profile:
 
 def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 1000, random_seed=None,
             client=None, n_jobs: int | None = None, progressbar: bool = True,
-            exact: bool = False) -> pd.DataFrame:
+            exact: bool = False, boot_type: str = "perc") -> pd.DataFrame:
     """Confidence intervals as ``lme4::confint(fit, method, level, oldNames = FALSE)``.
 
     Parameters
@@ -1589,8 +1589,8 @@ def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 10
     method : {"profile", "wald", "boot"}
         ``"profile"``: likelihood-profile limits (see :class:`Profile`; ML profiles, as
         lme4; read off lme4's spline unless ``exact``). ``"wald"``: ``beta +- z se`` for the fixed
-        effects, NaN for the variance parameters (as lme4's NA). ``"boot"``: parametric bootstrap percentile intervals
-        (lme4's ``bootMer``; see :func:`bootstrap`).
+        effects, NaN for the variance parameters (as lme4's NA). ``"boot"``: parametric bootstrap intervals
+        (lme4's ``bootMer``; see :func:`bootstrap`) of the kind ``boot_type`` names.
     level : float
         Coverage (0.95).
     nsim, random_seed, client, n_jobs, progressbar
@@ -1601,6 +1601,14 @@ def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 10
         off an interpolation spline through the profile points its stepping visits; True
         returns the exact roots of ``zeta = -+z_(1 - alpha/2)`` instead (they differ from
         lme4's by up to a few 1e-3 of the estimate where the profile bends).
+    boot_type : {"perc", "basic", "norm"}
+        For ``"boot"``, lme4's ``boot.type`` (the intervals of ``boot::boot.ci``):
+        ``"perc"`` (default, as lme4) the ``alpha/2`` and ``1 - alpha/2`` quantiles of the
+        draws; ``"basic"`` those quantiles reflected about the estimate,
+        ``2 t - q_(1 - alpha/2)``, ``2 t - q_(alpha/2)``, which undoes a bias of the estimator
+        (sds of few groups are biased low, so their percentile limits sit low); ``"norm"``
+        ``t - bias -+ z sd`` with the draws' bias and sd. ``"basic"`` and ``"norm"`` limits
+        are not clipped to the parameter's range (a correlation's may pass +-1, as in lme4).
 
     Returns
     -------
@@ -1625,17 +1633,65 @@ def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 10
         limits = [profile.interval(i, level, exact=exact) for i in range(len(names))]
         lower, upper = np.array(limits).T
     elif key == "boot":
+        kind = str(boot_type).lower()
+        if kind not in ("perc", "basic", "norm"):
+            raise BayesLMMError(f"unknown boot_type {boot_type!r}: use 'perc', 'basic' or 'norm' (lme4's boot.type)")
         draws = bootstrap(result, nsim=nsim, random_seed=random_seed, client=client, n_jobs=n_jobs,
                           progressbar=progressbar)
-        alpha = (1 - level) / 2
-        lower = np.nanquantile(draws.to_numpy(), alpha, axis=0)
-        upper = np.nanquantile(draws.to_numpy(), 1 - alpha, axis=0)
+        lower, upper = bootstrap_limits(draws.to_numpy(), fitted_parameters(result), level, kind)
     else:
         raise BayesLMMError(f"unknown method {method!r}: use 'profile', 'wald' or 'boot'")
     return pd.DataFrame({"lower": lower, "upper": upper}, index=pd.Index(names, name="term"))
 
 
 # ---------------------------------------------------------------- parametric bootstrap
+def fitted_parameters(result) -> np.ndarray:
+    """The fit's sd/cor/sigma parameters followed by its fixed effects: the estimate ``t``
+    of every column :func:`bootstrap` returns (a correlation of a zero sd is 0, as there)."""
+    phi = _SdCor(result.design).from_theta(np.asarray(result.theta, float), float(result.sigma))
+    return np.r_[np.nan_to_num(phi, nan=0.0), np.asarray(result.beta, float)]
+
+
+def boot_quantile(values: np.ndarray, alpha: float) -> float:
+    """``boot``'s ``norm.inter``: the ``alpha`` quantile of bootstrap values as ``boot.ci``
+    reads it (lme4's ``confint(method = "boot")``): the order statistic of rank
+    ``(R + 1) alpha`` when that is whole, else interpolated between the neighbouring order
+    statistics on the normal quantile scale; the extreme values beyond them."""
+    t = np.sort(np.asarray(values, float)[np.isfinite(values)])
+    R = t.size
+    if R == 0:
+        return np.nan
+    rank = (R + 1) * alpha
+    k = int(np.trunc(rank))
+    if k == rank and 0 < k <= R:
+        return float(t[k - 1])
+    if k <= 0:
+        return float(t[0])
+    if k >= R:
+        return float(t[-1])
+    z, z_k, z_k1 = stats.norm.ppf([alpha, k / (R + 1), (k + 1) / (R + 1)])
+    return float(t[k - 1] + (z - z_k) / (z_k1 - z_k) * (t[k] - t[k - 1]))
+
+
+def bootstrap_limits(draws: np.ndarray, estimate: np.ndarray, level: float, kind: str = "perc"):
+    """Lower and upper limits of ``boot::boot.ci``'s ``"perc"``, ``"basic"`` or ``"norm"``
+    interval from bootstrap ``draws`` (rows) of the parameters whose estimates are
+    ``estimate``; non-finite draws (failed refits) are left out, as ``boot.ci`` does."""
+    alpha = (1 - level) / 2
+    draws = np.asarray(draws, float)
+    if kind == "norm":
+        z = stats.norm.ppf(1 - alpha)
+        finite = np.where(np.isfinite(draws), draws, np.nan)
+        bias = np.nanmean(finite, axis=0) - estimate
+        sd = np.nanstd(finite, axis=0, ddof=1)
+        return estimate - bias - z * sd, estimate - bias + z * sd
+    low = np.array([boot_quantile(column, alpha) for column in draws.T])
+    high = np.array([boot_quantile(column, 1 - alpha) for column in draws.T])
+    if kind == "basic":
+        return 2 * estimate - high, 2 * estimate - low
+    return low, high
+
+
 @dataclass(frozen=True)
 class _Bar:
     """The picklable part of a :class:`~bayeslmm.frontend.design.RandomBlock` a refit needs."""

@@ -408,14 +408,15 @@ class PointResult(FitResult, InformationCriteria):
 
     def confint(self, method: str = "profile", level: float = 0.95, nsim: int = 1000, random_seed=None,
                 client=None, n_jobs: int | None = None, progressbar: bool = True,
-                exact: bool = False) -> pd.DataFrame:
+                exact: bool = False, boot_type: str = "perc") -> pd.DataFrame:
         """Confidence intervals as ``lme4::confint(fit, oldNames = FALSE)``; see
         :func:`bayeslmm.fitting.inference.confint` (``exact=True``: the profile limits as
-        exact roots of the profiled likelihood instead of lme4's spline reading)."""
+        exact roots of the profiled likelihood instead of lme4's spline reading;
+        ``boot_type``: lme4's ``boot.type``, "perc", "basic" or "norm")."""
         from ..fitting.inference import confint
 
         return confint(self, method=method, level=level, nsim=nsim, random_seed=random_seed,
-                       client=client, n_jobs=n_jobs, progressbar=progressbar, exact=exact)
+                       client=client, n_jobs=n_jobs, progressbar=progressbar, exact=exact, boot_type=boot_type)
 
     def vcov(self) -> pd.DataFrame:
         """Covariance matrix of the fixed-effect estimates."""
