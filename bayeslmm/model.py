@@ -17,7 +17,7 @@ from .frontend.design import Design, build_design
 from .frontend.formula import parse_formula
 
 SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
-PARAMETRIZATIONS = ("auto", "marginal", "crossed", "full")
+PARAMETRIZATIONS = ("auto", "marginal", "crossed", "marginal_mh", "full")
 #: explicit bounds on the sampler's settings (the memory the draws take is checked too)
 MAX_DRAWS = 10**7
 MAX_CHAINS = 1000
@@ -80,7 +80,7 @@ def check_sample_arguments(draws=1000, tune=1000, chains=4, random_seed=None, sa
         raise SettingsError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     out["sampler"] = sampler
     if not isinstance(parametrization, str) or parametrization.lower() not in PARAMETRIZATIONS:
-        raise SettingsError(f"parametrization must be 'auto', 'marginal', 'crossed' or 'full', "
+        raise SettingsError(f"parametrization must be 'auto', 'marginal', 'crossed', 'marginal_mh' or 'full', "
                             f"not {parametrization!r}")
     out["parametrization"] = parametrization.lower()
     return out
@@ -285,14 +285,19 @@ class LMM:
             steps than the 0.8 of most samplers), 0.95 when a correlated bar has more than
             four terms (see :func:`default_target_accept`).
         progressbar : bool
-        parametrization : {"auto", "marginal", "crossed", "full"}
+        parametrization : {"auto", "marginal", "crossed", "marginal_mh", "full"}
             ``"full"`` samples the group effects with the other parameters
             (non-centered); ``"marginal"`` integrates them out, samples the rest, then
             draws them exactly (every bar within one top-level factor, or crossed factors
             with at most 100 group effects in all); ``"crossed"`` integrates out one
             factor's effects (and those nested in it) given the other factors' effects,
             which NUTS samples, then draws the integrated ones exactly (any design, see
-            :mod:`bayeslmm.sampling.crossed`); ``"auto"`` (with ``sampler="nutpie"``) picks among
+            :mod:`bayeslmm.sampling.crossed`); ``"marginal_mh"`` integrates every group
+            effect out with the REML back end's blocked factorization and samples the few
+            remaining parameters by independence Metropolis-Hastings, then draws the
+            effects exactly (bars of one term each, any size: InstEval; see
+            :mod:`bayeslmm.sampling.marginal_mh`; ``target_accept`` does not apply);
+            ``"auto"`` (with ``sampler="nutpie"``) picks among
             them by estimated cost (:func:`bayeslmm.sampling.crossed.plan_sampler`) and records
             what it picked and why in ``idata.posterior.attrs["sampler_choice"]`` (also
             logged at INFO level on the ``bayeslmm`` logger).
@@ -309,6 +314,7 @@ class LMM:
         from .sampling.bayes import build_model, run_sampler
         from .sampling.crossed import plan_sampler, sample_crossed
         from .sampling.marginal import marginal_supported, sample_marginal
+        from .sampling.marginal_mh import mh_supported, sample_marginal_mh
 
         settings = check_sample_arguments(draws=draws, tune=tune, chains=chains, random_seed=random_seed,
                                          sampler=sampler, target_accept=target_accept,
@@ -332,7 +338,7 @@ class LMM:
             plan = plan_sampler(self.design, draws=draws, tune=tune, chains=chains)
             choice, why, top = plan.parametrization, plan.reason, plan.top
             logging.getLogger("bayeslmm").info("sample(parametrization='auto'): %s", why)
-        if choice in ("marginal", "crossed") and kwargs:
+        if choice in ("marginal", "crossed", "marginal_mh") and kwargs:
             raise BayesLMMError(f"sampler option(s) {', '.join(sorted(kwargs))} apply to the full model "
                                 f"only; the {choice} sampler takes draws, tune, chains, random_seed, "
                                 "target_accept and progressbar (or pass parametrization='full')")
@@ -343,6 +349,12 @@ class LMM:
             if not ok:
                 raise BayesLMMError(f"the marginal parametrization does not apply here: {reason}")
             return _warn_if_perfect(sample_marginal(self.design, prior_set, reason=why, **options), self.design)
+        if choice == "marginal_mh":
+            ok, reason = mh_supported(self.design)
+            if not ok:
+                raise BayesLMMError(f"the marginal_mh parametrization does not apply here: {reason}")
+            options.pop("target_accept")
+            return _warn_if_perfect(sample_marginal_mh(self.design, prior_set, reason=why, **options), self.design)
         if choice == "crossed":
             if not self.design.blocks:
                 raise BayesLMMError("the crossed parametrization needs at least one random-effect term")

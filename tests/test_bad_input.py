@@ -613,7 +613,7 @@ def test_prior_parameters_out_of_range(value):
     ({"draws": True}, "draws=True must be a whole number, not bool"),
     ({"target_accept": 1.0}, "target_accept=1.0 must be a number between 0 and 1"),
     ({"sampler": "stan"}, "unknown sampler 'stan': use one of nutpie, pymc, numpyro, blackjax"),
-    ({"parametrization": 3}, "parametrization must be 'auto', 'marginal', 'crossed' or 'full', not 3"),
+    ({"parametrization": 3}, "parametrization must be 'auto', 'marginal', 'crossed', 'marginal_mh' or 'full', not 3"),
     ({"progressbar": "yes"}, "progressbar='yes' must be True or False"),
 ])
 def test_sample_arguments_are_checked_before_anything_runs(toy, kwargs, message):

@@ -15,9 +15,13 @@ Two checks on small crossed designs:
    ranked quantities include one integrated and one sampled group effect, so the exact
    conditional draws are calibrated too.
 
-Run: ``python validation/crossed_validation.py agreement`` and
-``python validation/crossed_validation.py sbc --reps 200``; results are appended to
-validation/out/crossed_validation.txt.
+3. ``agreement_mh`` and ``sbc --sampler marginal_mh``: the same for the independence sampler
+   of bayeslmm.sampling.marginal_mh (scalar bars only: ``y ~ x + (1 | subj) + (1 | item)``
+   for the agreement).
+
+Run: ``python validation/crossed_validation.py agreement`` (or ``agreement_mh``) and
+``python validation/crossed_validation.py sbc --reps 200 [--sampler marginal_mh]``; results
+are appended to validation/out/crossed_validation.txt.
 """
 
 from __future__ import annotations
@@ -154,9 +158,14 @@ def sbc_template(seed: int = 3) -> pd.DataFrame:
 
 
 def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, tune: int = 500,
-            n_ranks: int = 99) -> pd.DataFrame:
-    """Ranks (0..n_ranks) of the true values, one row per replication."""
+            n_ranks: int = 99, sampler: str = "crossed") -> pd.DataFrame:
+    """Ranks (0..n_ranks) of the true values, one row per replication; ``sampler``:
+    "crossed" (the partially collapsed NUTS sampler) or "marginal_mh" (the independence
+    sampler of bayeslmm.sampling.marginal_mh)."""
+    from dataclasses import replace
+
     from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, factors_of, run_crossed
+    from bayeslmm.sampling.marginal_mh import sample_marginal_mh
 
     from sbc import draw_prior
 
@@ -176,12 +185,24 @@ def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, 
         ra = rng.normal(0, sd_a, size=factors[0].n_levels)
         rb = rng.normal(0, sd_b, size=factors[1].n_levels)
         y = b0 + b1 * x_col + ra[factors[0].codes] + rb[factors[1].codes] + rng.normal(0, sigma, size=design.nobs)
-        problem = CrossedProblem.from_factors(y, design.X, tuple(design.fixed_names), factors)
         run_seed = int(rng.integers(2**31))
-        run = run_crossed(problem, prior_set, draws=draws, tune=tune, chains=chains, random_seed=run_seed,
-                          progressbar=False)
-        effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob, np.random.default_rng(run_seed))
-        post = crossed_posterior(problem, run, effects)
+        if sampler == "marginal_mh":
+            with warnings.catch_warnings():  # short runs: R-hat / ESS warnings are expected, SBC judges
+                warnings.simplefilter("ignore", blm.SamplingWarning)
+                warnings.simplefilter("ignore", blm.ConvergenceWarning)
+                result = sample_marginal_mh(replace(design, y=y), prior_set, draws=draws, tune=tune,
+                                            chains=chains, random_seed=run_seed, progressbar=False)
+            post = result.idata.posterior
+            divergences, integrated = 0, "all"
+        else:
+            problem = CrossedProblem.from_factors(y, design.X, tuple(design.fixed_names), factors)
+            run = run_crossed(problem, prior_set, draws=draws, tune=tune, chains=chains, random_seed=run_seed,
+                              progressbar=False)
+            effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob,
+                                           np.random.default_rng(run_seed))
+            post = crossed_posterior(problem, run, effects)
+            divergences = int(run.sample_stats["diverging"].sum())
+            integrated = problem.bars[problem.integrated[0]].label
         truth = {"beta[(Intercept)]": b0, "beta[x]": b1, "sd_a": sd_a, "sd_b": sd_b, "sigma": sigma,
                  "r_a[0]": ra[0], "r_b[0]": rb[0]}
         values = {"beta[(Intercept)]": post["beta"].values[..., 0], "beta[x]": post["beta"].values[..., 1],
@@ -190,33 +211,74 @@ def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, 
                   "r_b[0]": post["r_b"].values[..., 0, 0]}
         keep = np.linspace(0, chains * draws - 1, n_ranks).astype(int)
         rows.append({k: int(np.sum(v.ravel()[keep] < truth[k])) for k, v in values.items()}
-                    | {"divergences": int(run.sample_stats["diverging"].sum()),
-                       "integrated": problem.bars[problem.integrated[0]].label})
+                    | {"divergences": divergences, "integrated": integrated})
     return pd.DataFrame(rows)
 
 
-def sbc(reps: int) -> bool:
+def sbc(reps: int, sampler: str = "crossed") -> bool:
     from sbc import plot_ranks, uniformity_table
 
     t = time.perf_counter()
-    ranks = run_sbc(reps)
+    ranks = run_sbc(reps, sampler=sampler)
     params = [c for c in ranks.columns if c not in ("divergences", "integrated")]
     table = uniformity_table(ranks[params])
     OUT.mkdir(parents=True, exist_ok=True)
-    ranks.to_csv(OUT / "sbc_crossed_ranks.csv", index=False)
-    plot_ranks(ranks[params], f"SBC, partially collapsed sampler: {SBC_FORMULA} ({reps} replications)",
-               OUT / "sbc_crossed.png")
+    stem = "sbc_crossed" if sampler == "crossed" else "sbc_marginal_mh"
+    ranks.to_csv(OUT / f"{stem}_ranks.csv", index=False)
+    title = "partially collapsed sampler" if sampler == "crossed" else "independence sampler (marginal_mh)"
+    plot_ranks(ranks[params], f"SBC, {title}: {SBC_FORMULA} ({reps} replications)", OUT / f"{stem}.png")
     ok = bool(table["pass"].all())
-    log(f"sbc: {SBC_FORMULA}, 12 x 8 crossed, {reps} replications ({time.perf_counter() - t:.0f} s), "
+    log(f"sbc ({sampler}): {SBC_FORMULA}, 12 x 8 crossed, {reps} replications ({time.perf_counter() - t:.0f} s), "
         f"integrated factor {ranks['integrated'].iloc[0]!r}, divergences in {int((ranks['divergences'] > 0).sum())} "
         f"runs; chi-square p-values: " + ", ".join(f"{k} {v:.3f}" for k, v in table["p_value"].items())
         + f": {'PASS' if ok else 'FAIL'}")
     return ok
 
 
+def agreement_mh(seed: int = 1) -> bool:
+    """The independence sampler on ``y ~ x + (1 | subj) + (1 | item)`` (the agreement data)
+    at default settings against the collapsed sampler (45 effects jointly, 4 x 4000) and
+    the full model run long (4 x 5000, target_accept 0.95)."""
+    from bayeslmm.sampling.bayes import build_model, run_sampler
+    from bayeslmm.sampling.marginal import MarginalProblem, posterior_dataset, run_marginal
+    from bayeslmm.sampling.marginal_mh import sample_marginal_mh
+
+    model = blm.LMM("y ~ x + (1 | subj) + (1 | item)", agreement_data(), priors=PRIORS)
+    design, prior_set = model.design, model.resolved_priors()
+    t = time.perf_counter()
+    result = sample_marginal_mh(design, prior_set, random_seed=seed, progressbar=False)
+    mh = draws_of(result.idata.posterior)
+    log(f"agreement (marginal_mh): {design.nobs} rows, 30 x 15 crossed, y ~ x + (1 | subj) + (1 | item), default "
+        f"settings: {time.perf_counter() - t:.1f} s, acceptance {result.idata.posterior.attrs['acceptance']:.2f}")
+    t = time.perf_counter()
+    mproblem = MarginalProblem.from_design(design)
+    mrun = run_marginal(mproblem, prior_set, draws=4000, random_seed=seed, progressbar=False)
+    meff = mproblem.draw_effects(mrun.x.reshape(-1, mproblem.ndim), mrun.blob, np.random.default_rng([seed, 2]))
+    joint = draws_of(posterior_dataset(mproblem, mrun, meff))
+    log(f"  collapsed (45 effects jointly), 4 x 4000: {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = run_sampler(build_model(design, prior_set, likelihood="auto"), "nutpie", draws=5000, tune=2000,
+                          chains=4, random_seed=seed, target_accept=0.95, progressbar=False)
+    full = draws_of(raw["posterior"].to_dataset() if hasattr(raw["posterior"], "to_dataset") else raw.posterior)
+    log(f"  full model, 4 x 5000, target_accept 0.95: {time.perf_counter() - t:.1f} s, divergences "
+        f"{int(raw['sample_stats']['diverging'].sum())}")
+    ok = compare("marginal_mh", mh, "full (long)", full)
+    ok &= compare("marginal_mh", mh, "collapsed (joint)", joint)
+    log(f"agreement (marginal_mh): {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("check", choices=["agreement", "sbc"])
+    parser.add_argument("check", choices=["agreement", "agreement_mh", "sbc"])
     parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--sampler", choices=["crossed", "marginal_mh"], default="crossed")
     args = parser.parse_args()
-    agreement() if args.check == "agreement" else sbc(args.reps)
+    if args.check == "agreement":
+        agreement()
+    elif args.check == "agreement_mh":
+        agreement_mh()
+    else:
+        sbc(args.reps, args.sampler)

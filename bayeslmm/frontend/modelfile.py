@@ -121,7 +121,8 @@ _SAMPLE_CHECKS = {
     "target_accept": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
                       "a number between 0 and 1"),
     "sampler": (lambda v: v in ("nutpie", "pymc", "numpyro", "blackjax"), "one of nutpie, pymc, numpyro, blackjax"),
-    "parametrization": (lambda v: v in ("auto", "marginal", "crossed", "full"), "one of auto, marginal, crossed, full"),
+    "parametrization": (lambda v: v in ("auto", "marginal", "crossed", "marginal_mh", "full"),
+                        "one of auto, marginal, crossed, marginal_mh, full"),
 }
 
 

@@ -277,7 +277,8 @@ def posterior_summary(result, prob: float = 0.95) -> str:
     design = result.design
     post = result.idata.posterior
     pct = f"{100 * prob:g}%"
-    out = [f"Linear mixed model, posterior by NUTS ({post.attrs.get('sampler', '?')}, "
+    method = "Metropolis-Hastings" if "Metropolis" in str(post.attrs.get("sampler", "")) else "NUTS"
+    out = [f"Linear mixed model, posterior by {method} ({post.attrs.get('sampler', '?')}, "
            f"{post.attrs.get('parametrization', 'full')} parametrization) ['bayeslmm']",
            f"Formula: {design.formula.text}"]
     if design.n_dropped:

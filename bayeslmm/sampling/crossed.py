@@ -346,6 +346,12 @@ def centering(factor: Factor, y: np.ndarray) -> bool:
 #: collapse of m = 100 crossed effects took 36 s, m = 30 1.3 s), the fixed cost of a run
 #: (start, kernel cache load) and the full PyMC model's compilation.
 ROW_COST = 1.5e-9
+#: ... while the rows' arrays stay in cache; the partially collapsed kernel's gathers over
+#: rows that do not (InstEval: 73,421 rows x 5 columns) measured 2.7 ms per gradient, ~7e-9
+#: per row and column, where kb07 (1,789 x 16) measured ~2e-9: its estimate was 4x short
+#: (105 s against 448 s measured on an idle machine)
+OUT_OF_CACHE_ROW_COST = 7e-9
+CACHE_CELLS = 1e5
 FLOP_COST = 0.5e-9
 RUN_COST = 2.0
 FULL_COMPILE = 25.0
@@ -355,10 +361,17 @@ FULL_COMPILE = 25.0
 #: bar holds (the data then fix b = Lambda u, and u and the sds trade off): kb07 4x4 with
 #: the items sampled (56 rows per item) ESS 610 of 4000, with the subjects sampled (32
 #: rows per subject) ESS 1152; modelled as 2 + rows per level / 10 per such bar.
-ESS_PENALTY = {"marginal": 1.0, "crossed": 2.0, "full": 8.0}
+ESS_PENALTY = {"marginal": 1.0, "crossed": 2.0, "full": 8.0, "marginal_mh": 2.0}
 ROWS_PER_PENALTY = 10.0
 #: The collapsed sampler mixes best: it is kept while its estimate stays below this.
 AFFORDABLE = 20.0
+#: The independence sampler (designs of scalar bars): one dense Cholesky of the non-first
+#: bars' block per iteration at LAPACK speed (InstEval's 1,142: ~20 ms, ~4e-11 s per flop),
+#: a pass over the pairs of the sparse rank update, ~0.3 ms of Python per iteration; its
+#: draws per effective draw ~2 (acceptance 0.6-0.7 on Penicillin and InstEval), more with
+#: more parameters (the proposal fits worse): 2 x max(1, d / 6).
+DENSE_FLOP_COST = 4e-11
+MH_ITERATION = 3e-4
 
 
 def crossed_penalty(factors: list[Factor], sampled: list[int], y: np.ndarray) -> float:
@@ -380,7 +393,9 @@ def crossed_cost(factors: list[Factor], top: int, y: np.ndarray, p: int, iters: 
     m = group_sizes(factors, top, integ).astype(float)
     n_hyper = p + 1 + sum(f.q + f.q * (f.q - 1) // 2 for f in factors)
     n_sampled = sum(factors[k].q * factors[k].n_levels for k in sampled)
-    per = 3.0 * FLOP_COST * float((m ** 3).sum()) + ROW_COST * n * (p + sum(f.q for f in factors))
+    cells = n * (p + sum(f.q for f in factors))
+    row_cost = ROW_COST if cells <= CACHE_CELLS else OUT_OF_CACHE_ROW_COST
+    per = 3.0 * FLOP_COST * float((m ** 3).sum()) + row_cost * cells
     return RUN_COST + crossed_penalty(factors, sampled, y) * iters * _steps(n_hyper + n_sampled) * per
 
 
@@ -393,7 +408,7 @@ def best_top(factors: list[Factor], y: np.ndarray, p: int = 1) -> int:
 class Plan:
     """How ``LMM.sample(parametrization="auto")`` samples, and why."""
 
-    parametrization: str            # "marginal", "crossed" or "full"
+    parametrization: str            # "marginal", "crossed", "marginal_mh" or "full"
     top: int | None                 # for "crossed": the integrated factor's bar
     reason: str
     costs: dict                     # estimated seconds per candidate (ESS-weighted)
@@ -407,11 +422,13 @@ def _steps(ndim: int) -> float:
 def estimate_costs(design: Design, draws: int = 1000, tune: int = 1000, chains: int = 4) -> dict:
     """Estimated wall seconds of each applicable sampler on ``design``, weighted by its draws
     per effective draw (:data:`ESS_PENALTY`), so that they compare at equal ESS: keys
-    ``"marginal"``, ``"crossed:<bar>"`` (one per choice of integrated factor), ``"full"``.
+    ``"marginal"``, ``"crossed:<bar>"`` (one per choice of integrated factor),
+    ``"marginal_mh"`` (designs of scalar bars), ``"full"``.
     Gradients = chains * (draws + tune) * steps(ndim) on two cores; the per-gradient cost
     is a pass over the rows (crossed, full) plus the per-group algebra, sum_j m_j^3 with
     every group its own size."""
     from .marginal import marginal_supported
+    from .marginal_mh import mh_supported
 
     factors = factors_of(design)
     n, p = design.nobs, design.n_fixed
@@ -432,6 +449,21 @@ def estimate_costs(design: Design, draws: int = 1000, tune: int = 1000, chains: 
         if len(nested_in(factors, t)) == len(factors):
             continue  # nothing left to sample: that is the collapsed sampler
         costs[f"crossed:{t}"] = crossed_cost(factors, t, design.y, p, iters)
+    ok_mh, _ = mh_supported(design)
+    if ok_mh:
+        from .marginal_mh import BURN_IN
+
+        rest = float(sum(f.n_levels for f in factors[1:]))
+        # pairs of the rank update: per level of the first factor, the other levels it meets, squared
+        met = np.zeros(factors[0].n_levels)
+        for f in factors[1:]:
+            cells = np.unique(factors[0].codes * f.n_levels + f.codes)
+            met += np.bincount(cells // f.n_levels, minlength=factors[0].n_levels)
+        pairs = float(met @ met)
+        per = MH_ITERATION + DENSE_FLOP_COST * rest**3 / 3.0 + ROW_COST * min(pairs, 1e9)
+        d = p + len(factors) + 1
+        runs = chains * (draws + min(tune, BURN_IN)) / min(2.0, chains)
+        costs["marginal_mh"] = RUN_COST + (ESS_PENALTY["marginal_mh"] * max(1.0, d / 6.0) * runs + 40 * d) * per
     n_eff = sum(f.q * f.n_levels for f in factors)
     per = 4.0 * ROW_COST * n * (p + Q)  # PyMC's graph: a few passes over the rows
     costs["full"] = FULL_COMPILE + ESS_PENALTY["full"] * iters * _steps(n_hyper + n_eff) * per
@@ -460,7 +492,10 @@ def plan_sampler(design: Design, draws: int = 1000, tune: int = 1000, chains: in
         reason = (f"partially collapsed sampler: the effects of {names} integrated out given those of {rest}, "
                   f"which NUTS samples (estimated time at equal ESS: {ranked})")
         return Plan("crossed", top, reason, costs)
-    if best == "marginal":
+    if best == "marginal_mh":
+        reason = ("independence Metropolis-Hastings on the exact marginal posterior: every group effect integrated "
+                  f"out by one blocked factorization per draw (estimated time at equal ESS: {ranked})")
+    elif best == "marginal":
         reason = f"collapsed sampler: every group effect integrated out (estimated time at equal ESS: {ranked})"
     else:
         reason = f"full model: every group effect sampled (estimated time at equal ESS: {ranked})"
