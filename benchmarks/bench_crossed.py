@@ -1,7 +1,11 @@
-"""The partially collapsed sampler on large crossed designs (issue 17).
+"""The partially collapsed sampler (and, for designs of scalar bars, the independence
+sampler of parametrization="marginal_mh") on large crossed designs (issue 17).
 
 Run: ``python benchmarks/bench_crossed.py CASE [--seed 1]`` with CASE one of kb07_4x4,
 kb07_max, insteval, sim1m; each run appends its lines to benchmarks/out/bench_crossed.txt.
+Each case runs what ``parametrization="auto"`` picks (InstEval: marginal_mh; ``--top K``
+forces the partially collapsed sampler integrating bar K); ``sim1m --sampler marginal_mh``
+runs the independence sampler on the simulated design.
 
 Each timing is the wall time of this process from its start (interpreter, imports, data,
 design, kernel compilation or cache load, sampling 4 x 1000 draws after 1000 tuning
@@ -112,10 +116,50 @@ def kb07(case, seed, top=None):
     return report(case, problem, run, posterior, t_eff, extra)
 
 
+def report_mh(name, result, extra=""):
+    """The independence sampler's line: as :func:`report`, with its acceptance rate."""
+    wall = time.perf_counter() - START
+    cpu = time.process_time()
+    load = os.getloadavg()[0]
+    post = result.idata.posterior
+    rh_all, ess_all = diagnostics(post.to_dataset(), None)
+    rh_cov, ess_cov = diagnostics(post.to_dataset(), None, cov_only=True)
+    line = (f"{name}: wall {wall:.1f} s (sampling {post.attrs['sampling_seconds']:.1f} s, effect draws "
+            f"{post.attrs['effect_draw_seconds']:.1f} s), parametrization marginal_mh (independence "
+            f"Metropolis-Hastings, every effect integrated out), acceptance {post.attrs['acceptance']:.2f}, "
+            f"max R-hat {rh_all:.4f} (covariance params {rh_cov:.4f}), min bulk ESS {ess_all:.0f} (covariance "
+            f"params {ess_cov:.0f}), {ess_all / wall:.1f} ESS/s = {ess_all / wall / BRMS_ESS_PER_S:.1f}x brms "
+            f"kb07_4x4; CPU {cpu:.0f} s (all threads), load average {load:.1f} on {os.cpu_count()} cores{extra}")
+    print(line, flush=True)
+    with OUT.open("a") as fh:
+        fh.write(f"[{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, seed {post.attrs.get('seed', '?')}, "
+                 f"{os.cpu_count()} cpus] {line}\n")
+    return line
+
+
+#: posterior means of the partially collapsed sampler's two InstEval runs above in
+#: benchmarks/out/bench_crossed.txt (4 x 1000 draws each, 14:37 and 17:20 UTC on 2026-11-28)
+INSTEVAL_CROSSED_MEANS = {"sd_s": (0.325857, 0.325932), "sd_d": (0.515363, 0.515459),
+                          "sd_dept": (0.101305, 0.101120), "sigma": (1.177545, 1.177466)}
+
+
 def insteval(seed, top=None):
     import bayeslmm as blm
+    from bayeslmm.sampling.crossed import plan_sampler
+    from bayeslmm.sampling.marginal_mh import sample_marginal_mh
 
     model = blm.LMM("y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)", blm.datasets.load("insteval"))
+    plan = plan_sampler(model.design)
+    if top is None and plan.parametrization == "marginal_mh":
+        print(plan.reason, flush=True)
+        result = sample_marginal_mh(model.design, model.resolved_priors(), random_seed=seed, progressbar=False)
+        post = result.idata.posterior
+        parts = []
+        for v, ref in INSTEVAL_CROSSED_MEANS.items():
+            draws = post[v].values.ravel()
+            parts.append(f"{v} {draws.mean():.6f} (sd {draws.std():.6f}; crossed runs {ref[0]:.6f}, {ref[1]:.6f}: "
+                         f"{abs(draws.mean() - np.mean(ref)) / draws.std():.3f} posterior sd apart)")
+        return report_mh("insteval", result, "; means " + ", ".join(parts))
     problem, run, posterior, t_eff = run_design(model.design, model.resolved_priors(), seed, top)
     means = {v: float(posterior[v].mean()) for v in ("sd_s", "sd_d", "sd_dept", "sigma")}
     return report("insteval", problem, run, posterior, t_eff, f"; means {means}")
@@ -164,6 +208,37 @@ def sim1m(seed, draws=1000, tune=1000, chains=4):
                   f"; setup (sufficient structure) {t_setup:.1f} s; " + "; ".join(checks))
 
 
+def sim1m_mh(seed, draws=1000, tune=1000, chains=4):
+    """:func:`sim1m`'s data through ``LMM(...).sample(parametrization="marginal_mh")`` (default
+    priors): true values inside their 95% intervals?"""
+    import bayeslmm as blm
+
+    rng = np.random.default_rng(17)
+    n, na, nb = 1_000_000, 10_000, 2_000
+    truth = {"b0": 2.0, "b1": 0.7, "sd_a": 1.0, "sd_b": 0.5, "sigma": 2.0}
+    a = rng.integers(na, size=n)
+    b = rng.integers(nb, size=n)
+    x = rng.normal(size=n)
+    y = (truth["b0"] + truth["b1"] * x + truth["sd_a"] * rng.normal(size=na)[a] + truth["sd_b"] * rng.normal(size=nb)[b]
+         + truth["sigma"] * rng.normal(size=n))
+    t0 = time.perf_counter()
+    data = pd.DataFrame({"y": y, "x": x, "a": pd.Categorical(a), "b": pd.Categorical(b)})
+    model = blm.LMM("y ~ 1 + x + (1 | a) + (1 | b)", data)
+    t_setup = time.perf_counter() - t0
+    result = model.sample(parametrization="marginal_mh", draws=draws, tune=tune, chains=chains, random_seed=seed,
+                          progressbar=False)
+    post = result.idata.posterior
+    checks = [f"{chains} chains x {draws} draws"]
+    for name, values in (("b0", post["beta"][..., 0]), ("b1", post["beta"][..., 1]), ("sd_a", post["sd_a"][..., 0]),
+                         ("sd_b", post["sd_b"][..., 0]), ("sigma", post["sigma"])):
+        v = values.values.ravel()
+        lo, hi = np.quantile(v, [0.025, 0.975])
+        checks.append(f"{name} truth {truth[name]} mean {v.mean():.4f} 95% [{lo:.4f}, {hi:.4f}] "
+                      f"{'inside' if lo <= truth[name] <= hi else 'OUTSIDE'}")
+    return report_mh("sim1m (1,000,000 rows, 10,000 x 2,000 levels)", result,
+                     f"; data frame and design {t_setup:.1f} s; " + "; ".join(checks))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("case", choices=["kb07_4x4", "kb07_max", "insteval", "sim1m"])
@@ -172,10 +247,14 @@ if __name__ == "__main__":
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--sampler", choices=["crossed", "marginal_mh"], default="crossed",
+                        help="sim1m only: the partially collapsed sampler or the independence sampler")
     args = parser.parse_args()
     if args.case.startswith("kb07"):
         kb07(args.case, args.seed, args.top)
     elif args.case == "insteval":
         insteval(args.seed, args.top)
+    elif args.sampler == "marginal_mh":
+        sim1m_mh(args.seed, args.draws, args.tune, args.chains)
     else:
         sim1m(args.seed, args.draws, args.tune, args.chains)
