@@ -258,6 +258,34 @@ def test_scoring_hands_a_singular_fit_to_cobyqa(reml):
     assert theta_s[0] == pytest.approx(theta_d[0], rel=1e-5)
 
 
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), reml=st.booleans())
+def test_scalar_satterthwaite_derivatives_equal_the_analytic_ones(seed, reml):
+    """Satterthwaite's Hessian in (theta, sigma) and Jacobian of Var(beta-hat) for scalar
+    bars on the sparse path (central differences of the analytic deviance gradient) equal
+    the VarianceModel's analytic ones."""
+    from bayeslmm.fitting.inference import VarianceModel, _scalar_derivatives
+
+    rng = np.random.default_rng(seed)
+    formula = SCALAR_TEMPLATES[int(rng.integers(len(SCALAR_TEMPLATES)))]
+    data, _ = random_data(seed, 3.0, 1.0, 1.0)
+    design = _design(formula, data)
+    sparse = _deviance_on_path(design, reml, dense_ar1=False)
+    theta = sparse.from_internal(rng.uniform(0.2, 1.5, sparse.layout.size))
+    sigma = float(rng.uniform(0.5, 2.0))
+    hessian, jacobian = _scalar_derivatives(sparse, theta, sigma)
+    model = VarianceModel(design, reml=reml)
+    sol = model.solve(theta)
+    exact_h = model.hessian(theta, sigma, sol)
+    np.testing.assert_allclose(hessian, exact_h, rtol=1e-6, atol=1e-7 * np.abs(exact_h).max())
+    for got, want in zip(jacobian, model.vcov_beta_jacobian(theta, sigma, sol)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
+    # the analytic gradient itself
+    exact_g = model.gradient(theta, sigma, sol)
+    np.testing.assert_allclose(sparse.deviance_gradient(theta, sigma), exact_g, rtol=1e-8,
+                               atol=1e-9 * np.abs(exact_g).max())
+
+
 def test_insteval_fit_takes_newton_steps():
     """InstEval REML: about ten evaluations (COBYQA took 72) to lme4's criterion or below."""
     import json

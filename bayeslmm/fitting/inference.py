@@ -341,8 +341,14 @@ class VarianceModel:
 
     def _dense_G(self) -> np.ndarray:
         q, p = self.q, self.p
-        G = np.empty((q + p + 1, q + p + 1))
-        G[:q, :q] = self.ZtZ.toarray()
+        # zeros (lazily zeroed pages) and a scatter of the non-zeros: InstEval's 4,117^2 took
+        # 0.35 s through toarray(), which builds and copies a second dense matrix
+        G = np.zeros((q + p + 1, q + p + 1))
+        if not hasattr(self, "_ztz_coo"):
+            coo = self.ZtZ.tocoo()
+            coo.sum_duplicates()
+            self._ztz_coo = coo
+        G[self._ztz_coo.row, self._ztz_coo.col] = self._ztz_coo.data
         G[:q, q:] = self.ZtW
         G[q:, :q] = self.ZtW.T
         G[q:, q:] = self.WtW
@@ -532,12 +538,17 @@ class Satterthwaite:
         if result.method not in ("reml", "ml"):
             raise BayesLMMError(f"Satterthwaite tests need a REML or ML fit, not method={result.method!r}")
         self.result = result
-        self.model = VarianceModel.of_design(result.design, reml=result.reml)
         self.theta = np.asarray(result.theta, dtype=float)
         self.sigma = float(result.sigma)
-        sol = self.model.solve(self.theta)
-        self.hessian = self.model.hessian(self.theta, self.sigma, sol)
-        self.jacobian = self.model.vcov_beta_jacobian(self.theta, self.sigma, sol)
+        scalar = _scalar_sparse_deviance(result)
+        if scalar is not None:
+            self.model = scalar
+            self.hessian, self.jacobian = _scalar_derivatives(scalar, self.theta, self.sigma)
+        else:
+            self.model = VarianceModel.of_design(result.design, reml=result.reml)
+            sol = self.model.solve(self.theta)
+            self.hessian = self.model.hessian(self.theta, self.sigma, sol)
+            self.jacobian = self.model.vcov_beta_jacobian(self.theta, self.sigma, sol)
         self.vcov_beta = np.asarray(result.vcov_beta, dtype=float)
         # eigenvalues of the Hessian scaled to a unit diagonal, so that "close to zero" does
         # not depend on the units of y (sigma's curvature is n / sigma^2: 1e-18 for y in 1e9)
@@ -590,6 +601,53 @@ class Satterthwaite:
         F = float(np.sum((PtL @ beta) ** 2 / d) / k)
         nu = np.array([self.df(row) for row in PtL])
         return F, k, _combine_df(nu)
+
+
+def _scalar_sparse_deviance(result):
+    """The REML back end's deviance of a fit whose bars are all scalar and whose dense block
+    is large (InstEval), with every theta off 0; else None. There the dense q x q
+    cross-products of :class:`VarianceModel` (4,117^2 on InstEval: 1-3 s, more than the fit)
+    are avoided: see :func:`_scalar_derivatives`."""
+    from ..frontend.design import Design
+    from .reml import make_deviance
+
+    design = result.design
+    if type(design) is not Design or not design.blocks or any(b.n_terms != 1 for b in design.blocks):
+        return None
+    theta = np.asarray(result.theta, dtype=float)
+    if np.any(theta <= 1e-4 * max(1.0, float(np.max(theta)))):
+        return None
+    deviance = make_deviance(design, reml=result.reml)
+    return deviance if deviance.has_scoring else None
+
+
+def _scalar_derivatives(deviance, theta: np.ndarray, sigma: float, rel_step: float = 1e-5):
+    """Hessian of the deviance in ``(theta, sigma)`` by central differences of its analytic
+    gradient (:meth:`~bayeslmm.fitting.reml.ProfiledDeviance.deviance_gradient`), and the
+    Jacobian of ``Var(beta-hat) = sigma^2 (X' V^-1 X)^-1`` by central differences of the
+    factor's ``(X' V^-1 X)^-1`` in theta (exact in sigma). Steps of ``rel_step`` of each
+    parameter: the result agrees with :class:`VarianceModel`'s analytic derivatives to ~1e-7
+    (tests/test_inference.py)."""
+    point = np.r_[theta, sigma]
+    m = len(point)
+    hessian = np.empty((m, m))
+    for i in range(m):
+        h = rel_step * abs(point[i])
+        up, down = point.copy(), point.copy()
+        up[i] += h
+        down[i] -= h
+        hessian[:, i] = (deviance.deviance_gradient(up[:-1], up[-1])
+                         - deviance.deviance_gradient(down[:-1], down[-1])) / (2.0 * h)
+    hessian = 0.5 * (hessian + hessian.T)
+    jacobian = []
+    for i in range(len(theta)):
+        h = rel_step * abs(theta[i])
+        up, down = theta.copy(), theta.copy()
+        up[i] += h
+        down[i] -= h
+        jacobian.append(sigma**2 * (deviance.solve(up).vcov_unscaled - deviance.solve(down).vcov_unscaled) / (2.0 * h))
+    jacobian.append(2.0 * sigma * deviance.solve(theta).vcov_unscaled)
+    return hessian, jacobian
 
 
 def _rotate(L: np.ndarray, V: np.ndarray, eps: float = np.sqrt(np.finfo(float).eps)):

@@ -653,20 +653,72 @@ class ProfiledDeviance:
         ``q_k = 2 |u_k|^2 / theta_k``; ``w' P w`` are forward solves with the factor of the
         augmented system, from cross-products alone.
         """
+        theta = np.asarray(theta_internal, dtype=float)
+        f, parts = self._scalar_parts(theta)
+        p, J1, qr = self.p, self.J1, self.qr
+        n_eff = self.n - p if self.reml else self.n
+        levels, trace, psi, u_sq, u1, ur = (parts[k] for k in ("levels", "trace", "psi", "u_sq", "u1", "ur"))
+        forward, pwrss = parts["forward"], f.pwrss
+        grad = np.array([(2.0 / theta[k]) * (levels[k] - trace[k] - psi[k] - n_eff * u_sq[k] / pwrss)
+                         for k in range(len(levels))])
+
+        # Z'w_k, X'w_k for w_k = 2 Z_k u_k, from cross-products
+        K = len(levels)
+        z1w, zrw, xw = np.empty((J1, K)), np.empty((qr, K)), np.empty((p, K))
+        z1w[:, 0] = 2.0 * self.A11[:, 0, 0] * u1
+        zrw[:, 0] = 2.0 * (self.Ar1 @ u1)
+        xw[:, 0] = 2.0 * (self.Ax1[:p] @ u1)
+        for k, sl in enumerate(self._rest_slices, start=1):
+            uk = np.zeros(qr)
+            uk[sl] = ur[sl]
+            z1w[:, k] = 2.0 * (self.Ar1.T @ uk)
+            zrw[:, k] = 2.0 * (self.Arr[:, sl] @ ur[sl])
+            xw[:, k] = 2.0 * (self.Axr[:p, sl] @ ur[sl])
+        # w_k' w_l = 2 u_l' Z_l' w_k
+        ww = np.empty((K, K))
+        ww[0] = 2.0 * (u1 @ z1w)
+        for k, sl in enumerate(self._rest_slices, start=1):
+            ww[k] = 2.0 * (ur[sl] @ zrw[sl])
+        ww = 0.5 * (ww + ww.T)
+        z1, zr, zx = forward(theta[0] * z1w, f.lam_r.diagonal()[:, None] * zrw, xw)
+        wpw = ww - z1.T @ z1 - zr.T @ zr - zx.T @ zx
+        q = 2.0 * np.array(u_sq) / theta
+        info = n_eff * (wpw / pwrss - np.outer(q, q) / pwrss**2)
+        return self._objective(f), grad, info + np.diag(grad / theta)
+
+    def deviance_gradient(self, theta: np.ndarray, sigma: float) -> np.ndarray:
+        """Gradient of lmerTest's ``devfun_vp``, ``-2 log L`` (REML: restricted) at
+        ``(theta, sigma)`` with ``sigma`` not profiled, in lme4's theta and sigma (user's
+        units), for scalar bars on the sparse path: with ``rss`` the penalized residual at
+        ``theta``, ``d/d theta_k = (2 / theta_k) (J_k - tr_k(Omega^-1) - |Psi_k|^2
+        - |u_k|^2 / sigma^2)`` (internal units) and ``d/d sigma = 2 n_eff / sigma - 2 rss / sigma^3``
+        (see :meth:`internal_scoring`)."""
+        theta_user = self._checked_theta(theta)
+        ti = self.to_internal(theta_user)
+        f, parts = self._scalar_parts(ti)
+        n_eff = self.n - self.p if self.reml else self.n
+        s2 = (float(sigma) / self.y_scale) ** 2
+        grad = np.array([(2.0 / ti[k]) * (parts["levels"][k] - parts["trace"][k] - parts["psi"][k]
+                                          - parts["u_sq"][k] / s2) for k in range(len(ti))])
+        rss = f.pwrss * self.y_scale**2
+        return np.r_[grad * self.theta_scale, 2.0 * n_eff / sigma - 2.0 * rss / sigma**3]
+
+    def _scalar_parts(self, theta: np.ndarray):
+        """The factor at the internal ``theta`` and the pieces of the scalar-bar gradient:
+        levels, ``tr_k(Omega^-1)``, ``|Psi_k|^2`` (REML), ``|u_k|^2``, the modes and the
+        forward solve with the factor."""
         if not self.has_scoring:
-            raise FitError("internal_scoring needs a design of scalar bars on the sparse path")
+            raise FitError("the scalar-bar gradient needs a design of scalar bars on the sparse path")
         from scipy.linalg.lapack import dpotri
 
-        theta = np.asarray(theta_internal, dtype=float)
         if np.any(theta <= 0):
-            raise FitError("internal_scoring needs every theta positive")
+            raise FitError("the scalar-bar gradient needs every theta positive")
         f = self._factor(theta)
         self.gradient_evaluations += 1
-        p, J1, qr = self.p, self.J1, self.qr
+        p, J1 = self.p, self.J1
         t1 = theta[0]
         m = f.M11_inv[:, 0, 0] ** -1.0           # Omega_11 = diag(m)
         d = f.lam_r.diagonal()
-        n_eff = self.n - p if self.reml else self.n
         u = self._modes(f, f.beta)
         u1, ur = u[:J1], u[J1:]
         Minv, info = dpotri(f.Lrr, lower=1)
@@ -701,33 +753,8 @@ class ProfiledDeviance:
             rinv = solve_triangular(f.Lxx, np.eye(p), lower=True, check_finite=False)
             psi1, psir = x1 @ rinv.T, xr @ rinv.T
             psi = np.array([float(np.sum(psi1**2))] + [float(np.sum(psir[sl] ** 2)) for sl in self._rest_slices])
-        pwrss = f.pwrss
-        grad = np.array([(2.0 / theta[k]) * (levels[k] - trace[k] - psi[k] - n_eff * u_sq[k] / pwrss)
-                         for k in range(len(levels))])
-
-        # Z'w_k, X'w_k for w_k = 2 Z_k u_k, from cross-products
-        K = len(levels)
-        z1w, zrw, xw = np.empty((J1, K)), np.empty((qr, K)), np.empty((p, K))
-        z1w[:, 0] = 2.0 * self.A11[:, 0, 0] * u1
-        zrw[:, 0] = 2.0 * (self.Ar1 @ u1)
-        xw[:, 0] = 2.0 * (self.Ax1[:p] @ u1)
-        for k, sl in enumerate(self._rest_slices, start=1):
-            uk = np.zeros(qr)
-            uk[sl] = ur[sl]
-            z1w[:, k] = 2.0 * (self.Ar1.T @ uk)
-            zrw[:, k] = 2.0 * (self.Arr[:, sl] @ ur[sl])
-            xw[:, k] = 2.0 * (self.Axr[:p, sl] @ ur[sl])
-        # w_k' w_l = 2 u_l' Z_l' w_k
-        ww = np.empty((K, K))
-        ww[0] = 2.0 * (u1 @ z1w)
-        for k, sl in enumerate(self._rest_slices, start=1):
-            ww[k] = 2.0 * (ur[sl] @ zrw[sl])
-        ww = 0.5 * (ww + ww.T)
-        z1, zr, zx = forward(t1 * z1w, d[:, None] * zrw, xw)
-        wpw = ww - z1.T @ z1 - zr.T @ zr - zx.T @ zx
-        q = 2.0 * np.array(u_sq) / theta
-        info = n_eff * (wpw / pwrss - np.outer(q, q) / pwrss**2)
-        return self._objective(f), grad, info + np.diag(grad / theta)
+        return f, {"levels": levels, "trace": trace, "psi": psi, "u_sq": u_sq, "u1": u1, "ur": ur,
+                   "forward": forward}
 
     # -- out of core: the same deviance from cross-products (see CrossProducts)
     @classmethod
