@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .errors import BayesLMMError, FitError, PerfectFitWarning, PriorError, SettingsError
+from .errors import BayesLMMError, FitError, PerfectFitWarning, PriorError, SamplingWarning, SettingsError
 from .frontend.design import Design, build_design
 from .frontend.formula import parse_formula
 
@@ -353,8 +353,17 @@ class LMM:
             ok, reason = mh_supported(self.design)
             if not ok:
                 raise BayesLMMError(f"the marginal_mh parametrization does not apply here: {reason}")
-            options.pop("target_accept")
-            return _warn_if_perfect(sample_marginal_mh(self.design, prior_set, reason=why, **options), self.design)
+            mh_options = {k: v for k, v in options.items() if k != "target_accept"}
+            try:
+                return _warn_if_perfect(sample_marginal_mh(self.design, prior_set, reason=why, **mh_options),
+                                        self.design)
+            except FitError as exc:
+                if settings["parametrization"] != "auto":
+                    raise
+                # auto's pick: fall back to the partially collapsed sampler, saying why
+                why = f"partially collapsed sampler: the independence sampler could not start ({exc})"
+                warnings.warn(f"parametrization='auto': {why}", SamplingWarning, stacklevel=2)
+                choice, top = "crossed", None
         if choice == "crossed":
             if not self.design.blocks:
                 raise BayesLMMError("the crossed parametrization needs at least one random-effect term")

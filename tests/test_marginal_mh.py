@@ -170,3 +170,26 @@ def test_small_sbc_of_the_independence_sampler_is_uniform():
     assert table["pass"].all(), table
     outer = ((ranks[params] < 10) | (ranks[params] > 89)).mean()
     assert (outer < 0.5).all(), outer
+
+
+def test_auto_falls_back_to_the_partially_collapsed_sampler(monkeypatch):
+    """When auto picked the independence sampler and its Laplace fit fails, the partially
+    collapsed sampler runs instead, with a warning that says why."""
+    import bayeslmm.sampling.crossed as crossed
+    from bayeslmm.errors import FitError
+    from bayeslmm.sampling import marginal_mh
+
+    monkeypatch.setattr(crossed, "plan_sampler", lambda design, **kw: crossed.Plan("marginal_mh", None, "test", {}))
+
+    def fail(self):
+        raise FitError("no mode here")
+
+    monkeypatch.setattr(marginal_mh.ScalarMarginal, "laplace", fail)
+    model = blm.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", blm.datasets.load("penicillin"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        post = model.sample(draws=100, tune=100, chains=2, random_seed=1, progressbar=False)
+    assert any("independence sampler could not start" in str(w.message) for w in caught)
+    assert post.idata.posterior.attrs["parametrization"] == "crossed"
+    with pytest.raises(blm.BayesLMMError, match="no mode here"):
+        model.sample(parametrization="marginal_mh", draws=100, tune=100, progressbar=False)
