@@ -77,6 +77,15 @@ def run_design(design, prior_set, seed, top=None):
     return problem, run, crossed_posterior(problem, run, effects), t_eff
 
 
+def record(line: str, seed) -> str:
+    """Print a result line and append it, stamped, to benchmarks/out/bench_crossed.txt."""
+    print(line, flush=True)
+    with OUT.open("a") as fh:
+        fh.write(f"[{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, seed {seed}, {os.cpu_count()} cpus] "
+                 f"{line}\n")
+    return line
+
+
 def report(name, problem, run, posterior, t_eff, extra=""):
     wall = time.perf_counter() - START
     cpu = time.process_time()
@@ -95,11 +104,7 @@ def report(name, problem, run, posterior, t_eff, extra=""):
             f"({BRMS_ESS_PER_S:.2f} ESS/s); CPU {cpu:.0f} s (all threads), load average {load:.1f} on "
             f"{os.cpu_count()} cores: on an idle 2-core machine ~{cpu / 2:.0f} s wall, "
             f"{ess_all / (cpu / 2) / BRMS_ESS_PER_S:.1f}x brms{extra}")
-    print(line, flush=True)
-    with OUT.open("a") as fh:
-        fh.write(f"[{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, seed {run.seed}, "
-                 f"{os.cpu_count()} cpus] {line}\n")
-    return line
+    return record(line, run.seed)
 
 
 def kb07(case, seed, top=None):
@@ -130,11 +135,7 @@ def report_mh(name, result, extra=""):
             f"max R-hat {rh_all:.4f} (covariance params {rh_cov:.4f}), min bulk ESS {ess_all:.0f} (covariance "
             f"params {ess_cov:.0f}), {ess_all / wall:.1f} ESS/s = {ess_all / wall / BRMS_ESS_PER_S:.1f}x brms "
             f"kb07_4x4; CPU {cpu:.0f} s (all threads), load average {load:.1f} on {os.cpu_count()} cores{extra}")
-    print(line, flush=True)
-    with OUT.open("a") as fh:
-        fh.write(f"[{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, seed {post.attrs.get('seed', '?')}, "
-                 f"{os.cpu_count()} cpus] {line}\n")
-    return line
+    return record(line, post.attrs.get("seed", "?"))
 
 
 #: posterior means of the partially collapsed sampler's two InstEval runs above in
@@ -165,12 +166,8 @@ def insteval(seed, top=None):
     return report("insteval", problem, run, posterior, t_eff, f"; means {means}")
 
 
-def sim1m(seed, draws=1000, tune=1000, chains=4):
-    """1,000,000 rows, 10,000 x 2,000 crossed levels, intercept + slope on x in the fixed
-    part, random intercepts on both factors: true values inside their 95% intervals?"""
-    import bayeslmm.priors as P
-    from bayeslmm.sampling.crossed import CrossedProblem, Factor, crossed_posterior, run_crossed
-
+def sim1m_data():
+    """The simulated design: truth, codes of a (10,000 levels) and b (2,000), x, y (1,000,000 rows)."""
     rng = np.random.default_rng(17)
     n, na, nb = 1_000_000, 10_000, 2_000
     truth = {"b0": 2.0, "b1": 0.7, "sd_a": 1.0, "sd_b": 0.5, "sigma": 2.0}
@@ -179,6 +176,17 @@ def sim1m(seed, draws=1000, tune=1000, chains=4):
     x = rng.normal(size=n)
     y = (truth["b0"] + truth["b1"] * x + truth["sd_a"] * rng.normal(size=na)[a] + truth["sd_b"] * rng.normal(size=nb)[b]
          + truth["sigma"] * rng.normal(size=n))
+    return truth, a, b, x, y
+
+
+def sim1m(seed, draws=1000, tune=1000, chains=4):
+    """1,000,000 rows, 10,000 x 2,000 crossed levels, intercept + slope on x in the fixed
+    part, random intercepts on both factors: true values inside their 95% intervals?"""
+    import bayeslmm.priors as P
+    from bayeslmm.sampling.crossed import CrossedProblem, Factor, crossed_posterior, run_crossed
+
+    truth, a, b, x, y = sim1m_data()
+    n, na, nb = len(y), 10_000, 2_000
     t0 = time.perf_counter()
     X = np.column_stack([np.ones(n), x])
     ones = np.ones((n, 1))
@@ -213,14 +221,7 @@ def sim1m_mh(seed, draws=1000, tune=1000, chains=4):
     priors): true values inside their 95% intervals?"""
     import bayeslmm as blm
 
-    rng = np.random.default_rng(17)
-    n, na, nb = 1_000_000, 10_000, 2_000
-    truth = {"b0": 2.0, "b1": 0.7, "sd_a": 1.0, "sd_b": 0.5, "sigma": 2.0}
-    a = rng.integers(na, size=n)
-    b = rng.integers(nb, size=n)
-    x = rng.normal(size=n)
-    y = (truth["b0"] + truth["b1"] * x + truth["sd_a"] * rng.normal(size=na)[a] + truth["sd_b"] * rng.normal(size=nb)[b]
-         + truth["sigma"] * rng.normal(size=n))
+    truth, a, b, x, y = sim1m_data()
     t0 = time.perf_counter()
     data = pd.DataFrame({"y": y, "x": x, "a": pd.Categorical(a), "b": pd.Categorical(b)})
     model = blm.LMM("y ~ 1 + x + (1 | a) + (1 | b)", data)

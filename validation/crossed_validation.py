@@ -107,10 +107,35 @@ def compare(name_a: str, a: dict, name_b: str, b: dict) -> bool:
     return ok
 
 
-def agreement(seed: int = 1) -> bool:
-    from bayeslmm.sampling.bayes import build_model, run_sampler
-    from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, run_crossed
+def joint_collapse(design, prior_set, seed: int) -> dict:
+    """The collapsed sampler with every effect integrated out jointly, 4 x 4000 draws."""
     from bayeslmm.sampling.marginal import MarginalProblem, posterior_dataset, run_marginal
+
+    t = time.perf_counter()
+    mproblem = MarginalProblem.from_design(design)
+    mrun = run_marginal(mproblem, prior_set, draws=4000, random_seed=seed, progressbar=False)
+    meff = mproblem.draw_effects(mrun.x.reshape(-1, mproblem.ndim), mrun.blob, np.random.default_rng([seed, 2]))
+    log(f"  collapsed ({sum(len(b.levels) * b.q for b in mproblem.bars)} effects jointly), 4 x 4000: "
+        f"{time.perf_counter() - t:.1f} s, divergences {int(mrun.sample_stats['diverging'].sum())}")
+    return draws_of(posterior_dataset(mproblem, mrun, meff))
+
+
+def long_full_run(design, prior_set, seed: int) -> dict:
+    """The full non-centered model run long: 4 x 5000 draws, target_accept 0.95."""
+    from bayeslmm.sampling.bayes import build_model, run_sampler
+
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = run_sampler(build_model(design, prior_set, likelihood="auto"), "nutpie", draws=5000, tune=2000,
+                          chains=4, random_seed=seed, target_accept=0.95, progressbar=False)
+    log(f"  full model, 4 x 5000, target_accept 0.95: {time.perf_counter() - t:.1f} s, divergences "
+        f"{int(raw['sample_stats']['diverging'].sum())}")
+    return draws_of(raw["posterior"].to_dataset() if hasattr(raw["posterior"], "to_dataset") else raw.posterior)
+
+
+def agreement(seed: int = 1) -> bool:
+    from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, run_crossed
 
     model = blm.LMM("y ~ x + (1 + x | subj) + (1 | item)", agreement_data(), priors=PRIORS)
     design, prior_set = model.design, model.resolved_priors()
@@ -123,21 +148,8 @@ def agreement(seed: int = 1) -> bool:
     log(f"agreement: {design.nobs} rows, 30 x 15 crossed; partially collapsed ("
         f"{', '.join(problem.bars[k].label for k in problem.integrated)} integrated) at default settings: "
         f"{time.perf_counter() - t:.1f} s, divergences {divergences}")
-    t = time.perf_counter()
-    mproblem = MarginalProblem.from_design(design)
-    mrun = run_marginal(mproblem, prior_set, draws=4000, random_seed=seed, progressbar=False)
-    meff = mproblem.draw_effects(mrun.x.reshape(-1, mproblem.ndim), mrun.blob, np.random.default_rng([seed, 2]))
-    joint = draws_of(posterior_dataset(mproblem, mrun, meff))
-    log(f"  collapsed (75 effects jointly), 4 x 4000: {time.perf_counter() - t:.1f} s, divergences "
-        f"{int(mrun.sample_stats['diverging'].sum())}")
-    t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw = run_sampler(build_model(design, prior_set, likelihood="auto"), "nutpie", draws=5000, tune=2000,
-                          chains=4, random_seed=seed, target_accept=0.95, progressbar=False)
-    full = draws_of(raw["posterior"].to_dataset() if hasattr(raw["posterior"], "to_dataset") else raw.posterior)
-    full_div = int(raw["sample_stats"]["diverging"].sum())
-    log(f"  full model, 4 x 5000, target_accept 0.95: {time.perf_counter() - t:.1f} s, divergences {full_div}")
+    joint = joint_collapse(design, prior_set, seed)
+    full = long_full_run(design, prior_set, seed)
     ok = compare("partially collapsed", crossed, "full (long)", full)
     ok &= compare("partially collapsed", crossed, "collapsed (joint)", joint)
     ok &= divergences == 0
@@ -239,8 +251,6 @@ def agreement_mh(seed: int = 1) -> bool:
     """The independence sampler on ``y ~ x + (1 | subj) + (1 | item)`` (the agreement data)
     at default settings against the collapsed sampler (45 effects jointly, 4 x 4000) and
     the full model run long (4 x 5000, target_accept 0.95)."""
-    from bayeslmm.sampling.bayes import build_model, run_sampler
-    from bayeslmm.sampling.marginal import MarginalProblem, posterior_dataset, run_marginal
     from bayeslmm.sampling.marginal_mh import sample_marginal_mh
 
     model = blm.LMM("y ~ x + (1 | subj) + (1 | item)", agreement_data(), priors=PRIORS)
@@ -250,20 +260,8 @@ def agreement_mh(seed: int = 1) -> bool:
     mh = draws_of(result.idata.posterior)
     log(f"agreement (marginal_mh): {design.nobs} rows, 30 x 15 crossed, y ~ x + (1 | subj) + (1 | item), default "
         f"settings: {time.perf_counter() - t:.1f} s, acceptance {result.idata.posterior.attrs['acceptance']:.2f}")
-    t = time.perf_counter()
-    mproblem = MarginalProblem.from_design(design)
-    mrun = run_marginal(mproblem, prior_set, draws=4000, random_seed=seed, progressbar=False)
-    meff = mproblem.draw_effects(mrun.x.reshape(-1, mproblem.ndim), mrun.blob, np.random.default_rng([seed, 2]))
-    joint = draws_of(posterior_dataset(mproblem, mrun, meff))
-    log(f"  collapsed (45 effects jointly), 4 x 4000: {time.perf_counter() - t:.1f} s")
-    t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw = run_sampler(build_model(design, prior_set, likelihood="auto"), "nutpie", draws=5000, tune=2000,
-                          chains=4, random_seed=seed, target_accept=0.95, progressbar=False)
-    full = draws_of(raw["posterior"].to_dataset() if hasattr(raw["posterior"], "to_dataset") else raw.posterior)
-    log(f"  full model, 4 x 5000, target_accept 0.95: {time.perf_counter() - t:.1f} s, divergences "
-        f"{int(raw['sample_stats']['diverging'].sum())}")
+    joint = joint_collapse(design, prior_set, seed)
+    full = long_full_run(design, prior_set, seed)
     ok = compare("marginal_mh", mh, "full (long)", full)
     ok &= compare("marginal_mh", mh, "collapsed (joint)", joint)
     log(f"agreement (marginal_mh): {'PASS' if ok else 'FAIL'}")
