@@ -1194,7 +1194,13 @@ def optimize_scoring(deviance: ProfiledDeviance, start: np.ndarray, max_iter: in
     try:
         value, grad, hess = deviance.internal_scoring(x)
         for _ in range(max_iter):
-            chol = np.linalg.cholesky(hess)
+            try:
+                chol = np.linalg.cholesky(hess)
+            except np.linalg.LinAlgError:
+                # far from the optimum the exact diagonal term can break definiteness: a
+                # Fisher-scoring step on the average information alone (positive semi-definite)
+                info = hess - np.diag(grad / x)
+                chol = np.linalg.cholesky(info + 1e-10 * np.max(np.abs(np.diag(info))) * np.eye(len(x)))
             step = solve_triangular(chol.T, solve_triangular(chol, grad, lower=True), lower=False)
             decrease = 0.5 * float(grad @ step)
             if decrease < tol:
@@ -1228,8 +1234,16 @@ def optimize_scoring(deviance: ProfiledDeviance, start: np.ndarray, max_iter: in
     except (FitError, np.linalg.LinAlgError) as exc:
         message = str(exc)
     if not ok:
-        # the derivative-free optimizer takes over from the best point reached
+        # the derivative-free optimizer takes over: from the point reached when a component
+        # heads for its bound (a singular fit), else from the start as well (the criterion
+        # can have several local minima: a no-intercept design with two small crossed
+        # factors stopped at 58.87 from Newton's point where the start led to 58.32)
         x, summary = optimize_deviance(deviance.internal_objective, x, deviance.layout.lower, counter=deviance)
+        if "bound" not in message:
+            x0, summary0 = optimize_deviance(deviance.internal_objective, np.asarray(start, dtype=float),
+                                             deviance.layout.lower, counter=deviance)
+            if summary0.objective < summary.objective:
+                x, summary = x0, summary0
         return x, replace(summary, initial=np.asarray(start, dtype=float),
                           optimizer=f"{name}, then {summary.optimizer} ({message})",
                           evaluations=deviance.evaluations - count0, seconds=time.perf_counter() - t0)
