@@ -275,7 +275,7 @@ def run_marginal_mh(target: ScalarMarginal, draws: int = 1000, tune: int = 1000,
 
 def sample_marginal_mh(design: Design, prior_set: P.PriorSet, draws: int = 1000, tune: int = 1000,
                        chains: int = 4, random_seed: int | None = None, progressbar: bool = True,
-                       reason: str | None = None, **_ignored):
+                       reason: str | None = None):
     """Sample the exact marginal posterior of a design of scalar bars (see the module).
 
     Parameters
