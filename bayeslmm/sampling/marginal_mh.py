@@ -254,13 +254,18 @@ def run_marginal_mh(target: ScalarMarginal, draws: int = 1000, tune: int = 1000,
     whose ``x`` is in the :class:`CrossedProblem` layout (for its effect draws)."""
     import xarray as xr
 
+    from ..fitting.reml import _blas_single_thread
+
     seed = int(np.random.default_rng().integers(2**31)) if random_seed is None else int(random_seed)
     start = time.perf_counter()
-    mode, cov = target.laplace()
     burn = min(int(tune), BURN_IN)
     seeds = np.random.SeedSequence(seed).spawn(chains)
-    with ThreadPoolExecutor(max_workers=min(2, chains)) as pool:
-        results = list(pool.map(lambda s: _chain(target, mode, cov, draws, burn, s), seeds))
+    # one BLAS thread per chain thread: two chains each running two OpenBLAS threads on two
+    # cores spin against each other
+    with _blas_single_thread():
+        mode, cov = target.laplace()
+        with ThreadPoolExecutor(max_workers=min(2, chains)) as pool:
+            results = list(pool.map(lambda s: _chain(target, mode, cov, draws, burn, s), seeds))
     x = np.stack([r[0] for r in results])
     accepted = np.stack([r[1] for r in results])
     lp = np.stack([r[2] for r in results])
