@@ -112,7 +112,36 @@ def fit_glmm_map(gd: GLMMDesign, priors: dict | None):
 
 
 # ---------------------------------------------------------------- the PyMC model
-def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool] | None = None):
+def nested_parents(design) -> dict[int, int]:
+    """For each one-term intercept bar ``k`` whose grouping is nested in another one-term
+    intercept bar's (every level of ``k`` inside one level of the other), the index of
+    its immediate parent (the nesting bar with the most levels) - the pairs that
+    ``build_glmm_model(..., nest=...)`` can center hierarchically."""
+    blocks = design.blocks
+    simple = [k for k, b in enumerate(blocks) if tuple(b.terms) == ("(Intercept)",)]
+    out = {}
+    for k in simple:
+        best = None
+        for j in simple:
+            if j == k or blocks[j].n_levels >= blocks[k].n_levels:
+                continue
+            pairs = np.unique(np.column_stack([blocks[k].codes, blocks[j].codes]), axis=0)
+            if len(pairs) == blocks[k].n_levels and (best is None or blocks[j].n_levels > blocks[best].n_levels):
+                best = j
+        if best is not None:
+            out[k] = best
+    return out
+
+
+def _parent_codes(design, k: int, j: int) -> np.ndarray:
+    """The level of bar ``j`` that holds each level of bar ``k`` (``k`` nested in ``j``)."""
+    out = np.empty(design.blocks[k].n_levels, dtype=np.int64)
+    out[design.blocks[k].codes] = design.blocks[j].codes
+    return out
+
+
+def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool] | None = None,
+                     nest: dict[int, int] | None = None):
     """The PyMC model: ``eta = offset + X beta + sum_k Z_k b_k``, non-centered
     ``b_k = z_k L_k'`` (``z ~ N(0, 1)``; ``L_k`` from an ``LKJCholeskyCov`` for a
     correlated bar, diagonal sds otherwise), or, for a one-term bar with ``centered[k]``,
@@ -147,7 +176,17 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool]
         else:
             beta = coef
         pm.Deterministic("beta", beta, dims="term")
-        for k, block in enumerate(design.blocks):
+        nest = dict(nest or {})
+        if len(set(nest.values())) != len(nest):
+            raise BayesLMMError("each bar can hold at most one hierarchically centered bar")
+        order, total = [], {}
+        while len(order) < len(design.blocks):  # parents before the bars nested in them
+            ready = [k for k in range(len(design.blocks)) if k not in order and (k not in nest or nest[k] in order)]
+            if not ready:
+                raise BayesLMMError(f"nest {nest} has a cycle")
+            order += ready
+        for k in order:
+            block = design.blocks[k]
             q = block.n_terms
             lev, trm = f"{block.group}__{k}__level", f"{block.group}__{k}__term"
             sd_priors = [prior_set.sd[(k, t)] for t in block.terms]
@@ -164,12 +203,22 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool]
             else:
                 sds = pt.stack([p.to_pymc(f"sd_{block.group}__{t}") for p, t in zip(sd_priors, block.terms)])
                 chol = pt.diag(sds)
-            if centered is not None and centered[k]:
-                b = pm.Normal(f"r_{block.group}__{k}", 0.0, sds[None, :], dims=(lev, trm))
+            if k in nest:
+                # hierarchical centering: the level's total effect c = b_parent + b ~ N(b_parent, sd)
+                # is sampled; it carries the parent's effect into eta
+                mean = total[nest[k]][_parent_codes(design, k, nest[k])]
+                c = pm.Normal(f"_c_{k}", mean, sds[None, :], dims=(lev, trm))
+                pm.Deterministic(f"r_{block.group}__{k}", c - mean, dims=(lev, trm))
+                total[k] = c
+            elif centered is not None and centered[k]:
+                total[k] = pm.Normal(f"r_{block.group}__{k}", 0.0, sds[None, :], dims=(lev, trm))
             else:
                 z = pm.Normal(f"_z_{k}", 0.0, 1.0, dims=(lev, trm))
-                b = pm.Deterministic(f"r_{block.group}__{k}", pt.dot(z, chol.T), dims=(lev, trm))
-            eta = eta + (block.X * b[block.codes]).sum(axis=1)
+                total[k] = pm.Deterministic(f"r_{block.group}__{k}", pt.dot(z, chol.T), dims=(lev, trm))
+        absorbed = set(nest.values())
+        for k, block in enumerate(design.blocks):
+            if k not in absorbed:
+                eta = eta + (block.X * total[k][block.codes]).sum(axis=1)
         extra = gd.family.pymc_parameters()
         # data containers, so that a compiled model can be refitted to new responses (SBC)
         observed = pm.Data("y_observed", gd.family.observed_values(gd.y, gd.weights))
@@ -180,7 +229,8 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool]
 
 def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: int = 1000, chains: int = 4,
                 random_seed: int | None = None, target_accept: float = 0.9, progressbar: bool = True,
-                centered: bool | list[bool] = False, **kwargs):
+                centered: bool | list[bool] = False, start: str = "laplace", jitter: float = 0.5,
+                nest: dict[int, int] | str | None = None, **kwargs):
     """NUTS (nutpie, numba backend) on :func:`build_glmm_model`; returns a
     :class:`GLMMPosterior`. ``centered``: per bar (or one bool for all one-term bars
     without an LKJ prior) whether its effects are sampled centered, ``b ~ N(0, sd)``.
@@ -197,7 +247,10 @@ def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: in
     if len(centered) != len(blocks):
         raise BayesLMMError(f"centered has {len(centered)} entries for {len(blocks)} random-effect bars")
     centered = [bool(c) and ok for c, ok in zip(centered, one_term)]
-    model = build_glmm_model(gd, prior_set, centered)
+    if nest == "auto":
+        nest = nested_parents(gd.design)
+    nest = {int(k): int(j) for k, j in (nest or {}).items()}
+    model = build_glmm_model(gd, prior_set, centered, nest)
     init = {}
     for rv in model.free_RVs:
         if rv.name.startswith("_chol_"):
@@ -205,12 +258,77 @@ def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: in
             packed = np.zeros(q * (q + 1) // 2)
             packed[np.cumsum(np.arange(1, q + 1)) - 1] = 1.0
             init[rv.name] = packed
-    compiled = nutpie.compile_pymc_model(model, backend="numba", gradient_backend="pytensor",
-                                         initial_points=init)
+    if start == "laplace":
+        init.update(laplace_initial_point(gd, model, centered, nest))
+        compiled = nutpie.compile_pymc_model(model, backend="numba", gradient_backend="pytensor",
+                                             initial_points=init, jitter_rvs=set())
+        compiled = _jittered(compiled, float(jitter))
+    else:
+        compiled = nutpie.compile_pymc_model(model, backend="numba", gradient_backend="pytensor",
+                                             initial_points=init)
     seed = None if random_seed is None else int(random_seed)
     tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed, progress_bar=progressbar,
                          target_accept=target_accept, save_warmup=False, **kwargs)
     return GLMMPosterior(gd=gd, idata=tree, prior_set=prior_set)
+
+
+def laplace_initial_point(gd: GLMMDesign, model, centered: list[bool],
+                          nest: dict[int, int] | None = None) -> dict[str, np.ndarray]:
+    """The Laplace (glmer) fit as a point of :func:`build_glmm_model`'s variables: the
+    fixed effects (the intercept of the mean-centered predictors), the sds (floored at
+    0.1 so that a singular fit stays inside the support), ``z_k = b_k L_k'^{-1}`` from
+    the conditional modes ``b_k``, or ``b_k`` for a centered bar."""
+    from ..fitting.glmm import fit_glmm_model
+
+    fit = fit_glmm_model(gd, n_agq=1)
+    design = gd.design
+    names = list(design.fixed_names)
+    means = design.X.mean(axis=0)
+    point: dict[str, np.ndarray] = {}
+    for j, term in enumerate(names):
+        if term == "(Intercept)":
+            point["Intercept"] = np.asarray(fit.beta[j] + sum(fit.beta[i] * means[i] for i in range(len(names))
+                                                              if names[i] != "(Intercept)"))
+        else:
+            point[f"b_{term}"] = np.asarray(fit.beta[j])
+    free = {rv.name for rv in model.free_RVs}
+    for k, (block, cov, b) in enumerate(zip(design.blocks, fit.covariances, fit.ranef_values)):
+        sds = np.maximum(np.sqrt(np.diag(cov)), 0.1)
+        if f"_chol_{k}" in free:
+            corr = cov / np.outer(np.sqrt(np.diag(cov)), np.sqrt(np.diag(cov))) if np.all(np.diag(cov) > 0) \
+                else np.eye(block.n_terms)
+            corr = 0.9 * corr + 0.1 * np.eye(block.n_terms)  # off the LKJ boundary
+            chol = np.linalg.cholesky(corr * np.outer(sds, sds))
+            point[f"_chol_{k}"] = chol[np.tril_indices(block.n_terms)]
+        else:
+            chol = np.diag(sds)
+            for t, sd in zip(block.terms, sds):
+                point[f"sd_{block.group}__{t}"] = np.asarray(sd)
+        if k in (nest or {}):
+            parent = nest[k]
+            point[f"_c_{k}"] = np.asarray(b) + np.asarray(fit.ranef_values[parent])[_parent_codes(design, k, parent)]
+        elif centered[k]:
+            point[f"r_{block.group}__{k}"] = np.asarray(b)
+        else:
+            point[f"_z_{k}"] = np.linalg.solve(chol, np.asarray(b).T).T
+    theta = getattr(fit.family, "theta", None)  # the negative binomial's estimated shape
+    if "shape" in free and theta is not None and np.isfinite(theta) and theta > 0:
+        point["shape"] = np.asarray(float(theta))
+    return {name: value for name, value in point.items() if name in free}
+
+
+def _jittered(compiled, jitter: float):
+    """``compiled`` with each chain started at its initial point plus U(-jitter, jitter)
+    on the unconstrained scale, drawn from the chain's seed (nutpie passes one per chain)."""
+    import dataclasses
+
+    base = compiled.initial_point_func
+
+    def start(seed):
+        point = np.asarray(base(seed), dtype=float)
+        return point + np.random.default_rng(seed).uniform(-jitter, jitter, size=point.shape)
+
+    return dataclasses.replace(compiled, initial_point_func=start)
 
 
 class GLMMPosterior:
