@@ -243,7 +243,8 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool]
 def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: int = 1000, chains: int = 4,
                 random_seed: int | None = None, target_accept: float = 0.9, progressbar: bool = True,
                 centered: bool | list[bool] = False, nest: dict[int, int] | str | None = "auto",
-                start: str = "laplace", jitter: float = 0.5, adaptation: str = "draw_diag", **kwargs):
+                start: str = "laplace", jitter: float = 0.5, adaptation: str = "draw_diag",
+                extra_doublings: int = 1, **kwargs):
     """NUTS (nutpie, numba backend) on :func:`build_glmm_model`; returns a :class:`GLMMPosterior`.
 
     Parameters
@@ -264,6 +265,9 @@ def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: in
         nutpie's mass-matrix adaptation, default ``"draw_diag"`` (the draws' variances, as
         Stan): nutpie's gradient-based ``"diag"`` gives sd(LOCATION) bulk ESS 84 and R-hat
         1.06 on grouseticks.
+    extra_doublings : int
+        nutpie's extra trajectory doublings after the U-turn, default 1: on grouseticks
+        it raises the sds' bulk ESS from 340-430 to 410-660 at about the same ESS per second.
     **kwargs
         Passed to ``nutpie.sample``.
 
@@ -280,7 +284,8 @@ def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: in
     compiled, _, prior_set, _ = compile_glmm(gd, priors, centered=centered, nest=nest, start=start, jitter=jitter)
     seed = None if random_seed is None else int(random_seed)
     tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed, progress_bar=progressbar,
-                         target_accept=target_accept, save_warmup=False, adaptation=adaptation, **kwargs)
+                         target_accept=target_accept, save_warmup=False, adaptation=adaptation,
+                         extra_doublings=int(extra_doublings), **kwargs)
     return GLMMPosterior(gd=gd, idata=tree, prior_set=prior_set)
 
 
