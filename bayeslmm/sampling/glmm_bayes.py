@@ -275,9 +275,11 @@ def sample_glmm(gd: GLMMDesign, priors: dict | None, draws: int = 1000, tune: in
     -----
     Why these defaults (validation/out/glmm_mixing_experiments.txt): on grouseticks
     (BROOD nested in LOCATION) the draw-variance mass matrix mixes the sds (ESS 400-1000)
-    but the non-centered model then diverges where sd(LOCATION) is large; centering each
-    brood's total effect on its location's removes the divergences, and those centered
-    variants leave chains stuck unless they start at the Laplace fit.
+    but the non-centered model then diverges (10-31 times) where sd(LOCATION) is large;
+    centering each brood's total effect on its location's removes the divergences, and
+    centered variants leave chains stuck unless they start at the Laplace fit. Together:
+    0 divergences, max R-hat 1.004-1.013 and sd bulk ESS 406-656 over four seeds (old
+    default: R-hat 1.06, ESS 84); VerbAgg's max R-hat 1.028 -> 1.013, min ESS 261 -> 632.
     """
     import nutpie
 
