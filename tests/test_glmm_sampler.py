@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 import bayeslmm as blm
-from bayeslmm.sampling.glmm_bayes import (build_glmm_model, compile_glmm, level_information, nest_by_information,
-                                          nested_parents, resolve_glmm_priors, sample_glmm)
+from bayeslmm.sampling.glmm_bayes import (
+    build_glmm_model,
+    compile_glmm,
+    level_information,
+    nest_by_information,
+    nested_parents,
+    resolve_glmm_priors,
+    sample_glmm,
+)
 
 from conftest import REFERENCE_DIR
 

@@ -4,8 +4,9 @@ validation/out/glmm_mixing_experiments.txt).
 
 Run: ``PYTHONPATH=.:tests python validation/glmm_parametrization.py grouseticks "[False, False, True]"``
 (second argument: the ``centered`` option of ``sample``; third, optional: extra keyword
-arguments for ``sample`` / nutpie as a Python dict literal; ``random_seed`` defaults to 1). Both are read with ``ast.literal_eval``:
-literals only, never code.
+arguments for ``sample`` / nutpie as a Python dict literal, e.g. ``"{'nest': None,
+'random_seed': 2}"``; ``random_seed`` defaults to 1). Both are read with
+``ast.literal_eval``: literals only, never code.
 """
 import ast
 import json
