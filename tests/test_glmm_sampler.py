@@ -105,7 +105,7 @@ def test_nest_refuses_bars_that_are_not_nested(ticks):
         compile_glmm(model.gd, None, nest="yes")
 
 
-def test_default_adaptation_is_the_draw_variance_mass_matrix_with_one_extra_doubling(monkeypatch):
+def test_default_adaptation_is_the_draw_variance_mass_matrix_with_two_extra_doublings(monkeypatch):
     import nutpie
 
     seen = {}
@@ -118,4 +118,4 @@ def test_default_adaptation_is_the_draw_variance_mass_matrix_with_one_extra_doub
     cbpp = blm.GLMM(REF["cbpp"]["formula"], blm.datasets.load("cbpp"), family="binomial")
     with pytest.raises(RuntimeError, match="stop"):
         sample_glmm(cbpp.gd, None)
-    assert seen["adaptation"] == "draw_diag" and seen["extra_doublings"] == 1 and seen["target_accept"] == 0.9
+    assert seen["adaptation"] == "draw_diag" and seen["extra_doublings"] == 2 and seen["target_accept"] == 0.9
