@@ -497,7 +497,7 @@ class GLMM:
 
     def sample(self, draws: int = 1000, tune: int = 1000, chains: int = 4, random_seed: int | None = None,
                target_accept: float = 0.9, progressbar: bool = True, **kwargs):
-        """Sample the posterior with NUTS (nutpie) on the non-centered model; see
+        """Sample the posterior with NUTS (nutpie); see
         :func:`bayeslmm.sampling.glmm_bayes.sample_glmm`."""
         from .sampling.glmm_bayes import sample_glmm
 
