@@ -6,15 +6,15 @@ same model (4 x 5000 draws, another seed): every fixed effect's and sd's posteri
 within 4 Monte-Carlo standard errors of the long run's (the two runs' MCSEs combined), its
 posterior sd within 10 %.
 
-Run: ``PYTHONPATH=. python validation/glmm_default_sampling.py [cases...]``; writes
-``validation/out/glmm_default_sampling.txt``.
+Run: ``PYTHONPATH=. python validation/glmm_default_sampling.py [cases...] [--long cases...]
+[--out name]``; writes ``validation/out/glmm_default_sampling.txt`` (or ``name``). VerbAgg's long
+run (~15 min here) is kept apart: ``verbagg --long verbagg --out glmm_default_sampling_verbagg.txt``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -81,7 +81,7 @@ def compare_with_long_run(model, post):
             + "\n      ".join(rows))
 
 
-def main(cases):
+def main(cases, long=LONG, out="glmm_default_sampling.txt"):
     lines = []
     for key in cases:
         model = blm.GLMM(REF[key]["formula"], blm.datasets.load(key), family=FAMILY[key])
@@ -95,13 +95,20 @@ def main(cases):
         lines.append("    posterior means: " + ", ".join(f"{n} {m:.3f}" for n, m in fe["mean"].items()))
         lines.append("    sds: " + ", ".join(f"{r.group} {r.mean:.3f}" for r in post.varcorr().itertuples()))
         print(lines[-3], flush=True)
-        if key in LONG:
+        if key in long:
             lines.append(compare_with_long_run(model, post))
             print(lines[-1], flush=True)
     OUT.mkdir(exist_ok=True)
-    (OUT / "glmm_default_sampling.txt").write_text("\n".join(lines) + "\n")
+    (OUT / out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(FAMILY))
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("cases", nargs="*", default=list(FAMILY))
+    parser.add_argument("--long", nargs="*", default=list(LONG), help="cases compared with a long run")
+    parser.add_argument("--out", default="glmm_default_sampling.txt", help="file name in validation/out")
+    args = parser.parse_args()
+    main(args.cases, tuple(args.long), args.out)
