@@ -192,21 +192,12 @@ class ScalarMarginal:
         ``u`` or centered ``b``, standardized scale), drawn from their conditional given
         ``x`` with the other effects integrated out: ``u ~ N(u_hat(beta), sigma^2 Omega^-1)``
         through the blocked factor."""
-        from scipy.linalg import solve_triangular
-
         dev, problem = self.deviance, self.problem
         beta, sigma, sds = self.user_parameters(x)
-        theta_int = dev.to_internal(sds / sigma)
         u = dev._modes(f, dev.beta_to_internal(beta / dev.y_scale))
-        J1 = dev.J1
-        sigma_int = sigma / dev.y_scale
-        # + sigma L^-T z, L = [[L11, 0], [L_r1, L_rr]] (L11 = sqrt(m) for a scalar first bar)
+        # + sigma L^-T z through the blocked factor
         z = rng.standard_normal(u.size)
-        root_m = f.L11[:, 0, 0]
-        xr = solve_triangular(f.Lrr, z[J1:], lower=True, trans="T", check_finite=False) if dev.qr else np.zeros(0)
-        back = np.asarray(dev.Ar1.T @ (f.lam_r.diagonal() * xr)) if dev.qr else 0.0
-        x1 = (z[:J1] - theta_int[0] * back / root_m) / root_m
-        u = u + sigma_int * np.concatenate([x1, xr])
+        u = u + (sigma / dev.y_scale) * np.concatenate(dev._scalar_backward(f, z[:dev.J1], z[dev.J1:]))
         # b = y_scale theta_user u, bar by bar (the deviance's order is the design's)
         user_theta = sds / sigma
         starts = np.cumsum([0] + [b.n_levels for b in self.design.blocks])
