@@ -108,6 +108,12 @@ class RandomBlock:
     def group_vars(self) -> tuple[str, ...]:
         return self.term.group_vars
 
+    def nested_in(self, other: "RandomBlock") -> bool:
+        """Whether every level of this bar's grouping lies within one level of ``other``'s
+        (``batch:cask`` in ``batch``); the two blocks must describe the same rows."""
+        pairs = np.unique(np.column_stack([self.codes, other.codes]), axis=0)
+        return len(pairs) == self.n_levels
+
     def level_counts(self) -> np.ndarray:
         """Number of rows in each level."""
         return np.bincount(self.codes, minlength=self.n_levels)

@@ -125,8 +125,7 @@ def nested_parents(design) -> dict[int, int]:
         for j in simple:
             if j == k or blocks[j].n_levels >= blocks[k].n_levels:
                 continue
-            pairs = np.unique(np.column_stack([blocks[k].codes, blocks[j].codes]), axis=0)
-            if len(pairs) == blocks[k].n_levels and (best is None or blocks[j].n_levels > blocks[best].n_levels):
+            if blocks[k].nested_in(blocks[j]) and (best is None or blocks[j].n_levels > blocks[best].n_levels):
                 best = j
         if best is not None:
             out[k] = best
@@ -189,7 +188,7 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool]
             bk, bj = design.blocks[k], design.blocks[j]
             if (k == j or tuple(bk.terms) != ("(Intercept)",) or tuple(bj.terms) != ("(Intercept)",)
                     or k in prior_set.cor or j in prior_set.cor
-                    or len(np.unique(np.column_stack([bk.codes, bj.codes]), axis=0)) != bk.n_levels):
+                    or not bk.nested_in(bj)):
                 raise BayesLMMError(f"nest: bar {k} ({bk.term.text}) is not an intercept bar nested in bar {j} "
                                     f"({bj.term.text})")
         order, total = [], {}

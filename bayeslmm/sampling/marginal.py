@@ -66,8 +66,7 @@ def _nested_in_top(design: Design) -> tuple[bool, str]:
     """Whether every bar is the top grouping factor or nested in it: (ok, reason)."""
     top = _top_block(design)
     for block in design.blocks:
-        pairs = np.unique(np.column_stack([block.codes, top.codes]), axis=0)
-        if len(pairs) != block.n_levels:
+        if not block.nested_in(top):
             return False, f"'{block.group}' is crossed with '{top.group}' (not nested in it)"
     return True, f"every bar lies within '{top.group}'"
 
