@@ -37,17 +37,20 @@ def _whole(value, name: str, low: int, high: int) -> int:
     return int(value)
 
 
-def default_target_accept(design) -> float:
+def default_target_accept(design, parametrization: str = "full") -> float:
     """The step-size target ``LMM.sample`` uses unless told: 0.9, or 0.95 when a correlated
-    bar has more than four terms.
+    bar has more than four terms and the sampler is not the partially collapsed one.
 
     Hierarchical models need smaller steps than the 0.8 of most samplers. Large correlation
-    matrices need smaller still: kb07's maximal model (two 8 x 8 blocks) gave 132 and 272
-    divergent transitions at 0.9 (seeds 2 and 1 of the notebook's run) and none at 0.95, in
-    less time; its 4 x 4 model has none at 0.9.
+    matrices needed smaller still: kb07's maximal model (two 8 x 8 blocks) gave 132 and 272
+    divergent transitions at 0.9 (seeds 2 and 1) and none at 0.95 with the partially collapsed
+    sampler's first parametrization (every sampled effect non-centered, low-rank mass
+    matrix). With each sampled bar's intercept centered and a diagonal mass matrix it has
+    none at 0.9 (seeds 1 and 2, 4 x 1000 draws), so that sampler (``"crossed"``) uses 0.9;
+    the others keep 0.95 for such bars, as measured for none of them otherwise.
     """
     big = any(block.correlated and block.n_terms > 4 for block in design.blocks)
-    return 0.95 if big else 0.9
+    return 0.95 if big and parametrization != "crossed" else 0.9
 
 
 def check_sample_arguments(draws=1000, tune=1000, chains=4, random_seed=None, sampler="nutpie",
@@ -283,7 +286,8 @@ class LMM:
         target_accept : float, optional
             Step-size adaptation target. By default 0.9 (hierarchical models need smaller
             steps than the 0.8 of most samplers), 0.95 when a correlated bar has more than
-            four terms (see :func:`default_target_accept`).
+            four terms, except in the partially collapsed sampler (see
+            :func:`default_target_accept`).
         progressbar : bool
         parametrization : {"auto", "marginal", "crossed", "marginal_mh", "full"}
             ``"full"`` samples the group effects with the other parameters
@@ -321,8 +325,7 @@ class LMM:
                                          progressbar=progressbar, parametrization=parametrization)
         draws, tune, chains, random_seed = (settings[k] for k in ("draws", "tune", "chains", "random_seed"))
         target_accept, progressbar = settings["target_accept"], settings["progressbar"]
-        if target_accept is None:
-            target_accept = default_target_accept(self.design)
+        default_accept = target_accept is None
         check_draws_fit_in_memory(self.design, draws, chains)
         _check_no_misspelled_option(kwargs)
         prior_set = self.resolved_priors()
@@ -342,6 +345,8 @@ class LMM:
             raise BayesLMMError(f"sampler option(s) {', '.join(sorted(kwargs))} apply to the full model "
                                 f"only; the {choice} sampler takes draws, tune, chains, random_seed, "
                                 "target_accept and progressbar (or pass parametrization='full')")
+        if default_accept:
+            target_accept = default_target_accept(self.design, choice)
         options = dict(draws=draws, tune=tune, chains=chains, random_seed=random_seed, target_accept=target_accept,
                        progressbar=progressbar)
         if choice == "marginal":

@@ -70,7 +70,7 @@ def run_design(design, prior_set, seed, top=None):
 
     problem = CrossedProblem.from_design(design, top)
     run = run_crossed(problem, prior_set, random_seed=seed, progressbar=False,
-                      target_accept=default_target_accept(design))
+                      target_accept=default_target_accept(design, "crossed"))
     t = time.perf_counter()
     effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob, np.random.default_rng([seed, 2]))
     t_eff = time.perf_counter() - t

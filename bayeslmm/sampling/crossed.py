@@ -17,10 +17,12 @@ as in the collapsed sampler, on the residual r = y - X beta - Z_S b_S::
 
     p(y | beta, b_S, Sigma, sigma) = prod_j N(r_j | 0, sigma^2 (I + Z_j Lt Lt' Z_j'))
 
-NUTS (nutpie, low-rank mass matrix) samples beta, the covariance parameters (the same
-transforms and priors as the collapsed and the full model), log sigma and the sampled
-effects: non-centered (b_S = Lambda_S u_S, u_S ~ N(0, I)), or centered where a one-term
-bar's levels hold much data (:func:`centering`). One gradient is one pass over the rows
+NUTS (nutpie, diagonal mass matrix, one extra trajectory doubling) samples beta, the
+covariance parameters (the same transforms and priors as the collapsed and the full model),
+log sigma and the sampled effects: non-centered (b_S = Lambda_S u_S, u_S ~ N(0, I)), with
+the intercept centered where the bar's levels hold much data about it (:func:`centering`;
+the whole bar when it has one term): per level (b_0, u_1, ..., u_q-1), b_0 ~ N(0, Lambda_00^2),
+an exact change of variables with Jacobian 1 / Lambda_00. One gradient is one pass over the rows
 for r and Z_I'r, the per-group algebra, and one pass for the gradient in beta and b_S:
 O(n (p + q) + sum_j m_j^3), every group its own size m_j (measured CPU per gradient on a
 loaded machine: kb07 4x4 68 us, kb07 maximal 150 us, InstEval ~1.5 ms). Afterwards b_I is
@@ -120,7 +122,7 @@ class CrossedProblem:
     sampled: tuple[int, ...]
     n_groups: int
     group_m: np.ndarray          # (J,) integrated effects per group
-    centered: tuple[bool, ...]   # per sampled bar: b itself sampled (else u, b = Lambda u)
+    centered: tuple[int, ...]    # per sampled bar: its leading terms sampled as b itself (0: all as u, b = Lambda u)
     order: np.ndarray            # rows sorted by group
     arrays: dict = field(repr=False)
 
@@ -153,8 +155,10 @@ class CrossedProblem:
                      centered=None) -> "CrossedProblem":
         """From arrays (no DataFrame: any number of rows the machine holds). ``top``: the
         bar whose factor is integrated out (with every bar nested in it); default: the one
-        integrating the most effects. ``centered``: per sampled bar (or one bool for all),
-        whether NUTS samples b itself (centered) or u = Lambda^-1 b; default :func:`centering`."""
+        integrating the most effects. ``centered``: per sampled bar (or one value for all),
+        how many of its leading terms NUTS samples centered (b itself; the rest as u, see
+        :func:`~bayeslmm.sampling.crossed_kernels._sampled_effects`): an int, or True (all
+        terms) / False (none); default :func:`centering`."""
         y, X = np.asarray(y, dtype=float), np.asarray(X, dtype=float)
         n = len(y)
         if top is None:
@@ -162,12 +166,13 @@ class CrossedProblem:
         integrated = nested_in(factors, top)
         sampled = [k for k in range(len(factors)) if k not in integrated]
         if centered is None:
-            centered = [centering(factors[k], y) for k in sampled]
-        elif isinstance(centered, (bool, np.bool_)):
+            centered = [centering(factors[k], y, X) for k in sampled]
+        elif isinstance(centered, (bool, np.bool_, int, np.integer)):
             centered = [centered] * len(sampled)
         if len(centered) != len(sampled):
             raise ValueError(f"centered has {len(centered)} entries for {len(sampled)} sampled bars")
-        centered = tuple(bool(c) for c in centered)
+        centered = tuple((factors[k].q if c else 0) if isinstance(c, (bool, np.bool_)) else min(int(c), factors[k].q)
+                         for k, c in zip(sampled, centered))
         tf = factors[top]
         J = tf.n_levels
         # slots: each integrated level's first effect within its group
@@ -316,19 +321,24 @@ class CrossedProblem:
         return per_bar
 
 
-#: A one-term sampled bar is centered when the data pin its levels down more than the prior
-#: does: rows per level x (sd / sigma)^2 above this (one-way ANOVA estimate of the variance
-#: ratio on y). There the non-centered form mixes badly, and the centered form where the
-#: data are weak (Papaspiliopoulos, Roberts & Skold 2007). Bars with slopes stay
-#: non-centered: their slope sds are usually small (measured on kb07 4x4: centered items
-#: gave 13 divergences and ESS 105, non-centered 0 and ESS 549).
+#: A sampled bar's intercept is centered when the data pin its levels down more than the
+#: prior does: rows per level x (sd / sigma)^2 above this (one-way ANOVA estimate of the
+#: variance ratio on the least-squares residuals of y on the fixed effects). There the
+#: non-centered form mixes badly, and the centered form where the data are weak
+#: (Papaspiliopoulos, Roberts & Skold 2007). A one-term bar is then centered as a whole; a bar
+#: with slopes only in its intercept (the slopes' sds are usually small: kb07 4x4 with the
+#: items fully centered gave 13 divergences and ESS 105, non-centered 0 and 549), see
+#: :func:`~bayeslmm.sampling.crossed_kernels._sampled_effects`.
 CENTER_INFORMATION = 2.0
 
 
-def centering(factor: Factor, y: np.ndarray) -> bool:
-    """Whether NUTS should sample this bar's effects centered (see CENTER_INFORMATION)."""
-    if factor.q != 1 or not np.allclose(factor.Z[:, 0], 1.0):
-        return False
+def centering(factor: Factor, y: np.ndarray, X: np.ndarray | None = None) -> int:
+    """How many leading terms of this bar NUTS should sample centered (see CENTER_INFORMATION):
+    all of a one-term intercept bar, the intercept of a bar with slopes, or none."""
+    if not np.allclose(factor.Z[:, 0], 1.0):
+        return 0
+    if X is not None and X.shape[1]:
+        y = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
     n = np.bincount(factor.codes, minlength=factor.n_levels).astype(float)
     used = n > 0
     sums = np.bincount(factor.codes, weights=y, minlength=factor.n_levels)
@@ -336,7 +346,7 @@ def centering(factor: Factor, y: np.ndarray) -> bool:
     within = (np.sum(y * y) - np.sum(sums[used] ** 2 / n[used])) / max(len(y) - used.sum(), 1)
     n_bar = len(y) / used.sum()
     between = max(np.var(means, ddof=1) - within / n_bar, 0.0) if used.sum() > 1 else 0.0
-    return n_bar * between / max(within, 1e-300) >= CENTER_INFORMATION
+    return int(n_bar * between / max(within, 1e-300) >= CENTER_INFORMATION)
 
 
 # ---------------------------------------------------------------- the plan
@@ -379,7 +389,7 @@ def crossed_penalty(factors: list[Factor], sampled: list[int], y: np.ndarray) ->
     ``sampled`` are sampled (see ESS_PENALTY)."""
     penalty = ESS_PENALTY["crossed"]
     for k in sampled:
-        if not centering(factors[k], y):
+        if centering(factors[k], y) < factors[k].q:  # some terms non-centered
             penalty += len(factors[k].codes) / factors[k].n_levels / ROWS_PER_PENALTY
     return penalty
 
@@ -511,9 +521,15 @@ def run_crossed(problem: CrossedProblem, prior_set: P.PriorSet, draws: int = 100
     from . import marginal_kernels as K
     blob = problem.pack(prior_set)
     _, expand_cfunc = K.nutpie_functions(False)
-    # the sampled effects correlate with the log sds: a low-rank mass matrix update helps
-    # (kb07 4x4: min ESS of beta 531 -> 3092, of the item covariance 549 -> 610, fewer steps)
-    kwargs.setdefault("adaptation", "low_rank")
+    # nutpie's diagonal mass matrix with one extra trajectory doubling: with the sampled bars'
+    # intercepts centered (see centering) this beat the low-rank update, whose per-step cost
+    # grows with ndim (kb07 maximal, ndim 529: ~420 against ~150 us per gradient). Measured
+    # at 4 x 1000 draws, 0 divergences in each: kb07 4x4 low-rank 23-28 s, min covariance
+    # ESS 985-1224; diag 4.9 s, 918-975; diag + 1 doubling 9.7 s, 2556. kb07 maximal
+    # (target_accept 0.9): low-rank 199 s, ESS 1017 (at 0.95); diag 15 s, 846; diag + 1
+    # doubling 30-33 s, 1835-2030.
+    kwargs.setdefault("adaptation", "diag")
+    kwargs.setdefault("extra_doublings", 1)
     return run_nutpie(blob, problem.ndim, C.nutpie_logp(), expand_cfunc, problem.initial_point, draws=draws,
                       tune=tune, chains=chains, random_seed=random_seed, target_accept=target_accept,
                       progressbar=progressbar, **kwargs)

@@ -2,7 +2,8 @@
 
 The density is p(y | beta, b_S, Sigma, sigma) p(u_S) with the *integrated* group effects
 b_I integrated out exactly (their groups are independent given the *sampled* effects
-b_S = Lambda_S u_S) and u_S ~ N(0, I) sampled non-centered. One evaluation is a pass over
+b_S = Lambda_S u_S) and u_S ~ N(0, I) sampled non-centered (or partly centered, see
+:func:`_sampled_effects`). One evaluation is a pass over
 the rows (residuals r = y - X beta - Z_S b_S), the per-group collapsed algebra of
 :mod:`bayeslmm.sampling.marginal_kernels` on c_j = Z_j' r_j, and a second pass over the rows for
 the gradient in beta and b_S: O(n (p + q) + sum_j m_j^3), no padding of groups.
@@ -17,9 +18,9 @@ H_K, H_NDIM, H_MMAX, H_SIGMA, H_N, H_FPRI, H_SPRI, H_BARS, H_SDPRI, H_SCALE; the
     compact group-slot vector, per integrated bar), C_ZI (n QI), C_GROW (J + 1 row pointers; rows sorted by group),
     C_GPTR (J + 1 entry pointers), C_ENT (E x 2: bar, slot), C_GM (J), C_GSOFF (J),
     C_GVOFF (J), C_S (sum m_j^2: Z_j'Z_j), C_IBAR (KI bar indices), C_SBAR (KS x 5: bar,
-    levels, start of u (or b, if centered) in x, start in the effect work array, 1 if
-    centered), C_CODE (n KS: index of the row's level's first effect in the sampled-effect work
-    array), C_ZS (n QS),
+    levels, start of its coordinates in x, start in the effect work array, number of
+    leading terms centered: see _sampled_effects), C_CODE (n KS: index of the row's
+    level's first effect in the sampled-effect work array), C_ZS (n QS),
     C_NEFF (size of the sampled-effect work array), C_NVEC (sum m_j)
 """
 
@@ -62,7 +63,9 @@ C_SIZE = 47
 
 @numba.njit(cache=True, error_model="numpy")
 def _sampled_effects(x, blob, lams, beff):
-    """b_S = Lambda_k u_k (standardized scale) per sampled bar, level-major, into ``beff``."""
+    """b_S (standardized scale) per sampled bar, level-major, into ``beff``. A bar whose
+    first k terms are centered has coordinates (b_A, u_B) per level, A the first k terms:
+    u_A = Lambda_AA^-1 b_A, b_B = Lambda_BA u_A + Lambda_BB u_B (k = 0: b = Lambda u)."""
     KS = int(blob[C_KS])
     sb = int(blob[C_SBAR])
     bars = int(blob[H_BARS])
@@ -71,18 +74,25 @@ def _sampled_effects(x, blob, lams, beff):
         L = int(blob[sb + 5 * s + 1])
         u0 = int(blob[sb + 5 * s + 2])
         e0 = int(blob[sb + 5 * s + 3])
+        kc = int(blob[sb + 5 * s + 4])
         q = int(blob[bars + 6 * k])
         lam = lams[k]
-        if blob[sb + 5 * s + 4] == 1.0:  # centered: the coordinates are b itself
-            for i in range(L * q):
-                beff[e0 + i] = x[u0 + i]
-            continue
+        u = np.empty(q)
         for lev in range(L):
+            o = u0 + lev * q
             for r in range(q):
-                t = 0.0
-                for c in range(r + 1):
-                    t += lam[r, c] * x[u0 + lev * q + c]
-                beff[e0 + lev * q + r] = t
+                if r < kc:  # forward substitution within the centered block
+                    t = x[o + r]
+                    for c in range(r):
+                        t -= lam[r, c] * u[c]
+                    u[r] = t / lam[r, r]
+                    beff[e0 + lev * q + r] = x[o + r]
+                else:
+                    u[r] = x[o + r]
+                    t = 0.0
+                    for c in range(r + 1):
+                        t += lam[r, c] * u[c]
+                    beff[e0 + lev * q + r] = t
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -273,42 +283,50 @@ def _row_gradient(x, blob, r, ltw, s2, grad, gb):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _centered_prior(x, grad, gb, lam, G, q, L, u0, e0):
-    """Centered sampled bar: sum_l log N(b_l | 0, Lambda Lambda') (without 2 pi); adds
-    gb_l - Lambda^-T u_l to grad[b_l] (u_l = Lambda^-1 b_l) and to ``G`` the gradient in
-    Lambda, Lambda^-T (sum_l u_l u_l') - L diag(1 / Lambda_ii), lower triangle."""
+def _sampled_prior(x, grad, gb, lam, G, q, kc, L, u0, e0):
+    """A sampled bar's effects: log density of its coordinates (without 2 pi) and their
+    gradient, given ``gb`` (the likelihood's gradient in b); adds the gradient in Lambda
+    (lower triangle) to ``G``. Per level the coordinates are (b_A, u_B), A the first ``kc``
+    terms (kc = 0: non-centered, kc = q: centered): u ~ N(0, I) with u_A = Lambda_AA^-1 b_A,
+    so the density is N(u) |Lambda_AA|^-1. With v = Lambda_AA^-T (Lambda_BA' gb_B - u_A):
+    d/db_A = gb_A + v, d/du_B = Lambda_BB' gb_B - u_B; d/dLambda = gb_B u' on the rows of B,
+    -v u_A' - diag(1 / Lambda_ii) on A x A."""
     value = 0.0
     u = np.zeros(q)
     v = np.zeros(q)
-    U = np.zeros((q, q))
-    for i in range(q):
+    for i in range(kc):
         value -= L * math.log(lam[i, i])
+        G[i, i] -= L / lam[i, i]
     for lev in range(L):
-        for r in range(q):  # u = Lambda^-1 b
-            t = x[u0 + lev * q + r]
-            for c in range(r):
-                t -= lam[r, c] * u[c]
-            u[r] = t / lam[r, r]
-        for r in range(q - 1, -1, -1):  # v = Lambda^-T u
-            t = u[r]
-            for c in range(r + 1, q):
+        o = u0 + lev * q
+        g = e0 + lev * q
+        for r in range(q):
+            if r < kc:  # u_A = Lambda_AA^-1 b_A
+                t = x[o + r]
+                for c in range(r):
+                    t -= lam[r, c] * u[c]
+                u[r] = t / lam[r, r]
+            else:
+                u[r] = x[o + r]
+            value -= 0.5 * u[r] * u[r]
+        for c in range(q):  # Lambda_B.' gb_B - u, column c
+            t = -u[c]
+            for r in range(max(c, kc), q):
+                t += lam[r, c] * gb[g + r]
+                G[r, c] += gb[g + r] * u[c]
+            if c >= kc:
+                grad[o + c] += t
+            else:
+                v[c] = t
+        for r in range(kc - 1, -1, -1):  # v = Lambda_AA^-T v
+            t = v[r]
+            for c in range(r + 1, kc):
                 t -= lam[c, r] * v[c]
             v[r] = t / lam[r, r]
-        for r in range(q):
-            value -= 0.5 * u[r] * u[r]
-            grad[u0 + lev * q + r] += gb[e0 + lev * q + r] - v[r]
-            for c in range(q):
-                U[r, c] += u[r] * u[c]
-    # Lambda^-T U: column by column, back substitution with Lambda'
-    for c in range(q):
-        for r in range(q - 1, -1, -1):
-            t = U[r, c]
-            for l in range(r + 1, q):
-                t -= lam[l, r] * v[l]
-            v[r] = t / lam[r, r]
-        for r in range(c, q):
-            G[r, c] += v[r]
-        G[c, c] -= L / lam[c, c]
+        for r in range(kc):
+            grad[o + r] += gb[g + r] + v[r]
+            for c in range(r + 1):
+                G[r, c] -= v[r] * u[c]
     return value
 
 
@@ -347,7 +365,7 @@ def crossed_logp(x, grad, blob):
     g_ls = Q - n
     gb = np.zeros(int(blob[C_NEFF]))
     _row_gradient(x, blob, r, ltw, s2, grad, gb)
-    # sampled effects: b = Lambda u; prior u ~ N(0, I); dL/dLambda = sum_l gb_l u_l'
+    # sampled effects: b = Lambda u; prior u ~ N(0, I) (see _sampled_prior)
     GS = np.zeros_like(lams)
     for t in range(KS):
         k = int(blob[sb + 5 * t])
@@ -355,20 +373,7 @@ def crossed_logp(x, grad, blob):
         u0 = int(blob[sb + 5 * t + 2])
         e0 = int(blob[sb + 5 * t + 3])
         q = int(blob[bars + 6 * k])
-        lam = lams[k]
-        G = GS[k]
-        if blob[sb + 5 * t + 4] == 1.0:
-            value += _centered_prior(x, grad, gb, lam, G, q, L, u0, e0)
-            continue
-        for lev in range(L):
-            for c in range(q):
-                uc = x[u0 + lev * q + c]
-                value -= 0.5 * uc * uc
-                acc = -uc
-                for rw in range(c, q):
-                    acc += lam[rw, c] * gb[e0 + lev * q + rw]
-                    G[rw, c] += gb[e0 + lev * q + rw] * uc
-                grad[u0 + lev * q + c] += acc
+        value += _sampled_prior(x, grad, gb, lams[k], GS[k], q, int(blob[sb + 5 * t + 4]), L, u0, e0)
     # priors (user's scale: v = shift + s * theta) and Jacobians of the log transforms
     fp = int(blob[H_FPRI])
     for a in range(p):
