@@ -19,9 +19,13 @@ Two checks on small crossed designs:
    of bayeslmm.sampling.marginal_mh (scalar bars only: ``y ~ x + (1 | subj) + (1 | item)``
    for the agreement).
 
-Run: ``python validation/crossed_validation.py agreement`` (or ``agreement_mh``) and
-``python validation/crossed_validation.py sbc --reps 200 [--sampler marginal_mh]``; results
-are appended to validation/out/crossed_validation.txt.
+4. ``agreement --top item`` and ``sbc --vector``: the same with a sampled bar of two terms
+   (``(1 + x | subj)``, ``(1 + x | a)`` on the SBC design: intercept and slope, correlated),
+   whose intercept the sampler centers where its levels hold much information.
+
+Run: ``python validation/crossed_validation.py agreement [--top item]`` (or ``agreement_mh``) and
+``python validation/crossed_validation.py sbc --reps 200 [--sampler marginal_mh | --vector]``;
+results are appended to validation/out/crossed_validation.txt.
 """
 
 from __future__ import annotations
@@ -134,20 +138,24 @@ def long_full_run(design, prior_set, seed: int) -> dict:
     return draws_of(raw["posterior"].to_dataset() if hasattr(raw["posterior"], "to_dataset") else raw.posterior)
 
 
-def agreement(seed: int = 1) -> bool:
-    from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, run_crossed
+def agreement(seed: int = 1, top: str | None = None) -> bool:
+    """``top``: the factor integrated out ("subj" or "item"; default the cost model's choice,
+    subj); with "item" the sampled bar is (1 + x | subj), its intercept centered."""
+    from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, factors_of, run_crossed
 
     model = blm.LMM("y ~ x + (1 + x | subj) + (1 | item)", agreement_data(), priors=PRIORS)
     design, prior_set = model.design, model.resolved_priors()
     t = time.perf_counter()
-    problem = CrossedProblem.from_design(design)
+    labels = [f.label for f in factors_of(design)]
+    problem = CrossedProblem.from_design(design, None if top is None else labels.index(top))
     run = run_crossed(problem, prior_set, random_seed=seed, progressbar=False)
     effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob, np.random.default_rng([seed, 2]))
     crossed = draws_of(crossed_posterior(problem, run, effects))
     divergences = int(run.sample_stats["diverging"].sum())
     log(f"agreement: {design.nobs} rows, 30 x 15 crossed; partially collapsed ("
-        f"{', '.join(problem.bars[k].label for k in problem.integrated)} integrated) at default settings: "
-        f"{time.perf_counter() - t:.1f} s, divergences {divergences}")
+        f"{', '.join(problem.bars[k].label for k in problem.integrated)} integrated, leading terms centered per "
+        f"sampled bar {list(problem.centered)}) at default settings: {time.perf_counter() - t:.1f} s, "
+        f"divergences {divergences}")
     joint = joint_collapse(design, prior_set, seed)
     full = long_full_run(design, prior_set, seed)
     ok = compare("partially collapsed", crossed, "full (long)", full)
@@ -169,21 +177,28 @@ def sbc_template(seed: int = 3) -> pd.DataFrame:
                          "a": a.astype(str), "b": b.astype(str)})
 
 
+#: the vector-bar SBC: b integrated out, a's correlated intercept and slope sampled (its
+#: intercept centered in the replications where the centering rule says so)
+SBC_VECTOR_FORMULA = "y ~ x + (1 + x | a) + (1 | b)"
+
+
 def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, tune: int = 500,
-            n_ranks: int = 99, sampler: str = "crossed") -> pd.DataFrame:
+            n_ranks: int = 99, sampler: str = "crossed", vector: bool = False) -> pd.DataFrame:
     """Ranks (0..n_ranks) of the true values, one row per replication; ``sampler``:
     "crossed" (the partially collapsed NUTS sampler) or "marginal_mh" (the independence
-    sampler of bayeslmm.sampling.marginal_mh)."""
+    sampler of bayeslmm.sampling.marginal_mh). ``vector``: the design of SBC_VECTOR_FORMULA
+    (crossed sampler only), with b integrated out and a sampled."""
     from dataclasses import replace
 
     from bayeslmm.sampling.crossed import CrossedProblem, crossed_posterior, factors_of, run_crossed
     from bayeslmm.sampling.marginal_mh import sample_marginal_mh
 
-    from sbc import draw_prior
+    from sbc import draw_lkj, draw_prior
 
     rng = np.random.default_rng(seed)
     template = sbc_template()
-    model = blm.LMM(SBC_FORMULA, template, priors={k: v for k, v in PRIORS.items() if k != "cor"})  # no LKJ here
+    priors = PRIORS if vector else {k: v for k, v in PRIORS.items() if k != "cor"}  # no LKJ on scalar bars
+    model = blm.LMM(SBC_VECTOR_FORMULA if vector else SBC_FORMULA, template, priors=priors)
     design, prior_set = model.design, model.resolved_priors()
     factors = factors_of(design)
     x_col = design.X[:, 1]
@@ -192,12 +207,19 @@ def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, 
         b1 = draw_prior(PRIORS["b"], rng)
         b0c = draw_prior(PRIORS["Intercept"], rng)  # the prior is on the centered intercept
         b0 = b0c - b1 * x_col.mean()
-        sd_a, sd_b = draw_prior(PRIORS["sd"], rng), draw_prior(PRIORS["sd"], rng)
+        sd_a, sd_b = draw_prior(PRIORS["sd"], rng, 2 if vector else None), draw_prior(PRIORS["sd"], rng)
         sigma = float(draw_prior(PRIORS["sigma"], rng))
-        ra = rng.normal(0, sd_a, size=factors[0].n_levels)
+        if vector:
+            R = draw_lkj(PRIORS["cor"].eta, 2, rng)
+            ra = rng.multivariate_normal(np.zeros(2), sd_a[:, None] * R * sd_a[None, :], size=factors[0].n_levels)
+            group_a = ra[factors[0].codes, 0] + ra[factors[0].codes, 1] * x_col
+        else:
+            ra = rng.normal(0, sd_a, size=factors[0].n_levels)
+            group_a = ra[factors[0].codes]
         rb = rng.normal(0, sd_b, size=factors[1].n_levels)
-        y = b0 + b1 * x_col + ra[factors[0].codes] + rb[factors[1].codes] + rng.normal(0, sigma, size=design.nobs)
+        y = b0 + b1 * x_col + group_a + rb[factors[1].codes] + rng.normal(0, sigma, size=design.nobs)
         run_seed = int(rng.integers(2**31))
+        centered = 0
         if sampler == "marginal_mh":
             with warnings.catch_warnings():  # short runs: R-hat / ESS warnings are expected, SBC judges
                 warnings.simplefilter("ignore", blm.SamplingWarning)
@@ -207,7 +229,8 @@ def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, 
             post = result.idata.posterior
             divergences, integrated = 0, "all"
         else:
-            problem = CrossedProblem.from_factors(y, design.X, tuple(design.fixed_names), factors)
+            problem = CrossedProblem.from_factors(y, design.X, tuple(design.fixed_names), factors,
+                                                  top=1 if vector else None)
             run = run_crossed(problem, prior_set, draws=draws, tune=tune, chains=chains, random_seed=run_seed,
                               progressbar=False)
             effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob,
@@ -215,35 +238,46 @@ def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, 
             post = crossed_posterior(problem, run, effects)
             divergences = int(run.sample_stats["diverging"].sum())
             integrated = problem.bars[problem.integrated[0]].label
-        truth = {"beta[(Intercept)]": b0, "beta[x]": b1, "sd_a": sd_a, "sd_b": sd_b, "sigma": sigma,
-                 "r_a[0]": ra[0], "r_b[0]": rb[0]}
+            centered = problem.centered[0]
+        truth = {"beta[(Intercept)]": b0, "beta[x]": b1, "sd_b": sd_b, "sigma": sigma, "r_b[0]": rb[0]}
         values = {"beta[(Intercept)]": post["beta"].values[..., 0], "beta[x]": post["beta"].values[..., 1],
-                  "sd_a": post["sd_a"].values[..., 0], "sd_b": post["sd_b"].values[..., 0],
-                  "sigma": post["sigma"].values, "r_a[0]": post["r_a"].values[..., 0, 0],
+                  "sd_b": post["sd_b"].values[..., 0], "sigma": post["sigma"].values,
                   "r_b[0]": post["r_b"].values[..., 0, 0]}
+        if vector:
+            truth |= {"sd_a[0]": sd_a[0], "sd_a[1]": sd_a[1], "cor_a": R[0, 1], "r_a[0,0]": ra[0, 0],
+                      "r_a[0,1]": ra[0, 1]}
+            values |= {"sd_a[0]": post["sd_a"].values[..., 0], "sd_a[1]": post["sd_a"].values[..., 1],
+                       "cor_a": post["cor_a"].values[..., 0], "r_a[0,0]": post["r_a"].values[..., 0, 0],
+                       "r_a[0,1]": post["r_a"].values[..., 0, 1]}
+        else:
+            truth |= {"sd_a": sd_a, "r_a[0]": ra[0]}
+            values |= {"sd_a": post["sd_a"].values[..., 0], "r_a[0]": post["r_a"].values[..., 0, 0]}
         keep = np.linspace(0, chains * draws - 1, n_ranks).astype(int)
         rows.append({k: int(np.sum(v.ravel()[keep] < truth[k])) for k, v in values.items()}
-                    | {"divergences": divergences, "integrated": integrated})
+                    | {"divergences": divergences, "integrated": integrated, "centered": centered})
     return pd.DataFrame(rows)
 
 
-def sbc(reps: int, sampler: str = "crossed") -> bool:
+def sbc(reps: int, sampler: str = "crossed", vector: bool = False) -> bool:
     from sbc import plot_ranks, uniformity_table
 
     t = time.perf_counter()
-    ranks = run_sbc(reps, sampler=sampler)
-    params = [c for c in ranks.columns if c not in ("divergences", "integrated")]
+    ranks = run_sbc(reps, sampler=sampler, vector=vector)
+    params = [c for c in ranks.columns if c not in ("divergences", "integrated", "centered")]
     table = uniformity_table(ranks[params])
     OUT.mkdir(parents=True, exist_ok=True)
-    stem = "sbc_crossed" if sampler == "crossed" else "sbc_marginal_mh"
+    stem = ("sbc_crossed_vector" if vector else "sbc_crossed") if sampler == "crossed" else "sbc_marginal_mh"
     ranks.to_csv(OUT / f"{stem}_ranks.csv", index=False)
     title = "partially collapsed sampler" if sampler == "crossed" else "independence sampler (marginal_mh)"
-    plot_ranks(ranks[params], f"SBC, {title}: {SBC_FORMULA} ({reps} replications)", OUT / f"{stem}.png")
+    formula = SBC_VECTOR_FORMULA if vector else SBC_FORMULA
+    plot_ranks(ranks[params], f"SBC, {title}: {formula} ({reps} replications)", OUT / f"{stem}.png")
     ok = bool(table["pass"].all())
-    log(f"sbc ({sampler}): {SBC_FORMULA}, 12 x 8 crossed, {reps} replications ({time.perf_counter() - t:.0f} s), "
-        f"integrated factor {ranks['integrated'].iloc[0]!r}, divergences in {int((ranks['divergences'] > 0).sum())} "
-        f"runs; chi-square p-values: " + ", ".join(f"{k} {v:.3f}" for k, v in table["p_value"].items())
-        + f": {'PASS' if ok else 'FAIL'}")
+    n_centered = int((ranks["centered"] > 0).sum())
+    centered = f", the sampled intercept centered in {n_centered}" if sampler == "crossed" else ""
+    log(f"sbc ({sampler}): {formula}, 12 x 8 crossed, {reps} replications ({time.perf_counter() - t:.0f} s), "
+        f"integrated factor {ranks['integrated'].iloc[0]!r}{centered}, divergences in "
+        f"{int((ranks['divergences'] > 0).sum())} runs; chi-square p-values: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in table["p_value"].items()) + f": {'PASS' if ok else 'FAIL'}")
     return ok
 
 
@@ -273,10 +307,12 @@ if __name__ == "__main__":
     parser.add_argument("check", choices=["agreement", "agreement_mh", "sbc"])
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--sampler", choices=["crossed", "marginal_mh"], default="crossed")
+    parser.add_argument("--vector", action="store_true", help=f"sbc on {SBC_VECTOR_FORMULA} (crossed sampler)")
+    parser.add_argument("--top", help="agreement: the factor to integrate out (default: the plan's choice)")
     args = parser.parse_args()
     if args.check == "agreement":
-        agreement()
+        agreement(top=args.top)
     elif args.check == "agreement_mh":
         agreement_mh()
     else:
-        sbc(args.reps, args.sampler)
+        sbc(args.reps, args.sampler, args.vector)
