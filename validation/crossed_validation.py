@@ -258,15 +258,16 @@ def run_sbc(reps: int, seed: int = 20240917, chains: int = 2, draws: int = 500, 
     return pd.DataFrame(rows)
 
 
-def sbc(reps: int, sampler: str = "crossed", vector: bool = False) -> bool:
+def sbc(reps: int, sampler: str = "crossed", vector: bool = False, seed: int = 20240917) -> bool:
     from sbc import plot_ranks, uniformity_table
 
     t = time.perf_counter()
-    ranks = run_sbc(reps, sampler=sampler, vector=vector)
+    ranks = run_sbc(reps, seed=seed, sampler=sampler, vector=vector)
     params = [c for c in ranks.columns if c not in ("divergences", "integrated", "centered")]
     table = uniformity_table(ranks[params])
     OUT.mkdir(parents=True, exist_ok=True)
     stem = ("sbc_crossed_vector" if vector else "sbc_crossed") if sampler == "crossed" else "sbc_marginal_mh"
+    stem += "" if seed == 20240917 else f"_seed{seed}"
     ranks.to_csv(OUT / f"{stem}_ranks.csv", index=False)
     title = "partially collapsed sampler" if sampler == "crossed" else "independence sampler (marginal_mh)"
     formula = SBC_VECTOR_FORMULA if vector else SBC_FORMULA
@@ -274,7 +275,8 @@ def sbc(reps: int, sampler: str = "crossed", vector: bool = False) -> bool:
     ok = bool(table["pass"].all())
     n_centered = int((ranks["centered"] > 0).sum())
     centered = f", the sampled intercept centered in {n_centered}" if sampler == "crossed" else ""
-    log(f"sbc ({sampler}): {formula}, 12 x 8 crossed, {reps} replications ({time.perf_counter() - t:.0f} s), "
+    log(f"sbc ({sampler}): {formula}, 12 x 8 crossed, {reps} replications, seed {seed} "
+        f"({time.perf_counter() - t:.0f} s), "
         f"integrated factor {ranks['integrated'].iloc[0]!r}{centered}, divergences in "
         f"{int((ranks['divergences'] > 0).sum())} runs; chi-square p-values: "
         + ", ".join(f"{k} {v:.3f}" for k, v in table["p_value"].items()) + f": {'PASS' if ok else 'FAIL'}")
@@ -308,6 +310,7 @@ if __name__ == "__main__":
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--sampler", choices=["crossed", "marginal_mh"], default="crossed")
     parser.add_argument("--vector", action="store_true", help=f"sbc on {SBC_VECTOR_FORMULA} (crossed sampler)")
+    parser.add_argument("--seed", type=int, default=20240917, help="sbc: the replications' seed")
     parser.add_argument("--top", help="agreement: the factor to integrate out (default: the plan's choice)")
     args = parser.parse_args()
     if args.check == "agreement":
@@ -315,4 +318,4 @@ if __name__ == "__main__":
     elif args.check == "agreement_mh":
         agreement_mh()
     else:
-        sbc(args.reps, args.sampler, args.vector)
+        sbc(args.reps, args.sampler, args.vector, args.seed)
