@@ -254,3 +254,34 @@ def test_map_fit_is_silent(formula, data):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         blm.LMM(formula, blm.datasets.load(data)).fit("map")
+
+
+def test_rank_deficiency_with_several_null_directions_is_unique():
+    """A 4 x 4 covariance of rank 2: the last two terms as combinations of the first two,
+    relations that hold exactly and do not depend on which basis of the 2-dimensional null
+    space the eigensolver returns (kb07's maximal fits have 4 and 3 null directions)."""
+    from types import SimpleNamespace
+
+    from bayeslmm.results.point import rank_deficiencies
+
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(4, 2)) * np.array([3.0, 1.0, 0.5, 2.0])[:, None]
+    cov = A @ A.T
+    terms = ["(Intercept)", "x", "z", "xz"]
+    design = SimpleNamespace(blocks=[SimpleNamespace(n_terms=4, terms=terms, group="g")])
+    (text,) = rank_deficiencies(design, [cov])
+    assert text.startswith("g: z = ") and "; xz = " in text and text.endswith("(the 4 x 4 covariance has rank 2)")
+    for relation in text[len("g: "):text.index(" (the")].split("; "):
+        left, right = relation.split(" = ")
+        weights = np.zeros(4)
+        weights[terms.index(left)] = 1.0
+        for part in right.replace(" - ", " + -").split(" + "):
+            value, term = part.split(" ")
+            weights[terms.index(term)] -= float(value)
+        rounding = np.sum(5e-3 * np.abs(weights) * np.sqrt(np.diag(cov)))  # 3 significant digits printed
+        assert np.sqrt(weights @ cov @ weights) <= rounding  # no variance, to the digits printed
+    # another basis of the same null space: a tiny rotation within it changes eigh's vectors
+    null = np.linalg.eigh(cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov))))[1][:, :2]
+    sd = np.sqrt(np.diag(cov))
+    tilted = cov + 1e-10 * np.outer(sd, sd) * (null @ np.array([[1.0, 0.7], [0.7, 0.9]]) @ null.T)
+    assert rank_deficiencies(design, [tilted]) == [text]

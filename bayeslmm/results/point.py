@@ -533,11 +533,12 @@ class PointResult(FitResult, InformationCriteria):
 
 def rank_deficiencies(design: Design, covariances, tol: float = 1e-6) -> list[str]:
     """Each bar whose covariance is rank deficient with no sd at 0 and no correlation at
-    +-1, named by the combination that has no variance: the last term of the null direction
-    written as a combination of the others (the term whose own Cholesky factor lme4 puts
-    at 0, e.g. ``school: sexM = -0.09 (Intercept) + 0.24 standLRT``).
+    +-1, named by the combinations that have no variance: with d null directions, the last d
+    terms (those whose own Cholesky factors lme4 puts at 0) written as combinations of the
+    others, e.g. ``school: sexM = -0.09 (Intercept) + 0.24 standLRT``; relations joined by
+    "; ". Unique whatever basis of the null space the eigensolver returns.
 
-    ``tol`` is on the smallest eigenvalue of the bar's correlation matrix.
+    ``tol`` is on the eigenvalues of the bar's correlation matrix.
     """
     found = []
     for block, cov in zip(design.blocks, covariances):
@@ -546,16 +547,28 @@ def rank_deficiencies(design: Design, covariances, tol: float = 1e-6) -> list[st
             continue  # sd at 0 or a 2 x 2 at +-1 is already named by its row of varcorr()
         corr = cov / np.outer(sd, sd)
         values, vectors = np.linalg.eigh(corr)
-        if values[0] > tol:
+        null = vectors[:, values <= tol]  # z = b / sd has N'z = 0
+        if not null.shape[1]:
             continue
-        w = vectors[:, 0]
-        last = int(np.flatnonzero(np.abs(w) > 1e-3 * np.abs(w).max())[-1])
-        coefs = -sd[last] * w / (w[last] * sd)
-        parts = [(coefs[t], term) for t, term in enumerate(block.terms) if t != last and coefs[t] != 0]
-        combination = " ".join(f"{c:.3g} {term}" if i == 0 else f"{'-' if c < 0 else '+'} {abs(c):.3g} {term}"
-                               for i, (c, term) in enumerate(parts))
-        found.append(f"{block.group}: {block.terms[last]} = {combination} (the {block.n_terms} x {block.n_terms} "
-                     f"covariance has rank {int(np.sum(values > tol))})")
+        # the dependent terms: from the last term back, each one that adds a pivot
+        dependent: list[int] = []
+        for t in range(block.n_terms - 1, -1, -1):
+            if np.linalg.matrix_rank(null[dependent + [t]], tol=1e-8) > len(dependent):
+                dependent.append(t)
+            if len(dependent) == null.shape[1]:
+                break
+        dependent.sort()
+        free = [t for t in range(block.n_terms) if t not in dependent]
+        # N_D' z_D = -N_F' z_F  =>  b_D = diag(sd_D) (-(N_D')^-1 N_F') diag(1 / sd_F) b_F
+        coefs = -np.linalg.solve(null[dependent].T, null[free].T) * sd[dependent][:, None] / sd[free][None, :]
+        relations = []
+        for row, d in zip(coefs, dependent):
+            parts = [(c, block.terms[t]) for c, t in zip(row, free) if abs(c) > 1e-12 * np.abs(row).max()]
+            combination = " ".join(f"{c:.3g} {term}" if i == 0 else f"{'-' if c < 0 else '+'} {abs(c):.3g} {term}"
+                                   for i, (c, term) in enumerate(parts))
+            relations.append(f"{block.terms[d]} = {combination}")
+        found.append(f"{block.group}: {'; '.join(relations)} (the {block.n_terms} x {block.n_terms} "
+                     f"covariance has rank {block.n_terms - null.shape[1]})")
     return found
 
 
