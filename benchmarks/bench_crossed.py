@@ -5,7 +5,9 @@ Run: ``python benchmarks/bench_crossed.py CASE [--seed 1]`` with CASE one of kb0
 kb07_max, insteval, sim1m; each run appends its lines to benchmarks/out/bench_crossed.txt.
 Each case runs what ``parametrization="auto"`` picks (InstEval: marginal_mh; ``--top K``
 forces the partially collapsed sampler integrating bar K); ``sim1m --sampler marginal_mh``
-runs the independence sampler on the simulated design.
+runs the independence sampler on the simulated design. ``--adaptation``,
+``--extra-doublings``, ``--target-accept`` and ``--centered`` change the partially collapsed
+sampler's settings (the line then says so), to compare them with its defaults.
 
 Each timing is the wall time of this process from its start (interpreter, imports, data,
 design, kernel compilation or cache load, sampling 4 x 1000 draws after 1000 tuning
@@ -68,17 +70,26 @@ def run_design(design, prior_set, seed, top=None):
         top = plan.top
     from bayeslmm.model import default_target_accept
 
-    problem = CrossedProblem.from_design(design, top)
+    problem = CrossedProblem.from_design(design, top, centered=SETTINGS.get("centered"))
+    nutpie_options = {k: v for k, v in SETTINGS.items() if k in ("adaptation", "extra_doublings")}
     run = run_crossed(problem, prior_set, random_seed=seed, progressbar=False,
-                      target_accept=default_target_accept(design, "crossed"))
+                      target_accept=SETTINGS.get("target_accept", default_target_accept(design, "crossed")),
+                      **nutpie_options)
     t = time.perf_counter()
     effects = problem.draw_effects(run.x.reshape(-1, problem.ndim), run.blob, np.random.default_rng([seed, 2]))
     t_eff = time.perf_counter() - t
     return problem, run, crossed_posterior(problem, run, effects), t_eff
 
 
+#: the partially collapsed sampler's settings where they differ from its defaults
+#: (--adaptation, --extra-doublings, --target-accept, --centered: for comparisons only)
+SETTINGS: dict = {}
+
+
 def record(line: str, seed) -> str:
     """Print a result line and append it, stamped, to benchmarks/out/bench_crossed.txt."""
+    if SETTINGS:
+        line += " [not the defaults: " + ", ".join(f"{k}={v}" for k, v in SETTINGS.items()) + "]"
     print(line, flush=True)
     with OUT.open("a") as fh:
         fh.write(f"[{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, seed {seed}, {os.cpu_count()} cpus] "
@@ -250,7 +261,14 @@ if __name__ == "__main__":
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--sampler", choices=["crossed", "marginal_mh"], default="crossed",
                         help="sim1m only: the partially collapsed sampler or the independence sampler")
+    parser.add_argument("--adaptation", help="nutpie's mass-matrix adaptation (default: the sampler's, diag)")
+    parser.add_argument("--extra-doublings", type=int, help="nutpie's extra_doublings (default: the sampler's, 1)")
+    parser.add_argument("--target-accept", type=float, help="default: default_target_accept(design, 'crossed')")
+    parser.add_argument("--centered", type=int, help="leading terms centered in every sampled bar (default: the rule)")
     args = parser.parse_args()
+    SETTINGS.update({k: v for k, v in [("adaptation", args.adaptation), ("extra_doublings", args.extra_doublings),
+                                       ("target_accept", args.target_accept), ("centered", args.centered)]
+                     if v is not None})
     if args.case.startswith("kb07"):
         kb07(args.case, args.seed, args.top)
     elif args.case == "insteval":
