@@ -524,10 +524,11 @@ def run_crossed(problem: CrossedProblem, prior_set: P.PriorSet, draws: int = 100
     # nutpie's diagonal mass matrix with one extra trajectory doubling: with the sampled bars'
     # intercepts centered (see centering) this beat the low-rank update, whose per-step cost
     # grows with ndim (kb07 maximal, ndim 529: ~420 against ~150 us per gradient). Measured
-    # at 4 x 1000 draws, 0 divergences in each: kb07 4x4 low-rank 23-28 s, min covariance
-    # ESS 985-1224; diag 4.9 s, 918-975; diag + 1 doubling 9.7 s, 2556. kb07 maximal
-    # (target_accept 0.9): low-rank 199 s, ESS 1017 (at 0.95); diag 15 s, 846; diag + 1
-    # doubling 30-33 s, 1835-2030.
+    # at 4 x 1000 draws, seed 1, 0 divergences in each (benchmarks/bench_crossed.py with
+    # --adaptation / --extra-doublings / --target-accept / --centered; min bulk ESS): kb07 4x4
+    # low-rank 30 s, 985; diag 6.9 s, 918; diag + 1 doubling 11-19 s, 2256-2556. kb07 maximal
+    # low-rank 208 s, 1017 (target_accept 0.95); diag 22 s, 1200 (0.95; 959 non-centered),
+    # 17 s, 846 (0.9); diag + 1 doubling 32-33 s, 1835-2258 (0.9).
     kwargs.setdefault("adaptation", "diag")
     kwargs.setdefault("extra_doublings", 1)
     return run_nutpie(blob, problem.ndim, C.nutpie_logp(), expand_cfunc, problem.initial_point, draws=draws,
