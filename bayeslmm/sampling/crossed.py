@@ -523,7 +523,7 @@ def run_crossed(problem: CrossedProblem, prior_set: P.PriorSet, draws: int = 100
     _, expand_cfunc = K.nutpie_functions(False)
     # nutpie's diagonal mass matrix with one extra trajectory doubling: with the sampled bars'
     # intercepts centered (see centering) this beat the low-rank update, whose per-step cost
-    # grows with ndim (kb07 maximal, ndim 529: ~420 against ~150 us per gradient). Measured
+    # grows with ndim (kb07 maximal, ndim 529: ~5 x the CPU per leapfrog step below). Measured
     # at 4 x 1000 draws, seed 1, 0 divergences in each (benchmarks/bench_crossed.py with
     # --adaptation / --extra-doublings / --target-accept / --centered; min bulk ESS): kb07 4x4
     # low-rank 30 s, 985; diag 6.9 s, 918; diag + 1 doubling 11-19 s, 2256-2556. kb07 maximal
