@@ -63,6 +63,16 @@ _TABLE = _FunctionTable(_ELEMENTWISE_FUNCTIONS)
 FORMULA_NAMESPACE = {"np": _TABLE, "numpy": _TABLE, **_ELEMENTWISE_FUNCTIONS}
 
 
+def codes_nested(inner: np.ndarray, outer: np.ndarray) -> bool:
+    """Whether each value of the integer codes ``inner`` occurs with one value of ``outer``
+    only (row-aligned): the grouping ``inner`` is nested in ``outer``."""
+    inner, outer = np.asarray(inner, dtype=np.int64), np.asarray(outer, dtype=np.int64)
+    if not len(inner):
+        return True
+    pairs = np.unique(inner * (int(outer.max()) + 1) + outer)  # one integer per (inner, outer) pair
+    return len(pairs) == len(np.unique(inner))
+
+
 @dataclass(frozen=True)
 class RandomBlock:
     """The columns of one bar ``(expr | group)`` of the formula.
@@ -111,8 +121,7 @@ class RandomBlock:
     def nested_in(self, other: "RandomBlock") -> bool:
         """Whether every level of this bar's grouping lies within one level of ``other``'s
         (``batch:cask`` in ``batch``); the two blocks must describe the same rows."""
-        pairs = np.unique(np.column_stack([self.codes, other.codes]), axis=0)
-        return len(pairs) == self.n_levels
+        return codes_nested(self.codes, other.codes)
 
     def level_counts(self) -> np.ndarray:
         """Number of rows in each level."""

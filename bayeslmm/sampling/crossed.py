@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import priors as P
 from ..errors import FitError
-from ..frontend.design import Design
+from ..frontend.design import Design, codes_nested
 from .marginal import Bar, MarginalDraws, MarginalProblem, _prior_code, prior_rows, run_nutpie
 
 
@@ -83,13 +83,7 @@ def factors_of(design: Design) -> list[Factor]:
 
 def nested_in(factors: list[Factor], top: int) -> list[int]:
     """Indices of the bars whose levels each lie within one level of bar ``top``."""
-    codes = factors[top].codes
-    out = []
-    for k, f in enumerate(factors):
-        pairs = np.unique(f.codes * factors[top].n_levels + codes)
-        if len(pairs) == len(np.unique(f.codes)):
-            out.append(k)
-    return out
+    return [k for k, f in enumerate(factors) if codes_nested(f.codes, factors[top].codes)]
 
 
 def group_sizes(factors: list[Factor], top: int, integrated: list[int]) -> np.ndarray:
