@@ -73,6 +73,14 @@ def codes_nested(inner: np.ndarray, outer: np.ndarray) -> bool:
     return len(pairs) == len(np.unique(inner))
 
 
+def parent_levels(inner: np.ndarray, n_inner: int, outer: np.ndarray) -> np.ndarray:
+    """(n_inner,) the level of ``outer`` that holds each level of ``inner`` (row-aligned
+    integer codes, ``inner`` nested in ``outer``; a level without rows gets 0)."""
+    out = np.zeros(n_inner, dtype=np.int64)
+    out[inner] = outer
+    return out
+
+
 @dataclass(frozen=True)
 class RandomBlock:
     """The columns of one bar ``(expr | group)`` of the formula.

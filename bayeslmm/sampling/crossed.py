@@ -48,8 +48,8 @@ import numpy as np
 
 from .. import priors as P
 from ..errors import FitError
-from ..frontend.design import Design, codes_nested
-from .marginal import Bar, MarginalDraws, MarginalProblem, _prior_code, prior_rows, run_nutpie
+from ..frontend.design import Design, codes_nested, parent_levels
+from .marginal import Bar, MarginalDraws, MarginalProblem, _prior_code, group_slots, prior_rows, run_nutpie
 
 
 # ---------------------------------------------------------------- the problem
@@ -92,9 +92,7 @@ def group_sizes(factors: list[Factor], top: int, integrated: list[int]) -> np.nd
     m = np.zeros(J, dtype=np.int64)
     for k in integrated:
         f = factors[k]
-        level_group = np.zeros(f.n_levels, dtype=np.int64)
-        level_group[f.codes] = factors[top].codes
-        m += np.bincount(level_group, minlength=J) * f.q
+        m += np.bincount(parent_levels(f.codes, f.n_levels, factors[top].codes), minlength=J) * f.q
     return m
 
 
@@ -170,22 +168,14 @@ class CrossedProblem:
         tf = factors[top]
         J = tf.n_levels
         # slots: each integrated level's first effect within its group
-        used = np.zeros(J, dtype=np.int64)
+        used, slot_offsets, slot_groups = group_slots([(factors[k].codes, factors[k].n_levels, factors[k].q)
+                                                       for k in integrated], tf.codes, J)
+        offsets = dict(zip(integrated, slot_offsets))
+        groups = dict(zip(integrated, slot_groups))
         bars = []
-        offsets = {}
         for k, f in enumerate(factors):
             if k in integrated:
-                level_group = np.zeros(f.n_levels, dtype=np.int64)
-                level_group[f.codes] = tf.codes
-                # vectorized running offset per group, levels in order
-                order = np.argsort(level_group, kind="stable")
-                counts = np.bincount(level_group, minlength=J)
-                rank = np.empty(f.n_levels, dtype=np.int64)
-                rank[order] = np.arange(f.n_levels) - np.repeat(np.cumsum(counts) - counts, counts)
-                offset = used[level_group] + rank * f.q
-                used += counts * f.q
-                offsets[k] = offset
-                bars.append(Bar(f.label, f.terms, f.correlated, f.levels, level_group, offset))
+                bars.append(Bar(f.label, f.terms, f.correlated, f.levels, groups[k], offsets[k]))
             else:
                 bars.append(Bar(f.label, f.terms, f.correlated, f.levels, np.zeros(f.n_levels, dtype=np.int64),
                                 np.zeros(f.n_levels, dtype=np.int64)))

@@ -26,6 +26,7 @@ import pandas as pd
 
 from .. import priors as P
 from ..errors import BayesLMMError
+from ..frontend.design import parent_levels
 from ..frontend.glmm_design import GLMMDesign
 
 _BARRIER = 1e12
@@ -132,13 +133,6 @@ def nested_parents(design) -> dict[int, int]:
     return out
 
 
-def _parent_codes(design, k: int, j: int) -> np.ndarray:
-    """The level of bar ``j`` that holds each level of bar ``k`` (``k`` nested in ``j``)."""
-    out = np.empty(design.blocks[k].n_levels, dtype=np.int64)
-    out[design.blocks[k].codes] = design.blocks[j].codes
-    return out
-
-
 def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool] | None = None,
                      nest: dict[int, int] | None = None):
     """The PyMC model: ``eta = offset + X beta + sum_k Z_k b_k``, non-centered
@@ -218,7 +212,7 @@ def build_glmm_model(gd: GLMMDesign, prior_set: P.PriorSet, centered: list[bool]
             if k in nest:
                 # hierarchical centering: the level's total effect c = b_parent + b ~ N(b_parent, sd)
                 # is sampled; it carries the parent's effect into eta
-                mean = total[nest[k]][_parent_codes(design, k, nest[k])]
+                mean = total[nest[k]][parent_levels(block.codes, block.n_levels, design.blocks[nest[k]].codes)]
                 c = pm.Normal(f"_c_{k}", mean, sds[None, :], dims=(lev, trm))
                 pm.Deterministic(f"r_{block.group}__{k}", c - mean, dims=(lev, trm))
                 total[k] = c
@@ -407,7 +401,8 @@ def laplace_initial_point(gd: GLMMDesign, fit, model, centered: list[bool],
                 point[f"sd_{block.group}__{t}"] = np.asarray(sd)
         if k in (nest or {}):
             parent = nest[k]
-            point[f"_c_{k}"] = np.asarray(b) + np.asarray(fit.ranef_values[parent])[_parent_codes(design, k, parent)]
+            held_by = parent_levels(block.codes, block.n_levels, design.blocks[parent].codes)
+            point[f"_c_{k}"] = np.asarray(b) + np.asarray(fit.ranef_values[parent])[held_by]
         elif centered[k]:
             point[f"r_{block.group}__{k}"] = np.asarray(b)
         else:

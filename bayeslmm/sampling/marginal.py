@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import priors as P
 from ..errors import FitError
-from ..frontend.design import Design
+from ..frontend.design import Design, parent_levels
 from ..results.posterior import _MAX_LOGLIK_CELLS
 from .bayes import bar_labels, correlation_pairs
 
@@ -96,6 +96,26 @@ def _top_block(design: Design):
     return min(design.blocks, key=lambda block: block.n_levels)
 
 
+def group_slots(bars, top_codes: np.ndarray, J: int):
+    """Where each level's effects sit when the effects of bars nested in a top grouping
+    (``top_codes``, J groups) are stored group by group: ``bars`` are ``(codes, n_levels, q)``
+    in storage order. Returns ``(used, offsets, groups)``: the number of effects per group
+    (J,), per bar each level's first slot within its group and each level's group."""
+    used = np.zeros(J, dtype=np.int64)
+    offsets, groups = [], []
+    for codes, n_levels, q in bars:
+        level_group = parent_levels(codes, n_levels, top_codes)
+        # each level's rank among its group's levels, in level order
+        order = np.argsort(level_group, kind="stable")
+        counts = np.bincount(level_group, minlength=J)
+        rank = np.empty(n_levels, dtype=np.int64)
+        rank[order] = np.arange(n_levels) - np.repeat(np.cumsum(counts) - counts, counts)
+        offsets.append(used[level_group] + rank * q)
+        used += counts * q
+        groups.append(level_group)
+    return used, offsets, groups
+
+
 @dataclass(frozen=True)
 class GroupLayout:
     """Where each bar's effects sit inside a top-level group's effect vector. Every group
@@ -119,19 +139,7 @@ class GroupLayout:
             top_codes, J = _top_block(design).codes, _top_block(design).n_levels
         else:  # crossed: one joint group
             top_codes, J = np.zeros(design.nobs, dtype=np.int64), 1
-        used = np.zeros(J, dtype=np.int64)
-        offsets, groups = [], []
-        for block in design.blocks:
-            level_group = np.zeros(block.n_levels, dtype=np.int64)
-            level_group[block.codes] = top_codes
-            # each level's rank among its group's levels, in level order
-            order = np.argsort(level_group, kind="stable")
-            counts = np.bincount(level_group, minlength=J)
-            rank = np.empty(block.n_levels, dtype=np.int64)
-            rank[order] = np.arange(block.n_levels) - np.repeat(np.cumsum(counts) - counts, counts)
-            offsets.append(used[level_group] + rank * block.n_terms)
-            used += counts * block.n_terms
-            groups.append(level_group)
+        used, offsets, groups = group_slots([(b.codes, b.n_levels, b.n_terms) for b in design.blocks], top_codes, J)
         return cls(J, used, np.array(top_codes, dtype=np.int64), tuple(offsets), tuple(groups))
 
     def vector_offsets(self) -> np.ndarray:
